@@ -1,0 +1,179 @@
+"""``DEQFixedPoint``: solve without autograd, then let a gradient estimator attach the gradient."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .dropout import new_dropout_masks
+from .grad import GRAD_ESTIMATORS, GradientEstimator, get_grad_estimator
+from .norm import norm_cache
+from .registry import accepted_arguments
+from .regularization import jacobian_frobenius_loss
+from .solvers import Solver, SolverResult, get_solver
+from .solvers.base import FixedPointFn, check_solve_args, residual_norms
+
+FAILURE_MODES = ("warn", "raise", "ignore")
+
+#: How the flat config fields (DESIGN section 3) map onto estimator constructor arguments. An estimator
+#: receives the ones its constructor accepts, so a registered estimator needs no change here.
+GRAD_CONFIG_FIELDS = {
+    "steps": "grad_steps",
+    "damping": "grad_damping",
+    "solver": "grad_solver",
+    "max_iter": "grad_max_iter",
+    "tol": "grad_tol",
+}
+
+
+class DEQConvergenceError(RuntimeError):
+    """Raised when the solver fails and ``on_failure="raise"``."""
+
+
+def grad_estimator_from_fields(name: str | GradientEstimator, **fields: Any) -> GradientEstimator:
+    """Build an estimator from config-style fields (``grad_steps=5, grad_damping=0.5, ...``), passing each
+    estimator only the hyperparameters it takes."""
+    if isinstance(name, GradientEstimator):
+        return name
+    cls = GRAD_ESTIMATORS.get_class(name)
+    accepted = accepted_arguments(cls)
+    kwargs = {arg: fields[field] for arg, field in GRAD_CONFIG_FIELDS.items() if arg in accepted and field in fields}
+    return get_grad_estimator(name, **kwargs)
+
+
+class DEQFixedPoint(nn.Module):
+    """The equilibrium layer ``z* = f(z*)``.
+
+    ``forward(fn, z0)`` returns ``(z, SolverResult)``. With autograd on, the solve runs without a graph and
+    the gradient estimator attaches the gradient to ``z*``; otherwise only the solve runs. In eval mode
+    ``eval_max_iter`` (default ``max_iter``) bounds the solve. A solve that misses ``tol`` is reported per
+    sample in the result and, by ``on_failure``, warned about once, raised, or ignored.
+
+    Args:
+        solver: forward solver, a name from ``available_solvers()`` or a ``Solver``.
+        grad_estimator: a name from ``available_grad_estimators()`` or a ``GradientEstimator``.
+        max_iter, tol, stop_mode: forward budget and stop rule (``"rel"`` or ``"abs"``).
+        eval_max_iter: budget in eval mode; ``None`` means ``max_iter``.
+        solver_kwargs: hyperparameters of a solver given by name.
+        jacobian_reg_weight: when > 0, training forwards also compute ``result.jacobian_loss``.
+        on_failure: ``"warn"``, ``"raise"`` or ``"ignore"``.
+    """
+
+    def __init__(
+        self,
+        solver: str | Solver = "anderson",
+        grad_estimator: str | GradientEstimator = "implicit",
+        max_iter: int = 30,
+        tol: float = 1e-3,
+        stop_mode: str = "rel",
+        eval_max_iter: int | None = None,
+        *,
+        solver_kwargs: dict[str, Any] | None = None,
+        jacobian_reg_weight: float = 0.0,
+        on_failure: str = "warn",
+    ) -> None:
+        super().__init__()
+        check_solve_args(max_iter, tol, stop_mode)
+        if eval_max_iter is not None:
+            check_solve_args(eval_max_iter, tol, stop_mode)
+        if on_failure not in FAILURE_MODES:
+            raise ValueError(f"on_failure must be one of {list(FAILURE_MODES)}, got {on_failure!r}")
+        if isinstance(jacobian_reg_weight, bool) or not isinstance(jacobian_reg_weight, (int, float)) or not (
+            jacobian_reg_weight >= 0
+        ):
+            raise ValueError(f"jacobian_reg_weight must be a number >= 0, got {jacobian_reg_weight!r}")
+        self.solver = solver if isinstance(solver, Solver) else get_solver(solver, **(solver_kwargs or {}))
+        if self.solver.affine_only:
+            raise ValueError(
+                f"solver {type(self.solver).__name__} only solves affine maps (it serves the implicit backward as "
+                "grad_solver); choose a forward solver such as 'anderson', 'broyden' or 'fixed_point'"
+            )
+        self.grad_estimator = get_grad_estimator(grad_estimator)
+        self.max_iter = max_iter
+        self.tol = float(tol)
+        self.stop_mode = stop_mode
+        self.eval_max_iter = eval_max_iter
+        self.jacobian_reg_weight = float(jacobian_reg_weight)
+        self.on_failure = on_failure
+        self._warned = False
+
+    @classmethod
+    def from_config(cls, config: Any) -> DEQFixedPoint:
+        """The one place where the DEQ config fields (DESIGN section 3) become engine objects."""
+        return cls(
+            solver=config.solver,
+            grad_estimator=grad_estimator_from_fields(
+                config.grad_estimator, **{field: getattr(config, field) for field in GRAD_CONFIG_FIELDS.values()}
+            ),
+            max_iter=config.solver_max_iter,
+            tol=config.solver_tol,
+            stop_mode=config.solver_stop_mode,
+            eval_max_iter=config.solver_eval_max_iter,
+            solver_kwargs=dict(config.solver_kwargs or {}),
+            jacobian_reg_weight=config.jacobian_reg_weight,
+            on_failure=config.solver_on_failure,
+        )
+
+    def forward(self, fn: FixedPointFn, z0: Tensor) -> tuple[Tensor, SolverResult]:
+        new_dropout_masks()
+        grad_needed = torch.is_grad_enabled()
+        estimator = self.grad_estimator
+        if grad_needed and self.training and not estimator.needs_fixed_point:
+            with norm_cache():
+                z = estimator.attach(fn, z0)
+            result = self._stats_of(fn, z.detach(), getattr(estimator, "steps", 0))
+        else:
+            max_iter = self.max_iter if self.training or self.eval_max_iter is None else self.eval_max_iter
+            with norm_cache():
+                result = self.solver.solve(fn, z0, max_iter=max_iter, tol=self.tol, stop_mode=self.stop_mode)
+            self._check_failure(result)
+            z = result.z.to(z0.dtype)
+            if grad_needed:
+                with norm_cache():
+                    z = estimator.attach(fn, z)
+        if grad_needed and self.training and self.jacobian_reg_weight > 0:
+            with norm_cache():
+                z_in = z.detach().requires_grad_()
+                result = result.replace(jacobian_loss=jacobian_frobenius_loss(fn(z_in), z_in))
+        return z, result
+
+    def _stats_of(self, fn: FixedPointFn, z: Tensor, nstep: int) -> SolverResult:
+        """Residual of a state reached without the solver (unrolled warm-up)."""
+        with torch.no_grad(), norm_cache():
+            abs_res, rel_res = residual_norms(fn(z), z)
+        current = rel_res if self.stop_mode == "rel" else abs_res
+        return SolverResult(
+            z=z,
+            nstep=torch.full_like(abs_res, nstep, dtype=torch.long),
+            abs_residual=abs_res,
+            rel_residual=rel_res,
+            converged=current <= self.tol,
+            nfev=nstep + 1,
+            stop_mode=self.stop_mode,
+            tol=self.tol,
+        )
+
+    def _check_failure(self, result: SolverResult) -> None:
+        if self.on_failure == "ignore" or bool(result.converged.all()):
+            return
+        bad = int((~result.converged).sum())
+        worst = float(result.residual.max())
+        message = (
+            f"DEQ solver {type(self.solver).__name__} did not reach {self.stop_mode} residual {self.tol:g} for "
+            f"{bad}/{result.converged.numel()} samples within its budget (worst residual {worst:.3g}); the best "
+            "iterate was kept. Raise max_iter, use another solver, or regularise the model."
+        )
+        if self.on_failure == "raise":
+            raise DEQConvergenceError(message)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(message + " (warned once per layer)", RuntimeWarning, stacklevel=3)
+
+    def extra_repr(self) -> str:
+        return (
+            f"solver={self.solver!r}, grad_estimator={self.grad_estimator!r}, max_iter={self.max_iter}, "
+            f"tol={self.tol:g}, stop_mode={self.stop_mode!r}, eval_max_iter={self.eval_max_iter}"
+        )

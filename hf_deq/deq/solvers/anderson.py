@@ -1,0 +1,101 @@
+"""Anderson acceleration (Anderson 1965; Walker & Ni 2011), batched with per-sample coefficients."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import BestIterateTracker, FixedPointFn, Solver, evaluate, no_autocast, restart_nonfinite
+
+
+def _check_float(name: str, value: object, low: float, high: float, low_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+class Anderson(Solver):
+    """Anderson acceleration of ``z = f(z)``.
+
+    With the last ``n <= memory`` iterates ``x_i`` and residuals ``g_i = f(x_i) - x_i``, each sample solves
+    ``min_a ||sum_i a_i g_i||^2 + reg ||a||^2`` subject to ``sum_i a_i = 1`` and steps to
+    ``x+ = mixing * sum_i a_i f(x_i) + (1 - mixing) * sum_i a_i x_i``.
+
+    The Gram matrix ``G G^T`` is kept up to date one row per step (``O(memory * D)`` work per evaluation rather
+    than ``O(memory^2 * D)``), and the small bordered system is solved in float32 or wider, so the solver works
+    under bf16/fp16 autocast. A singular system never raises: the regularization is scaled to the residuals and
+    samples whose system still fails fall back to a plain fixed-point step.
+
+    Args:
+        memory: number of past iterates kept (``m``).
+        regularization: Tikhonov weight on the diagonally scaled (unit-diagonal) system.
+        mixing: ``beta`` in ``(0, 1]``.
+    """
+
+    def __init__(self, memory: int = 5, regularization: float = 1e-4, mixing: float = 1.0) -> None:
+        self.memory = _check_int("Anderson.memory", memory, 1)
+        self.regularization = _check_float("Anderson.regularization", regularization, 0.0, float("inf"))
+        self.mixing = _check_float("Anderson.mixing", mixing, 0.0, 1.0, low_open=True)
+
+    def _solve(self, fn: FixedPointFn, z0: Tensor, max_iter: int, tracker: BestIterateTracker) -> None:
+        batch, dim = z0.shape
+        work = torch.promote_types(z0.dtype, torch.float32)
+        # Ring buffers of f(x_i) and g_i = f(x_i) - x_i (x_i = f_i - g_i need not be stored).
+        fs = torch.zeros(batch, self.memory, dim, dtype=work, device=z0.device)
+        gs = torch.zeros_like(fs)
+        gram = torch.zeros(batch, self.memory, self.memory, dtype=work, device=z0.device)
+        x = z0.to(work)
+        for k in range(max_iter):
+            fx, done = evaluate(fn, x.to(z0.dtype), tracker)
+            if bool(done.all()) or k == max_iter - 1:
+                return
+            with no_autocast(x.device):
+                x = restart_nonfinite(self._step(x, fx, k, fs, gs, gram), tracker)
+
+    def _step(self, x: Tensor, fx: Tensor, k: int, fs: Tensor, gs: Tensor, gram: Tensor) -> Tensor:
+        """Store ``f(x)`` and ``g = f(x) - x`` in slot ``k % memory``, update the Gram row, mix."""
+        slot = k % self.memory
+        n = min(k + 1, self.memory)
+        fs[:, slot] = fx
+        gs[:, slot] = fs[:, slot] - x
+        row = torch.bmm(gs[:, :n], gs[:, slot].unsqueeze(2)).squeeze(2)
+        gram[:, slot, :n] = row
+        gram[:, :n, slot] = row
+        alpha = self._coefficients(gram[:, :n, :n], slot).unsqueeze(1)
+        x_next = torch.bmm(alpha, fs[:, :n]).squeeze(1)
+        if self.mixing != 1.0:
+            x_next = x_next - (1.0 - self.mixing) * torch.bmm(alpha, gs[:, :n]).squeeze(1)
+        return x_next
+
+    def _coefficients(self, gram: Tensor, latest: int) -> Tensor:
+        """Per sample, minimise ``a^T H a`` with ``sum(a) = 1`` (float32 or wider, never raises).
+
+        ``H`` is scaled to unit diagonal first (``S H S`` with ``S = diag(H)^{-1/2}``), so residuals of very
+        different sizes do not make the system ill-conditioned, then regularised by ``regularization * I``.
+        The bordered system ``[[0, s^T], [s, S H S + reg I]] [mu, b] = [1, 0]`` gives ``a = S b``.
+        """
+        batch, n, _ = gram.shape
+        h = gram.to(torch.promote_types(gram.dtype, torch.float32))
+        s = torch.diagonal(h, dim1=1, dim2=2).clamp_min(1e-30).rsqrt()
+        eye = torch.eye(n, dtype=h.dtype, device=h.device)
+        system = torch.zeros(batch, n + 1, n + 1, dtype=h.dtype, device=h.device)
+        system[:, 0, 1:] = s
+        system[:, 1:, 0] = s
+        system[:, 1:, 1:] = s.unsqueeze(2) * h * s.unsqueeze(1) + (self.regularization + 1e-10) * eye
+        rhs = torch.zeros(batch, n + 1, dtype=h.dtype, device=h.device)
+        rhs[:, 0] = 1.0
+        solution, info = torch.linalg.solve_ex(system, rhs)
+        alpha = solution[:, 1:] * s
+        ok = (info == 0) & torch.isfinite(alpha).all(dim=1)
+        fallback = torch.zeros_like(alpha)
+        fallback[:, latest] = 1.0
+        return torch.where(ok.unsqueeze(1), alpha, fallback).to(gram.dtype)

@@ -1,0 +1,186 @@
+"""Solver base class, the result type and the per-sample bookkeeping every solver shares.
+
+A solver finds ``z* = f(z*)`` for a batch of states ``z`` of shape ``(B, D)`` (DEQ paper, Bai et al. 2019,
+eq. 2). Every sample stops on its own: the batch stops once all samples are below ``tol``, and each sample
+reports the best (lowest-residual) iterate it saw, with the step at which it was seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+FixedPointFn = Callable[[Tensor], Tensor]
+
+STOP_MODES = ("rel", "abs")
+_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class SolverResult:
+    """What a solve returns.
+
+    Attributes:
+        z: the best iterate per sample, ``(B, D)``, detached.
+        nstep: ``(B,)`` number of function evaluations after which the returned iterate was reached.
+        abs_residual: ``(B,)`` ``||f(z) - z||``.
+        rel_residual: ``(B,)`` ``||f(z) - z|| / (||f(z)|| + eps)``.
+        converged: ``(B,)`` bool, residual (in ``stop_mode``) below ``tol``.
+        nfev: total number of calls of ``f`` on the batch.
+        trace: optional ``(T, B)`` residual (in ``stop_mode``) after every evaluation.
+        jacobian_loss: Jacobian regularization term, set by ``DEQFixedPoint`` when it is asked for.
+    """
+
+    z: Tensor
+    nstep: Tensor
+    abs_residual: Tensor
+    rel_residual: Tensor
+    converged: Tensor
+    nfev: int
+    stop_mode: str = "rel"
+    tol: float = 0.0
+    trace: Tensor | None = None
+    jacobian_loss: Tensor | None = None
+
+    @property
+    def residual(self) -> Tensor:
+        """The residual the stop rule used (``rel_residual`` or ``abs_residual``)."""
+        return self.rel_residual if self.stop_mode == "rel" else self.abs_residual
+
+    def replace(self, **changes) -> SolverResult:
+        return dataclasses.replace(self, **changes)
+
+
+def check_solve_args(max_iter: int, tol: float, stop_mode: str) -> None:
+    """Validate the arguments every ``solve`` takes; raise ``ValueError`` naming the bad one."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0:
+        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+    if stop_mode not in STOP_MODES:
+        raise ValueError(f"stop_mode must be one of {list(STOP_MODES)}, got {stop_mode!r}")
+
+
+def residual_norms(fz: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample absolute and relative residual of ``z`` given ``fz = f(z)``, in float32 or wider.
+
+    Non-finite residuals become ``inf`` so that they never count as the best iterate.
+    """
+    dtype = torch.promote_types(fz.dtype, torch.float32)
+    diff = (fz.to(dtype) - z.to(dtype)).flatten(1)
+    abs_res = torch.linalg.vector_norm(diff, dim=1)
+    rel_res = abs_res / (torch.linalg.vector_norm(fz.to(dtype).flatten(1), dim=1) + _EPS)
+    inf = float("inf")
+    return torch.nan_to_num(abs_res, nan=inf), torch.nan_to_num(rel_res, nan=inf, posinf=inf)
+
+
+class BestIterateTracker:
+    """Keeps, per sample, the lowest-residual iterate seen so far and the step it was seen at."""
+
+    def __init__(self, z0: Tensor, stop_mode: str, tol: float, keep_trace: bool) -> None:
+        batch = z0.shape[0]
+        self.stop_mode = stop_mode
+        self.tol = tol
+        self.z = z0.detach().clone()
+        self.abs = torch.full((batch,), float("inf"), device=z0.device)
+        self.rel = torch.full((batch,), float("inf"), device=z0.device)
+        self.nstep = torch.zeros(batch, dtype=torch.long, device=z0.device)
+        self.nfev = 0
+        self.trace: list[Tensor] | None = [] if keep_trace else None
+
+    @property
+    def best(self) -> Tensor:
+        return self.rel if self.stop_mode == "rel" else self.abs
+
+    def update(self, z: Tensor, abs_res: Tensor, rel_res: Tensor) -> Tensor:
+        """Record the residual of iterate ``z``; return the per-sample mask of samples below ``tol``."""
+        current = rel_res if self.stop_mode == "rel" else abs_res
+        improved = current < self.best
+        self.z = torch.where(improved.unsqueeze(1), z.detach().to(self.z.dtype), self.z)
+        self.abs = torch.where(improved, abs_res.to(self.abs.dtype), self.abs)
+        self.rel = torch.where(improved, rel_res.to(self.rel.dtype), self.rel)
+        self.nstep = torch.where(improved, torch.full_like(self.nstep, self.nfev), self.nstep)
+        if self.trace is not None:
+            self.trace.append(current.detach().clone())
+        return self.best <= self.tol
+
+    def result(self) -> SolverResult:
+        return SolverResult(
+            z=self.z,
+            nstep=self.nstep,
+            abs_residual=self.abs,
+            rel_residual=self.rel,
+            converged=self.best <= self.tol,
+            nfev=self.nfev,
+            stop_mode=self.stop_mode,
+            tol=self.tol,
+            trace=torch.stack(self.trace) if self.trace else None,
+        )
+
+
+class Solver:
+    """Base class of fixed-point solvers.
+
+    Subclasses hold their hyperparameters as constructor arguments and implement ``_solve``. ``solve`` runs
+    without autograd, validates its arguments and returns a ``SolverResult``.
+    """
+
+    #: True for solvers that are only correct on affine maps ``f(z) = A z + b`` (e.g. GMRES). They serve the
+    #: linear backward problem of implicit differentiation and are refused as forward solvers.
+    affine_only: bool = False
+
+    def solve(
+        self,
+        fn: FixedPointFn,
+        z0: Tensor,
+        *,
+        max_iter: int,
+        tol: float,
+        stop_mode: str = "rel",
+        return_trace: bool = False,
+    ) -> SolverResult:
+        """Find ``z = fn(z)`` from ``z0`` (``(B, D)``) within ``max_iter`` evaluations of ``fn``."""
+        check_solve_args(max_iter, tol, stop_mode)
+        if z0.dim() != 2:
+            raise ValueError(f"z0 must have shape (batch, dim), got shape {tuple(z0.shape)}")
+        with torch.no_grad():
+            tracker = BestIterateTracker(z0, stop_mode, float(tol), return_trace)
+            self._solve(fn, z0.detach(), max_iter, tracker)
+            return tracker.result()
+
+    def _solve(self, fn: FixedPointFn, z0: Tensor, max_iter: int, tracker: BestIterateTracker) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+def no_autocast(device: torch.device) -> torch.autocast:
+    """A context in which the solver's own linear algebra runs at the state's precision, not autocast's."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def evaluate(fn: FixedPointFn, z: Tensor, tracker: BestIterateTracker) -> tuple[Tensor, Tensor]:
+    """Call ``fn`` once, record the residual of ``z``; return ``(f(z), done_mask)``.
+
+    A sample whose ``f(z)`` is not finite gets an infinite residual, so the tracker keeps its best finite
+    iterate.
+    """
+    fz = fn(z)
+    if fz.shape != z.shape:
+        raise ValueError(f"the fixed-point function changed the state shape from {tuple(z.shape)} to {tuple(fz.shape)}")
+    tracker.nfev += 1
+    abs_res, rel_res = residual_norms(fz, z)
+    done = tracker.update(z, abs_res, rel_res)
+    return fz, done
+
+
+def restart_nonfinite(z_next: Tensor, tracker: BestIterateTracker) -> Tensor:
+    """Replace samples whose next iterate is not finite by their best iterate so far."""
+    finite = torch.isfinite(z_next).all(dim=1, keepdim=True)
+    return torch.where(finite, z_next, tracker.z.to(z_next.dtype))

@@ -1,0 +1,29 @@
+"""Damped fixed-point (Picard) iteration."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .base import BestIterateTracker, FixedPointFn, Solver, evaluate, restart_nonfinite
+
+
+class FixedPointIteration(Solver):
+    """``z_{t+1} = damping * f(z_t) + (1 - damping) * z_t`` (naive forward iteration, DEQ eq. 2).
+
+    Args:
+        damping: step size in ``(0, 1]``; 1 is plain iteration.
+    """
+
+    def __init__(self, damping: float = 1.0) -> None:
+        if not isinstance(damping, (int, float)) or isinstance(damping, bool) or not 0 < damping <= 1:
+            raise ValueError(f"FixedPointIteration.damping must be in (0, 1], got {damping!r}")
+        self.damping = float(damping)
+
+    def _solve(self, fn: FixedPointFn, z0: Tensor, max_iter: int, tracker: BestIterateTracker) -> None:
+        z = z0
+        for _ in range(max_iter):
+            fz, done = evaluate(fn, z, tracker)
+            if bool(done.all()):
+                return
+            z_next = fz if self.damping == 1.0 else z + self.damping * (fz.to(z.dtype) - z)
+            z = restart_nonfinite(z_next.to(z0.dtype), tracker)

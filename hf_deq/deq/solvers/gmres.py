@@ -1,0 +1,89 @@
+"""Restarted GMRES for affine fixed-point problems ``u = A u + b`` (the implicit-differentiation backward)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .anderson import _check_int
+from .base import BestIterateTracker, FixedPointFn, Solver, evaluate, no_autocast
+
+
+class GMRES(Solver):
+    """GMRES (Saad & Schultz 1986) on ``(I - A) u = b`` for an affine map ``f(u) = A u + b``, per sample.
+
+    The backward problem of implicit differentiation, ``u = J^T u + g`` (DESIGN section 2), is linear, so a
+    Krylov method needs far fewer vector-Jacobian products than a fixed-point solver. ``b`` is recovered as
+    ``f(0)`` and ``(I - A) v`` as ``v - (f(v) - b)``, so the solver only ever calls ``f``. Each sample has its
+    own Krylov basis (classical Gram-Schmidt, done twice); the small Hessenberg least-squares problems are
+    solved on the CPU in float64. Memory is bounded by ``restart``, not by ``max_iter``.
+
+    Only correct for affine maps: it is refused as a forward solver.
+
+    Args:
+        restart: Krylov dimension before a restart.
+    """
+
+    affine_only = True
+
+    def __init__(self, restart: int = 20) -> None:
+        self.restart = _check_int("GMRES.restart", restart, 1)
+
+    def _solve(self, fn: FixedPointFn, z0: Tensor, max_iter: int, tracker: BestIterateTracker) -> None:
+        """``max_iter`` bounds the products with ``A`` (Krylov steps); every (re)start evaluates the true
+        residual once more, so a solve costs at most ``max_iter + restarts + 2`` calls of ``fn``."""
+        work = torch.promote_types(z0.dtype, torch.float32)
+        u = z0.to(work)
+        start_at_zero = not bool(z0.any())
+        b = None
+        remaining = max_iter
+        while True:
+            fu, done = evaluate(fn, u.to(z0.dtype), tracker)  # true residual r = f(u) - u
+            if b is None:
+                if start_at_zero:
+                    b = fu.to(work)
+                else:
+                    b = fn(torch.zeros_like(z0)).to(work)
+                    tracker.nfev += 1
+            if bool(done.all()) or remaining <= 0:
+                return
+            with no_autocast(u.device):
+                u, used = self._cycle(fn, u, fu.to(work) - u, b, min(self.restart, remaining), tracker, z0.dtype)
+            remaining -= used
+
+    def _cycle(self, fn, u, r, b, steps, tracker, state_dtype):
+        """One GMRES cycle of at most ``steps`` matrix-vector products from ``u`` with residual ``r``."""
+        batch, dim = u.shape
+        beta = torch.linalg.vector_norm(r, dim=1)
+        basis = torch.zeros(batch, steps + 1, dim, dtype=u.dtype, device=u.device)
+        basis[:, 0] = r / beta.clamp_min(1e-30).unsqueeze(1)
+        hess = torch.zeros(batch, steps + 1, steps, dtype=torch.float64)
+        rhs = torch.zeros(batch, steps + 1, dtype=torch.float64)
+        rhs[:, 0] = beta.double().cpu()
+        scale = torch.linalg.vector_norm(b, dim=1).double().cpu().clamp_min(1e-30)
+        tol = tracker.tol
+        y = torch.zeros(batch, 0, dtype=torch.float64)
+        used = 0
+        for j in range(steps):
+            v = basis[:, j]
+            w = v - (fn(v.to(state_dtype)).to(u.dtype) - b)  # (I - A) v
+            tracker.nfev += 1
+            used += 1
+            h = torch.bmm(basis[:, : j + 1], w.unsqueeze(2))
+            w = w - torch.bmm(basis[:, : j + 1].transpose(1, 2), h).squeeze(2)
+            h2 = torch.bmm(basis[:, : j + 1], w.unsqueeze(2))
+            w = w - torch.bmm(basis[:, : j + 1].transpose(1, 2), h2).squeeze(2)
+            h = (h + h2).squeeze(2)
+            h_next = torch.linalg.vector_norm(w, dim=1)
+            basis[:, j + 1] = w / h_next.clamp_min(1e-30).unsqueeze(1)
+            hess[:, : j + 1, j] = h.double().cpu()
+            hess[:, j + 1, j] = h_next.double().cpu()
+            sub = hess[:, : j + 2, : j + 1]
+            y = torch.linalg.lstsq(sub, rhs[:, : j + 2].unsqueeze(2), driver="gelsd").solution.squeeze(2)
+            res = torch.linalg.vector_norm(rhs[:, : j + 2] - torch.bmm(sub, y.unsqueeze(2)).squeeze(2), dim=1)
+            rel = res / scale
+            if bool(((rel if tracker.stop_mode == "rel" else res) <= tol).all()):
+                break
+        coeff = y.to(device=u.device, dtype=u.dtype)
+        u = u + torch.bmm(coeff.unsqueeze(1), basis[:, : coeff.shape[1]]).squeeze(1)
+        return u, used
