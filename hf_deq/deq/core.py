@@ -40,7 +40,9 @@ def grad_estimator_from_fields(name: str | GradientEstimator, **fields: Any) -> 
         return name
     cls = GRAD_ESTIMATORS.get_class(name)
     accepted = accepted_arguments(cls)
-    kwargs = {arg: fields[field] for arg, field in GRAD_CONFIG_FIELDS.items() if arg in accepted and field in fields}
+    kwargs = {
+        arg: fields[field] for arg, field in GRAD_CONFIG_FIELDS.items() if arg in accepted and field in fields
+    }
     return get_grad_estimator(name, **kwargs)
 
 
@@ -81,8 +83,10 @@ class DEQFixedPoint(nn.Module):
             check_solve_args(eval_max_iter, tol, stop_mode)
         if on_failure not in FAILURE_MODES:
             raise ValueError(f"on_failure must be one of {list(FAILURE_MODES)}, got {on_failure!r}")
-        if isinstance(jacobian_reg_weight, bool) or not isinstance(jacobian_reg_weight, (int, float)) or not (
-            jacobian_reg_weight >= 0
+        if (
+            isinstance(jacobian_reg_weight, bool)
+            or not isinstance(jacobian_reg_weight, (int, float))
+            or not (jacobian_reg_weight >= 0)
         ):
             raise ValueError(f"jacobian_reg_weight must be a number >= 0, got {jacobian_reg_weight!r}")
         self.solver = solver if isinstance(solver, Solver) else get_solver(solver, **(solver_kwargs or {}))
@@ -106,7 +110,8 @@ class DEQFixedPoint(nn.Module):
         return cls(
             solver=config.solver,
             grad_estimator=grad_estimator_from_fields(
-                config.grad_estimator, **{field: getattr(config, field) for field in GRAD_CONFIG_FIELDS.values()}
+                config.grad_estimator,
+                **{field: getattr(config, field) for field in GRAD_CONFIG_FIELDS.values()},
             ),
             max_iter=config.solver_max_iter,
             tol=config.solver_tol,
@@ -116,6 +121,21 @@ class DEQFixedPoint(nn.Module):
             jacobian_reg_weight=config.jacobian_reg_weight,
             on_failure=config.solver_on_failure,
         )
+
+    def reconfigure(self, config: Any) -> None:
+        """Take the solver, estimator and budgets from ``config`` (validated before anything changes)."""
+        fresh = type(self).from_config(config)
+        for name in (
+            "solver",
+            "grad_estimator",
+            "max_iter",
+            "tol",
+            "stop_mode",
+            "eval_max_iter",
+            "jacobian_reg_weight",
+            "on_failure",
+        ):
+            setattr(self, name, getattr(fresh, name))
 
     def forward(self, fn: FixedPointFn, z0: Tensor) -> tuple[Tensor, SolverResult]:
         new_dropout_masks()

@@ -41,7 +41,12 @@ class VariationalDropout(nn.Module):
             return x
         shape = [1 if i in self.broadcast_dims else s for i, s in enumerate(x.shape)]
         mask = self._mask
-        if mask is None or self._generation != _GENERATION or list(mask.shape) != shape or mask.device != x.device:
+        if (
+            mask is None
+            or self._generation != _GENERATION
+            or list(mask.shape) != shape
+            or mask.device != x.device
+        ):
             keep = 1.0 - self.p
             mask = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(keep).div_(keep)
             self._mask, self._generation = mask, _GENERATION

@@ -23,7 +23,9 @@ class Registry(Generic[T]):
     def register(self, name: str, cls: type[T], *, overwrite: bool = False) -> type[T]:
         key = normalize_name(name)
         if key in self._classes and not overwrite and self._classes[key] is not cls:
-            raise ValueError(f"a {self.kind} named {key!r} is already registered; pass overwrite=True to replace it")
+            raise ValueError(
+                f"a {self.kind} named {key!r} is already registered; pass overwrite=True to replace it"
+            )
         self._classes[key] = cls
         return cls
 
@@ -32,7 +34,9 @@ class Registry(Generic[T]):
 
     def get_class(self, name: str) -> type[T]:
         if not isinstance(name, str):
-            raise ValueError(f"{self.kind} must be a name (one of {self.names()}) or an instance, got {name!r}")
+            raise ValueError(
+                f"{self.kind} must be a name (one of {self.names()}) or an instance, got {name!r}"
+            )
         key = normalize_name(name)
         if key not in self._classes:
             raise ValueError(f"unknown {self.kind} {name!r}; available: {self.names()}")
@@ -59,4 +63,6 @@ class Registry(Generic[T]):
 def accepted_arguments(cls: type) -> list[str]:
     """Names of the keyword arguments a class's constructor takes."""
     params = inspect.signature(cls.__init__).parameters.values()
-    return [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [
+        p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]

@@ -173,7 +173,9 @@ def evaluate(fn: FixedPointFn, z: Tensor, tracker: BestIterateTracker) -> tuple[
     """
     fz = fn(z)
     if fz.shape != z.shape:
-        raise ValueError(f"the fixed-point function changed the state shape from {tuple(z.shape)} to {tuple(fz.shape)}")
+        raise ValueError(
+            f"the fixed-point function changed the state shape from {tuple(z.shape)} to {tuple(fz.shape)}"
+        )
     tracker.nfev += 1
     abs_res, rel_res = residual_norms(fz, z)
     done = tracker.update(z, abs_res, rel_res)

@@ -48,7 +48,9 @@ class GMRES(Solver):
             if bool(done.all()) or remaining <= 0:
                 return
             with no_autocast(u.device):
-                u, used = self._cycle(fn, u, fu.to(work) - u, b, min(self.restart, remaining), tracker, z0.dtype)
+                u, used = self._cycle(
+                    fn, u, fu.to(work) - u, b, min(self.restart, remaining), tracker, z0.dtype
+                )
             remaining -= used
 
     def _cycle(self, fn, u, r, b, steps, tracker, state_dtype):

@@ -1,0 +1,3 @@
+"""Placeholder: filled by the model family."""
+
+__all__: list[str] = []

@@ -1,0 +1,172 @@
+"""Pieces shared by the training scripts in ``scripts/``: DEQ flags, output-dir safety, atomic checkpoints,
+skipping non-finite steps. Kept free of any one model family."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .deq import available_grad_estimators, available_solvers
+
+CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
+
+
+def add_deq_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags for every solver and estimator field of ``DEQConfig``; unset flags keep the preset's value."""
+    group = parser.add_argument_group("DEQ solver and gradient estimator (default: the preset's)")
+    group.add_argument("--solver", choices=[s for s in available_solvers() if s != "gmres"], default=None)
+    group.add_argument("--solver_kwargs", type=json.loads, default=None, help="JSON, e.g. '{\"memory\": 5}'")
+    group.add_argument("--solver_max_iter", type=int, default=None)
+    group.add_argument("--solver_eval_max_iter", type=int, default=None)
+    group.add_argument("--solver_tol", type=float, default=None)
+    group.add_argument("--solver_stop_mode", choices=["rel", "abs"], default=None)
+    group.add_argument("--solver_on_failure", choices=["warn", "raise", "ignore"], default=None)
+    group.add_argument("--grad_estimator", choices=available_grad_estimators(), default=None)
+    group.add_argument("--grad_steps", type=int, default=None, help="k of UPG/NPG")
+    group.add_argument("--grad_damping", type=float, default=None, help="lambda of UPG/NPG")
+    group.add_argument("--grad_solver", choices=available_solvers(), default=None)
+    group.add_argument("--grad_max_iter", type=int, default=None)
+    group.add_argument("--grad_tol", type=float, default=None)
+    group.add_argument("--jacobian_reg_weight", type=float, default=None)
+
+
+DEQ_ARGUMENT_NAMES = (
+    "solver",
+    "solver_kwargs",
+    "solver_max_iter",
+    "solver_eval_max_iter",
+    "solver_tol",
+    "solver_stop_mode",
+    "solver_on_failure",
+    "grad_estimator",
+    "grad_steps",
+    "grad_damping",
+    "grad_solver",
+    "grad_max_iter",
+    "grad_tol",
+    "jacobian_reg_weight",
+)
+
+
+def deq_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The DEQ config fields the user set on the command line."""
+    return {name: getattr(args, name) for name in DEQ_ARGUMENT_NAMES if getattr(args, name, None) is not None}
+
+
+def holds_a_model(output_dir: str | os.PathLike) -> bool:
+    path = Path(output_dir)
+    return path.is_dir() and any(
+        (path / f).exists() for f in ("config.json", "model.safetensors", "all_results.json")
+    )
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resuming: bool = False) -> None:
+    """Refuse to write into a directory that already holds a model unless ``--overwrite_output_dir``
+    (or ``--resume_from_checkpoint``, which continues that run)."""
+    if holds_a_model(output_dir) and not (overwrite or resuming):
+        raise SystemExit(
+            f"--output_dir {output_dir} already holds a model; pass --overwrite_output_dir to replace it "
+            "or --resume_from_checkpoint to continue that run."
+        )
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints (``step_N`` / ``epoch_N``) in ``output_dir``, oldest first."""
+    path = Path(output_dir)
+    if not path.is_dir():
+        return []
+    found = [
+        (int(m.group(2)), p) for p in path.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(resume_from: str, output_dir: str | os.PathLike) -> Path:
+    """``--resume_from_checkpoint`` value to a folder: a path, or ``latest`` for the newest one."""
+    if resume_from == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            raise SystemExit(f"--resume_from_checkpoint latest: no checkpoint in {output_dir}")
+        return found[-1]
+    path = Path(resume_from)
+    if not path.is_dir():
+        raise SystemExit(f"--resume_from_checkpoint {resume_from}: no such checkpoint folder")
+    return path
+
+
+def save_checkpoint_atomically(
+    accelerator, output_dir: str | os.PathLike, name: str, extra: dict | None = None
+) -> Path:
+    """``accelerator.save_state`` into ``<name>.tmp``, then rename to ``<name>``: a crash while saving
+    never leaves a half-written checkpoint under a name that resuming would pick."""
+    final = Path(output_dir) / name
+    tmp = Path(output_dir) / f"{name}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        if extra is not None:
+            (tmp / "trainer_state.json").write_text(json.dumps(extra, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+class NonFiniteLossGuard:
+    """Counts steps whose loss is not finite; the caller skips them. After ``max_in_a_row`` such steps in a
+    row, ``check`` raises with a clear message."""
+
+    def __init__(self, max_in_a_row: int = 10) -> None:
+        self.max_in_a_row = max_in_a_row
+        self.skipped = 0
+        self.in_a_row = 0
+
+    def check(self, loss: torch.Tensor) -> bool:
+        """True when the step may proceed; False when it must be skipped."""
+        if torch.isfinite(loss.detach()).all():
+            self.in_a_row = 0
+            return True
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.in_a_row >= self.max_in_a_row:
+            raise RuntimeError(
+                f"{self.in_a_row} training steps in a row had a non-finite loss; stopping. The last good "
+                "checkpoint is kept; lower the learning rate, add Jacobian regularisation or use bf16-safe settings."
+            )
+        return False
+
+
+def solver_stats(outputs) -> dict[str, float]:
+    """Mean/max solver steps and mean residual of a model output, for logging."""
+    nstep = outputs.solver_nstep.float()
+    residual = outputs.solver_residual.float()
+    finite = residual[torch.isfinite(residual)]
+    return {
+        "solver_nstep": float(nstep.mean()),
+        "solver_nstep_max": float(nstep.max()),
+        "solver_residual": float(finite.mean()) if finite.numel() else math.inf,
+    }
+
+
+__all__ = [
+    "NonFiniteLossGuard",
+    "add_deq_arguments",
+    "check_output_dir",
+    "deq_overrides",
+    "holds_a_model",
+    "list_checkpoints",
+    "resolve_checkpoint",
+    "save_checkpoint_atomically",
+    "solver_stats",
+]
