@@ -23,5 +23,5 @@ def jacobian_frobenius_loss(f_out: Tensor, z_in: Tensor, num_samples: int = 1) -
     for _ in range(num_samples):
         eps = torch.randn_like(f_out)
         (vjp,) = torch.autograd.grad(f_out, z_in, eps, create_graph=True, retain_graph=True)
-        total = total + vjp.float().pow(2).sum() / (batch * dim)
+        total = total + vjp.to(torch.promote_types(vjp.dtype, torch.float32)).pow(2).sum() / (batch * dim)
     return total / num_samples

@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import BestIterateTracker, FixedPointFn, Solver, evaluate, no_autocast, restart_nonfinite
+from .base import (
+    BestIterateTracker,
+    FixedPointFn,
+    Solver,
+    evaluate,
+    no_autocast,
+    restart_nonfinite,
+    small_solve_threads,
+)
 
 
 def _check_float(name: str, value: object, low: float, high: float, low_open: bool = False) -> float:
@@ -93,7 +101,8 @@ class Anderson(Solver):
         system[:, 1:, 1:] = s.unsqueeze(2) * h * s.unsqueeze(1) + (self.regularization + 1e-10) * eye
         rhs = torch.zeros(batch, n + 1, dtype=h.dtype, device=h.device)
         rhs[:, 0] = 1.0
-        solution, info = torch.linalg.solve_ex(system, rhs)
+        with small_solve_threads(system.device):
+            solution, info = torch.linalg.solve_ex(system, rhs)
         alpha = solution[:, 1:] * s
         ok = (info == 0) & torch.isfinite(alpha).all(dim=1)
         fallback = torch.zeros_like(alpha)

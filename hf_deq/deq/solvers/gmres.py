@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .anderson import _check_int
-from .base import BestIterateTracker, FixedPointFn, Solver, evaluate, no_autocast
+from .base import BestIterateTracker, FixedPointFn, Solver, evaluate, no_autocast, small_solve_threads
 
 
 class GMRES(Solver):
@@ -81,7 +81,8 @@ class GMRES(Solver):
             hess[:, : j + 1, j] = h.double().cpu()
             hess[:, j + 1, j] = h_next.double().cpu()
             sub = hess[:, : j + 2, : j + 1]
-            y = torch.linalg.lstsq(sub, rhs[:, : j + 2].unsqueeze(2), driver="gelsd").solution.squeeze(2)
+            with small_solve_threads(sub.device):
+                y = torch.linalg.lstsq(sub, rhs[:, : j + 2].unsqueeze(2), driver="gelsd").solution.squeeze(2)
             res = torch.linalg.vector_norm(rhs[:, : j + 2] - torch.bmm(sub, y.unsqueeze(2)).squeeze(2), dim=1)
             rel = res / scale
             if bool(((rel if tracker.stop_mode == "rel" else res) <= tol).all()):
