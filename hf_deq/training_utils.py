@@ -4,6 +4,7 @@ skipping non-finite steps. Kept free of any one model family."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -147,6 +148,51 @@ class NonFiniteLossGuard:
         return False
 
 
+def log_step(path: str | os.PathLike, accelerator, record: dict[str, Any]) -> None:
+    """``--log_file``: append ``record`` (plus ``process_index`` / ``num_processes``) as one JSON line. Process 0
+    writes ``path``, process ``i > 0`` writes ``path.rank<i>``, so a multi-process run leaves one file per rank;
+    a resumed run appends to the same file. Machine-readable per-step losses for tests and plots."""
+    index = accelerator.process_index
+    target = Path(path) if index == 0 else Path(f"{path}.rank{index}")
+    line = {**record, "process_index": index, "num_processes": accelerator.num_processes}
+    with open(target, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def state_fingerprint(model: torch.nn.Module) -> dict[str, str]:
+    """SHA-256 of the parameters and of the whole ``state_dict`` (buffers included): equal fingerprints on every
+    rank show that data-parallel training kept the replicas identical."""
+
+    def digest(tensors) -> str:
+        h = hashlib.sha256()
+        for name, tensor in tensors:
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    return {
+        "parameters_sha256": digest(sorted(model.named_parameters())),
+        "state_dict_sha256": digest(sorted(model.state_dict().items())),
+    }
+
+
+def packaged_metric_path(name: str) -> str:
+    """Path of an ``evaluate`` metric module shipped in ``hf_deq/metrics`` (e.g. ``"accuracy"``)."""
+    path = Path(__file__).resolve().parent / "metrics" / f"{name}.py"
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.py") if not p.stem.startswith("_"))
+        raise ValueError(f"no packaged metric {name!r}; available: {available}")
+    return str(path)
+
+
+def load_packaged_metric(name: str, **kwargs: Any):
+    """``evaluate.load`` of a packaged metric by path: works offline (``evaluate.load("accuracy")`` fetches the
+    module from the Hub). In multi-process runs call it under ``accelerator.main_process_first()``."""
+    import evaluate
+
+    return evaluate.load(packaged_metric_path(name), **kwargs)
+
+
 def solver_stats(outputs) -> dict[str, float]:
     """Mean/max solver steps and mean residual of a model output, for logging."""
     nstep = outputs.solver_nstep.float()
@@ -166,7 +212,11 @@ __all__ = [
     "deq_overrides",
     "holds_a_model",
     "list_checkpoints",
+    "load_packaged_metric",
+    "log_step",
+    "packaged_metric_path",
     "resolve_checkpoint",
     "save_checkpoint_atomically",
     "solver_stats",
+    "state_fingerprint",
 ]

@@ -1,0 +1,87 @@
+"""Publish a saved hf_deq model on the Hugging Face Hub.
+
+    python scripts/push_to_hub.py --model_dir outputs/mdeq-digits --repo_id alice/mdeq-tiny-digits [--private]
+
+``--model_dir`` is what a training script (or ``save_pretrained``) wrote: safetensors weights, ``config.json``,
+``generation_config.json``, the tokenizer or image processor, ``all_results.json``. The upload adds a model card
+(rendered from the config, the metrics and the solver statistics) and the code that lets the repo load with
+``trust_remote_code=True`` where hf_deq is not installed. The model directory itself is never modified: files are
+staged in a temporary folder. ``--stage_only DIR`` writes that folder to DIR instead of uploading, to inspect it.
+
+Authentication: ``HF_TOKEN`` or the token of ``hf auth login`` (or ``--token``). Exit status 0 on success,
+1 when the Hub refuses or the model directory is unusable, 2 for a malformed repo id or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_dir", required=True, help="a saved hf_deq model (save_pretrained output)")
+    parser.add_argument("--repo_id", required=True, help="Hub repo id, 'namespace/name'")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--commit_message", default=None)
+    parser.add_argument("--revision", default=None, help="branch to push to (default: main)")
+    parser.add_argument("--token", default=None, help="default: HF_TOKEN or the `hf auth login` token")
+    parser.add_argument("--license", default="apache-2.0", help="license of the card metadata")
+    parser.add_argument(
+        "--stage_only",
+        default=None,
+        metavar="DIR",
+        help="write the staged repo into DIR (new or empty) and stop",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from hf_deq import hub
+
+    try:
+        hub.check_repo_id(args.repo_id)
+    except hub.InvalidRepoIdError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        hub.check_model_dir(Path(args.model_dir))
+        card = None
+        if _card_is_generated(args.model_dir):
+            card = hub.render_model_card(args.model_dir, repo_id=args.repo_id, license=args.license)
+        if args.stage_only:
+            target = Path(args.stage_only)
+            if target.exists() and any(target.iterdir()):
+                print(f"error: --stage_only {target} exists and is not empty", file=sys.stderr)
+                return 2
+            files = hub.stage_model_dir(args.model_dir, target, repo_id=args.repo_id, card=card)
+            print(f"staged {len(files)} files in {target}: {', '.join(files)}")
+            return 0
+        info = hub.push_model_dir(
+            args.model_dir,
+            args.repo_id,
+            private=args.private,
+            commit_message=args.commit_message,
+            token=args.token,
+            card=card,
+            revision=args.revision,
+        )
+    except hub.HubPushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"pushed {args.model_dir} to {info.repo_url} (commit {info.oid})")
+    return 0
+
+
+def _card_is_generated(model_dir: str) -> bool:
+    """Use the card rendered here (with --license) unless the user wrote their own README.md."""
+    from hf_deq.hub import GENERATED_MARKER
+
+    readme = Path(model_dir) / "README.md"
+    return not readme.is_file() or GENERATED_MARKER in readme.read_text(encoding="utf-8")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,469 @@
+"""Tests of the MDEQ image classifier: the shared DEQ model checks (``DEQModelTesterMixin``) plus shapes per
+resolution, weight norm, the image processor, ``pipeline``, clear input errors, and the training script end to
+end (in-process, with a checkpoint and an exact resume)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from deq_model_tester import DEQModelTesterMixin  # tests/models is on sys.path (rootdir-relative imports)
+from PIL import Image
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    pipeline,
+)
+
+import hf_deq
+from hf_deq import (
+    DEQConfigError,
+    MDEQConfig,
+    MDEQForImageClassification,
+    MDEQImageProcessor,
+    MDEQModel,
+    create_config,
+    create_model,
+)
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module (the scripts are not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions run much faster on one thread, above all on a CPU shared with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(**overrides) -> MDEQConfig:
+    return create_config("test_mdeq_tiny", **{"solver_on_failure": "ignore", **overrides})
+
+
+def pixel_inputs(config, batch_size: int = 2, seed: int = 0, size: int | None = None) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    side = size or config.image_size
+    return torch.randn(batch_size, config.num_channels, side, side, generator=g)
+
+
+class MDEQModelTest(DEQModelTesterMixin):
+    __test__ = True  # collected although the name does not start with "Test"
+    config_class = MDEQConfig
+    base_model_class = MDEQModel
+    auto_classes = {MDEQModel: AutoModel, MDEQForImageClassification: AutoModelForImageClassification}
+    main_output = "logits"
+
+    def get_config(self, **overrides):
+        return tiny_config(**overrides)
+
+    def get_inputs(self, config, batch_size: int = 2, with_labels: bool = True):
+        inputs = {"pixel_values": pixel_inputs(config, batch_size)}
+        if with_labels:
+            g = torch.Generator().manual_seed(1)
+            inputs["labels"] = torch.randint(0, config.num_labels, (batch_size,), generator=g)
+        return inputs
+
+    def get_train_dataset(self, config):
+        from datasets import Dataset
+
+        digits = load_script("train_mdeq_classifier").load_digits_dataset()["train"].select(range(8))
+        processor = MDEQImageProcessor.from_model_config(config)
+        pixels = processor(list(digits["image"]), return_tensors="np")["pixel_values"]
+        dataset = Dataset.from_dict({"pixel_values": list(pixels), "labels": list(digits["label"])})
+        dataset = dataset.with_format("torch")
+        return dataset, None
+
+    # -- MDEQ-specific ------------------------------------------------------------------------------------
+    def test_output_shapes_for_each_resolution(self):
+        config = create_config("test_mdeq_tiny_3branch", solver_on_failure="ignore")
+        assert config.num_branches == 3 and config.downsample_times == 1
+        torch.manual_seed(0)
+        model = MDEQForImageClassification(config).eval()
+        for side, expected in ((16, (8, 4, 2)), (15, (8, 4, 2)), (13, (7, 4, 2))):
+            x = pixel_inputs(config, batch_size=3, size=side)
+            with torch.no_grad():
+                base = model.mdeq(pixel_values=x)
+                out = model(pixel_values=x, output_hidden_states=True)
+            assert len(base.hidden_states) == 3
+            for maps, channels, res in zip(base.hidden_states, config.channels, expected):
+                assert tuple(maps.shape) == (3, channels, res, res)
+            assert base.last_hidden_state is base.hidden_states[0]
+            assert tuple(base.pooler_output.shape) == (3, config.final_channels)
+            assert tuple(out.logits.shape) == (3, config.num_labels)
+            assert len(out.hidden_states) == 3
+        with torch.no_grad():
+            assert model(pixel_values=pixel_inputs(config)).hidden_states is None  # only when asked
+
+    def test_classifier_reads_the_base_model_pooled_features(self):
+        config = tiny_config()
+        torch.manual_seed(0)
+        model = MDEQForImageClassification(config).eval()
+        x = pixel_inputs(config)
+        with torch.no_grad():
+            pooled = model.mdeq(pixel_values=x).pooler_output
+            logits = model(pixel_values=x).logits
+        torch.testing.assert_close(logits, model.classifier(pooled))
+
+    def test_loss_is_cross_entropy_plus_jacobian_term(self):
+        config = tiny_config(jacobian_reg_weight=0.5)
+        torch.manual_seed(0)
+        model = MDEQForImageClassification(config).train()
+        labels = torch.tensor([3, 7])
+        out = model(pixel_values=pixel_inputs(config), labels=labels)
+        assert out.jacobian_loss is not None and out.jacobian_loss > 0
+        ce = torch.nn.functional.cross_entropy(out.logits, labels)
+        torch.testing.assert_close(out.loss, ce + 0.5 * out.jacobian_loss)
+        out.loss.backward()
+        with torch.no_grad():  # no Jacobian term without training
+            assert model.eval()(pixel_values=pixel_inputs(config), labels=labels).jacobian_loss is None
+
+    def test_weight_norm_parametrizes_the_cell_and_survives_save_load(self, tmp_path):
+        config = tiny_config(weight_norm=True)
+        torch.manual_seed(0)
+        model = MDEQForImageClassification(config)
+        keys = list(model.state_dict())
+        wn = [k for k in keys if k.endswith("parametrizations.weight.original1")]
+        # conv1 + conv2 of each branch's block, and each post-fusion conv
+        assert len(wn) == 2 * config.num_branches + config.num_branches
+        assert all(k.startswith("mdeq.cell.") for k in wn)
+        plain = tiny_config(weight_norm=False)
+        assert not any("parametrizations" in k for k in MDEQForImageClassification(plain).state_dict())
+        with torch.no_grad():  # make g differ from ||v||, so a load that re-initialised g would show
+            for k, p in model.named_parameters():
+                if k.endswith("original0"):
+                    p.mul_(1.5)
+        model.eval().save_pretrained(tmp_path)
+        loaded = MDEQForImageClassification.from_pretrained(tmp_path).eval()
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+    def test_bf16_autocast_forward(self):
+        config = tiny_config()
+        torch.manual_seed(0)
+        model = MDEQForImageClassification(config).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(pixel_values=pixel_inputs(config), labels=torch.tensor([1, 2]))
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+    # -- clear errors -------------------------------------------------------------------------------------
+    def test_wrong_channel_count_raises(self):
+        config = tiny_config()  # grayscale
+        model = MDEQForImageClassification(config).eval()
+        rgb = torch.randn(2, 3, config.image_size, config.image_size)
+        with pytest.raises(ValueError, match=r"3 channels .*num_channels=1"):
+            model(pixel_values=rgb)
+
+    def test_image_smaller_than_the_stem_allows_raises(self):
+        config = create_config("test_mdeq_tiny_3branch")  # downsample x2, 3 branches: sides >= 8
+        model = MDEQForImageClassification(config).eval()
+        with pytest.raises(ValueError, match=r"4x4 is smaller .* >= 8"):
+            model(pixel_values=torch.randn(1, 3, 4, 4))
+        with pytest.raises(ValueError, match="image_size"):
+            create_config("test_mdeq_tiny_3branch", image_size=4)
+
+    def test_label_out_of_range_raises(self):
+        config = tiny_config()
+        model = MDEQForImageClassification(config).eval()
+        with pytest.raises(ValueError, match=r"label 10 is out of range.*\[0, 9\]"):
+            model(pixel_values=pixel_inputs(config), labels=torch.tensor([1, 10]))
+        with pytest.raises(ValueError, match=r"label -3 is out of range"):
+            model(pixel_values=pixel_inputs(config), labels=torch.tensor([-3, 1]))
+        with torch.no_grad():  # -100 means "ignore this sample"
+            out = model(pixel_values=pixel_inputs(config), labels=torch.tensor([-100, 1]))
+        assert torch.isfinite(out.loss)
+
+    def test_unknown_preset_raises(self):
+        with pytest.raises(ValueError, match=r"unknown preset 'mdeq-huge'.*mdeq-tiny-cifar10"):
+            create_model("mdeq-huge")
+        script = load_script("train_mdeq_classifier")
+        with pytest.raises(ValueError, match="unknown preset 'mdeq-huge'"):
+            script.parse_args(["--preset", "mdeq-huge"])
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("channels", []),
+            ("channels", [8, 6]),
+            ("num_blocks", [1, 1, 1]),
+            ("head_channels", [8]),
+            ("downsample_times", 3),
+            ("dropout", 1.0),
+            ("expansion_factor", 0),
+            ("num_channels", 0),
+            ("weight_norm", "yes"),
+        ],
+    )
+    def test_invalid_architecture_field_names_itself(self, field, value):
+        with pytest.raises(DEQConfigError) as info:
+            tiny_config(**{field: value})
+        assert info.value.field in (field, "num_groups")
+        assert f"MDEQConfig.{info.value.field}=" in str(info.value) and "expected" in str(info.value)
+
+    # -- presets ------------------------------------------------------------------------------------------
+    def test_presets_and_parameter_counts(self):
+        assert {"mdeq-tiny-cifar10", "mdeq-large-cifar10", "mdeq-small-imagenet", "mdeq-tiny-digits"} <= set(
+            hf_deq.list_variants("mdeq")
+        )
+        assert {"test_mdeq_tiny", "test_mdeq_tiny_3branch"} <= set(hf_deq.list_variants(include_test=True))
+        counts = {}
+        for name in ("mdeq-tiny-cifar10", "mdeq-tiny-digits", "mdeq-large-cifar10", "mdeq-small-imagenet"):
+            with torch.device("meta"):
+                model = create_model(name)
+            counts[name] = sum(p.numel() for p in model.parameters())
+        # The official architecture (github.com/locuslab/mdeq, Gsunshine/phantom_grad); the papers quote ~170K,
+        # ~10M and ~18M.
+        assert counts == {
+            "mdeq-tiny-cifar10": 158_986,
+            "mdeq-tiny-digits": 158_554,
+            "mdeq-large-cifar10": 11_098_398,
+            "mdeq-small-imagenet": 16_808_936,
+        }
+        tiny = create_config("mdeq-tiny-cifar10")
+        assert (tiny.grad_estimator, tiny.grad_steps, tiny.grad_damping, tiny.solver) == (
+            "upg",
+            5,
+            0.5,
+            "broyden",
+        )
+        assert create_config("mdeq-small-imagenet").downsample_times == 2
+
+    # -- image processor and pipeline -------------------------------------------------------------------------
+    def test_image_processor_converts_channels_resizes_and_normalizes(self):
+        gray = Image.fromarray(np.full((8, 8), 255, dtype=np.uint8), mode="L")
+        rgb = Image.fromarray(np.full((5, 7, 3), [255, 0, 0], dtype=np.uint8), mode="RGB")
+        to_rgb = MDEQImageProcessor(size={"height": 16, "width": 16}, num_channels=3)
+        out = to_rgb([gray, rgb], return_tensors="pt")["pixel_values"]
+        assert tuple(out.shape) == (2, 3, 16, 16)
+        torch.testing.assert_close(out[0], torch.ones(3, 16, 16))  # 255 -> 1 -> (1 - 0.5) / 0.5
+        torch.testing.assert_close(out[1, 0], torch.ones(16, 16))
+        torch.testing.assert_close(out[1, 1], -torch.ones(16, 16))
+        to_gray = MDEQImageProcessor.from_model_config(tiny_config())
+        assert to_gray.num_channels == 1 and to_gray.size["height"] == 8
+        out = to_gray([rgb, np.zeros((8, 8), dtype=np.uint8)], return_tensors="pt")["pixel_values"]
+        assert tuple(out.shape) == (2, 1, 8, 8)
+        luma = 0.299 * 255 / 255
+        assert out[0].mean().item() == pytest.approx((luma - 0.5) / 0.5, abs=0.02)
+        torch.testing.assert_close(out[1], -torch.ones(1, 8, 8))
+        with pytest.raises(ValueError, match="num_channels must be 1 or 3"):
+            MDEQImageProcessor(num_channels=2)
+
+    def test_image_processor_round_trip_through_auto_image_processor(self, tmp_path):
+        processor = MDEQImageProcessor(
+            size={"height": 12, "width": 12}, num_channels=1, image_mean=[0.2], image_std=[0.3]
+        )
+        processor.save_pretrained(tmp_path)
+        tiny_config().save_pretrained(tmp_path)
+        loaded = AutoImageProcessor.from_pretrained(tmp_path)
+        assert type(loaded) is MDEQImageProcessor
+        assert loaded.num_channels == 1 and loaded.size["height"] == 12
+        assert list(loaded.image_mean) == [0.2] and list(loaded.image_std) == [0.3]
+        image = Image.fromarray(
+            np.random.default_rng(0).integers(0, 255, (9, 9, 3), dtype=np.uint8), mode="RGB"
+        )
+        torch.testing.assert_close(
+            loaded(image, return_tensors="pt")["pixel_values"],
+            processor(image, return_tensors="pt")["pixel_values"],
+        )
+
+    def test_pipeline_image_classification_from_a_saved_dir(self, tmp_path):
+        names = [f"digit_{i}" for i in range(10)]
+        config = tiny_config(id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+        torch.manual_seed(0)
+        model = MDEQForImageClassification(config).eval()
+        processor = MDEQImageProcessor.from_model_config(config)
+        model.save_pretrained(tmp_path)
+        processor.save_pretrained(tmp_path)
+        classifier = pipeline("image-classification", model=str(tmp_path), device="cpu")
+        assert type(classifier.model) is MDEQForImageClassification
+        assert type(classifier.image_processor) is MDEQImageProcessor
+        image = Image.fromarray(
+            np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8), mode="RGB"
+        )
+        preds = classifier(image, top_k=3)
+        assert len(preds) == 3 and all(p["label"] in names for p in preds)
+        with torch.no_grad():
+            logits = model(**processor(image, return_tensors="pt")).logits[0]
+        assert preds[0]["label"] == names[int(logits.argmax())]
+        assert preds[0]["score"] == pytest.approx(float(logits.softmax(-1).max()), abs=1e-5)
+
+
+# -- the training script ------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def _script_args(output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--preset", "test_mdeq_tiny",
+        "--dataset_name", "digits",
+        "--max_train_samples", "48",
+        "--max_eval_samples", "24",
+        "--per_device_train_batch_size", "12",
+        "--per_device_eval_batch_size", "24",
+        "--max_train_steps", "4",
+        "--learning_rate", "3e-3",
+        "--solver_on_failure", "ignore",
+        "--seed", "3",
+        "--output_dir", str(output_dir),
+        "--disable_tqdm",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_training_script_runs_saves_resumes_exactly_and_guards_its_output(tmp_path, fresh_accelerate_state):
+    from safetensors.torch import load_file
+
+    script = load_script("train_mdeq_classifier")
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    extra = [
+        *("--config_overrides", '{"dropout": 0.2}', "--augment", "crop", "--checkpointing_steps", "2"),
+        *("--unrolled_warmup_steps", "3", "--unrolled_warmup_depth", "2"),  # resumes inside the warm-up
+    ]
+    results = script.main(_script_args(full, *extra))
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "all_results.json"):
+        assert (full / name).is_file(), name
+    saved = json.loads((full / "all_results.json").read_text())
+    assert saved["train_steps"] == 4 and 0.0 <= saved["eval_accuracy"] <= 1.0
+    assert math.isfinite(saved["train_loss"]) and saved["skipped_nonfinite_steps"] == 0
+    assert saved["eval_accuracy"] == results["eval_accuracy"]
+    assert (full / "step_2" / "trainer_state.json").is_file() and (full / "step_4").is_dir()
+    assert type(AutoImageProcessor.from_pretrained(full)) is MDEQImageProcessor
+    config = AutoModelForImageClassification.from_pretrained(full).config
+    assert config.dropout == 0.2
+    assert (config.grad_estimator, config.grad_steps) == ("upg", 5)  # back to the preset's after the warm-up
+
+    # Refuses to write over a saved model ...
+    with pytest.raises(SystemExit, match="already holds a model"):
+        script.main(_script_args(full, *extra))
+
+    # ... and resuming mid-epoch from step 2 (of 4 per epoch) ends with the very same weights.
+    resumed.mkdir()
+    import shutil
+
+    shutil.copytree(full / "step_2", resumed / "step_2")
+    script.main(_script_args(resumed, *extra, "--resume_from_checkpoint", "latest"))
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+    assert json.loads((resumed / "all_results.json").read_text())["train_steps"] == 4
+
+
+def test_training_script_skips_and_counts_non_finite_steps(tmp_path, fresh_accelerate_state, monkeypatch):
+    script = load_script("train_mdeq_classifier")
+    original = MDEQForImageClassification._classification_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(self, logits, labels):
+        calls["n"] += 1
+        loss = original(self, logits, labels)
+        return loss * math.nan if calls["n"] == 2 and self.training else loss
+
+    monkeypatch.setattr(MDEQForImageClassification, "_classification_loss", sometimes_nan)
+    out = tmp_path / "nan"
+    results = script.main(
+        _script_args(out, "--max_train_steps", "3", "--max_nonfinite_steps", "2", "--with_tracking")
+    )
+    assert results["skipped_nonfinite_steps"] == 1 and results["train_steps"] == 3
+    assert list((out / "mdeq_classifier").glob("**/events.out.tfevents.*")), "no TensorBoard events"
+    assert math.isfinite(results["train_loss"])
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _write_image_folder(root: Path, labels: list[str], per_label: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for label in labels:
+        (root / label).mkdir(parents=True)
+        for i in range(per_label):
+            pixels = rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)
+            Image.fromarray(pixels, mode="RGB").save(root / label / f"{i}.png")
+
+
+def test_training_script_loads_image_folders_and_hub_style_datasets(tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    script = load_script("train_mdeq_classifier")
+    _write_image_folder(tmp_path / "train", ["cat", "dog"], 4, seed=0)
+    _write_image_folder(tmp_path / "val", ["cat", "dog"], 2, seed=1)
+    args = script.parse_args(
+        ["--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val")]
+    )
+    data, image_column, label_column, names = script.load_datasets(args)
+    assert (len(data["train"]), len(data["validation"])) == (8, 4)
+    assert (image_column, label_column, names) == ("image", "label", ["cat", "dog"])
+    args = script.parse_args(["--train_dir", str(tmp_path / "train"), "--train_val_split", "0.25"])
+    data, *_ = script.load_datasets(args)  # no validation folder: split off train
+    assert (len(data["train"]), len(data["validation"])) == (6, 2)
+
+    # A CIFAR-like Hub layout: columns `img` / `fine` (ClassLabel), splits train / test, loaded by load_dataset.
+    features = Features(
+        {"idx": Value("int64"), "img": ImageFeature(), "fine": ClassLabel(names=["a", "b", "c"])}
+    )
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        images = [Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)) for _ in range(n)]
+        return Dataset.from_dict(
+            {"idx": list(range(n)), "img": images, "fine": [i % 3 for i in range(n)]}, features=features
+        )
+
+    hub = tmp_path / "hub"
+    for name, n in (("train", 6), ("test", 3)):
+        (hub / "data").mkdir(parents=True, exist_ok=True)
+        split(n).to_parquet(str(hub / "data" / f"{name}-00000-of-00001.parquet"))
+    args = script.parse_args(["--dataset_name", str(hub)])
+    data, image_column, label_column, names = script.load_datasets(args)
+    assert (image_column, label_column, names) == ("img", "fine", ["a", "b", "c"])
+    assert (len(data["train"]), len(data["validation"])) == (6, 3)  # `test` is the evaluation split
+    processor = MDEQImageProcessor.from_model_config(tiny_config())
+    train_dl, eval_dl = script.get_dataloaders(args, data, image_column, label_column, processor)
+    batch = next(iter(eval_dl))
+    assert tuple(batch["pixel_values"].shape) == (3, 1, 8, 8) and batch["labels"].tolist() == [0, 1, 2]
+
+
+def test_compare_estimators_writes_table_and_plot(tmp_path, fresh_accelerate_state):
+    compare = load_script("compare_estimators")
+    train_args = _script_args(tmp_path / "unused", "--max_train_steps", "2")
+    at = train_args.index("--output_dir")
+    del train_args[at : at + 2]  # set per run by compare_estimators
+    out = tmp_path / "compare"
+    results = compare.main(
+        ["--output_dir", str(out), "--estimators", "implicit", "upg", "--in_process", "--", *train_args]
+    )
+    assert list(results) == ["implicit", "upg"]
+    table = (out / "compare_estimators.md").read_text()
+    assert "| implicit |" in table and "| UPG (k=5, λ=0.5) |" in table
+    assert (out / "compare_estimators.png").stat().st_size > 1000
+    assert (
+        results["upg"]["saved_activations_mb"] > results["implicit"]["saved_activations_mb"]
+    )  # k unrolled calls
+    assert json.loads((out / "compare_estimators.json").read_text())["upg"]["train_steps"] == 2
