@@ -1,3 +1,23 @@
-"""Placeholder: filled by the model family."""
+"""DEQ-Transformer causal language model. Importing this registers its classes with the Auto classes and its
+presets with ``hf_deq.variants``."""
 
-__all__: list[str] = []
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from . import presets as _presets  # noqa: F401  (registers the presets)
+from .configuration_deq_transformer import DEQTransformerConfig
+from .modeling_deq_transformer import (
+    DEQTransformerForCausalLM,
+    DEQTransformerModel,
+    DEQTransformerPreTrainedModel,
+)
+
+AutoConfig.register(DEQTransformerConfig.model_type, DEQTransformerConfig, exist_ok=True)
+AutoModel.register(DEQTransformerConfig, DEQTransformerModel, exist_ok=True)
+AutoModelForCausalLM.register(DEQTransformerConfig, DEQTransformerForCausalLM, exist_ok=True)
+
+__all__ = [
+    "DEQTransformerConfig",
+    "DEQTransformerForCausalLM",
+    "DEQTransformerModel",
+    "DEQTransformerPreTrainedModel",
+]

@@ -1,0 +1,138 @@
+"""Configuration of the DEQ-Transformer causal language model."""
+
+from __future__ import annotations
+
+from ...configuration_deq import DEQConfig, _is_finite_number, _is_int
+
+NORM_POSITIONS = ("pre", "post")
+
+
+class DEQTransformerConfig(DEQConfig):
+    r"""Configuration of a DEQ-Transformer (Bai, Kolter, Koltun, "Deep Equilibrium Models", NeurIPS 2019).
+
+    The model is one weight-tied transformer block ``F(z, x)`` (causal self-attention with rotary positions and an
+    MLP); the token embedding ``x`` is injected at every iteration and the hidden states are the fixed point
+    ``z* = F(z*, x)``, found by the configured solver. Field names follow ``transformers``; the DEQ fields
+    (solver, gradient estimator, Jacobian regularisation) are those of :class:`~hf_deq.DEQConfig`, here with the
+    language-model defaults of the phantom-gradient paper (arXiv 2111.05177): Anderson forward solver, UPG with
+    ``k=5``, ``lambda=0.8``.
+
+    Args:
+        vocab_size: number of tokens.
+        hidden_size: width of the state ``z`` (and of the embeddings).
+        num_attention_heads: attention heads; must divide ``hidden_size`` into an even head size (rotary).
+        intermediate_size: width of the MLP.
+        max_position_embeddings: longest sequence (prompt plus generated tokens) the model accepts.
+        hidden_act: MLP activation (a key of ``transformers.activations.ACT2FN``).
+        layer_norm_eps: epsilon of the LayerNorms.
+        rope_theta: base of the rotary position frequencies.
+        norm_position: ``"pre"`` (LayerNorm before each sublayer, a final LayerNorm closing ``F`` keeps the state
+            bounded) or ``"post"`` (LayerNorm after each residual addition, as in the original DEQ-Transformer).
+        hidden_dropout: variational dropout inside ``F`` (one mask per forward, shared by every solver iteration
+            and by every position of a sequence) on the attention and MLP outputs.
+        embedding_dropout: ordinary dropout on the injected token embedding (computed once per forward).
+        weight_norm: weight normalisation of the block's linear layers (recomputed once per forward).
+        attention_bias: biases in the attention projections.
+        mlp_bias: biases in the MLP.
+        initializer_range: std of the normal initialisation of weights.
+        tie_word_embeddings: share the LM head weight with the token embedding.
+        pad_token_id, bos_token_id, eos_token_id: special tokens.
+        use_cache: return the equilibrium key/value cache (used by ``generate``).
+    """
+
+    model_type = "deq_transformer"
+
+    vocab_size: int = 32000
+    hidden_size: int = 512
+    num_attention_heads: int = 8
+    intermediate_size: int = 2048
+    max_position_embeddings: int = 1024
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    norm_position: str = "pre"
+    hidden_dropout: float = 0.0
+    embedding_dropout: float = 0.0
+    weight_norm: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = True
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    use_cache: bool = True
+
+    # DEQ fields with the LM defaults of the phantom-gradient paper (DESIGN section 6).
+    solver: str = "anderson"
+    solver_max_iter: int = 30
+    solver_tol: float = 1e-3
+    grad_estimator: str = "upg"
+    grad_steps: int = 5
+    grad_damping: float = 0.8
+    grad_max_iter: int = 35
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.validate_architecture_fields()
+
+    @property
+    def num_hidden_layers(self) -> int:
+        """One weight-tied block: the key/value cache holds one layer (read by ``DynamicCache(config=...)``)."""
+        return 1
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate_architecture_fields(self) -> None:
+        """Raise ``DEQConfigError`` (a ``ValueError``) naming the first invalid architecture field."""
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise self._error(name, "an integer >= 1")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise self._error(
+                "hidden_size",
+                f"a multiple of num_attention_heads={self.num_attention_heads} (hidden size per head)",
+            )
+        if self.head_dim % 2 != 0:
+            raise self._error(
+                "hidden_size",
+                f"hidden_size / num_attention_heads even for rotary positions (got head size {self.head_dim})",
+            )
+        if self.norm_position not in NORM_POSITIONS:
+            raise self._error("norm_position", f"one of {list(NORM_POSITIONS)}")
+        for name in ("hidden_dropout", "embedding_dropout"):
+            value = getattr(self, name)
+            if not _is_finite_number(value) or not 0 <= value < 1:
+                raise self._error(name, "a number in [0, 1)")
+        if not _is_finite_number(self.layer_norm_eps) or not self.layer_norm_eps > 0:
+            raise self._error("layer_norm_eps", "a finite number > 0")
+        if not _is_finite_number(self.rope_theta) or not self.rope_theta > 0:
+            raise self._error("rope_theta", "a finite number > 0")
+        if not _is_finite_number(self.initializer_range) or not self.initializer_range >= 0:
+            raise self._error("initializer_range", "a finite number >= 0")
+        from transformers.activations import ACT2FN
+
+        if self.hidden_act not in ACT2FN:
+            raise self._error("hidden_act", f"one of {sorted(ACT2FN)}")
+        for name in ("weight_norm", "attention_bias", "mlp_bias", "tie_word_embeddings", "use_cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise self._error(name, "True or False")
+        for name in ("pad_token_id", "bos_token_id"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or not 0 <= value < self.vocab_size):
+                raise self._error(name, f"None or a token id in [0, {self.vocab_size})")
+        eos = self.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        if not all(_is_int(t) and 0 <= t < self.vocab_size for t in eos_ids):
+            raise self._error("eos_token_id", f"None, a token id in [0, {self.vocab_size}) or a list of them")
+
+
+__all__ = ["DEQTransformerConfig"]

@@ -1,0 +1,137 @@
+"""Text helpers for the language-model scripts: tokenizers trained with ``tokenizers`` on the training text and
+wrapped as ``PreTrainedTokenizerFast`` (saved next to a model, reloaded by ``AutoTokenizer``), a built-in corpus
+that needs no download, and splitting / chunking of text datasets. Independent of any model family."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+UNK_TOKEN = "<unk>"
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<pad>"
+TOKENIZER_KINDS = ("char", "bpe")
+
+
+def builtin_corpus() -> list[str]:
+    """English text that ships with Python (``pydoc_data.topics``, ~65k words), as lines with their line breaks."""
+    from pydoc_data.topics import topics
+
+    text = "\n".join(topics[key] for key in sorted(topics))
+    return text.splitlines(keepends=True)
+
+
+def train_char_tokenizer(texts: Iterable[str]):
+    """A character-level tokenizer over the characters of ``texts`` (plus ``<unk>``, ``<pad>`` and
+    ``<|endoftext|>``); decoding concatenates characters, so ``decode(encode(s)) == s`` for seen characters."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    chars: set[str] = set()
+    for text in texts:
+        chars.update(text)
+    specials = [UNK_TOKEN, PAD_TOKEN, EOS_TOKEN]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in sorted(chars):
+        vocab.setdefault(ch, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    return _wrap(tokenizer)
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2):
+    """A byte-level BPE tokenizer (GPT-2 style) trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 300:
+        raise ValueError(
+            f"a byte-level BPE vocabulary needs at least 300 tokens, got vocab_size={vocab_size}"
+        )
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_batched(texts), trainer=trainer)
+    return _wrap(tokenizer, unk=False)
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 8000):
+    """``kind`` is ``"char"`` or ``"bpe"``."""
+    if kind == "char":
+        return train_char_tokenizer(texts)
+    if kind == "bpe":
+        return train_bpe_tokenizer(texts, vocab_size=vocab_size)
+    raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {list(TOKENIZER_KINDS)}")
+
+
+def _wrap(tokenizer, unk: bool = True):
+    from transformers import PreTrainedTokenizerFast
+
+    kwargs = {"unk_token": UNK_TOKEN} if unk else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=EOS_TOKEN,
+        bos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        model_max_length=1_000_000,
+        clean_up_tokenization_spaces=False,
+        **kwargs,
+    )
+
+
+def _batched(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def tail_split_index(lengths: Iterable[int], tail_fraction: float) -> int:
+    """Index of the first row of the last ``tail_fraction`` of the text (by characters): rows before it are
+    the head (training), rows from it on the tail (validation)."""
+    if not 0 < tail_fraction < 1:
+        raise ValueError(f"tail_fraction must be in (0, 1), got {tail_fraction!r}")
+    lengths = list(lengths)
+    target = (1.0 - tail_fraction) * sum(lengths)
+    seen = 0
+    for i, n in enumerate(lengths):
+        if seen >= target:
+            return max(i, 1)
+        seen += n
+    return max(len(lengths) - 1, 1)
+
+
+def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
+    """``datasets.map(batched=True)`` helper: concatenate the token lists of a batch and cut them into blocks of
+    ``block_size`` (the remainder of the batch is dropped); ``labels`` are a copy of ``input_ids``."""
+    keys = [k for k in examples if k in ("input_ids", "attention_mask")]
+    concatenated = {k: [t for row in examples[k] for t in row] for k in keys}
+    total = (len(concatenated["input_ids"]) // block_size) * block_size
+    result = {
+        k: [v[i : i + block_size] for i in range(0, total, block_size)] for k, v in concatenated.items()
+    }
+    result["labels"] = [list(block) for block in result["input_ids"]]
+    return result
+
+
+__all__ = [
+    "EOS_TOKEN",
+    "PAD_TOKEN",
+    "TOKENIZER_KINDS",
+    "UNK_TOKEN",
+    "builtin_corpus",
+    "group_texts",
+    "tail_split_index",
+    "train_bpe_tokenizer",
+    "train_char_tokenizer",
+    "train_tokenizer",
+]
