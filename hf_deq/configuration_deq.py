@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from transformers import PreTrainedConfig
 
-from .deq import available_grad_estimators, available_solvers, normalize_name
+from .deq import available_grad_estimators, available_solvers, get_solver, normalize_name
 from .deq.core import FAILURE_MODES, GRAD_CONFIG_FIELDS
 from .deq.solvers import SOLVERS
 from .deq.solvers.base import STOP_MODES
@@ -26,6 +27,10 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
 
 
 class DEQConfig(PreTrainedConfig):
@@ -91,14 +96,21 @@ class DEQConfig(PreTrainedConfig):
             raise self._error("solver", f"one of {forward_solvers}")
         if self.solver_kwargs is not None and not isinstance(self.solver_kwargs, dict):
             raise self._error("solver_kwargs", "a dict of solver hyperparameters or None")
+        if self.solver_kwargs:
+            try:  # the solver's own checks (unknown hyperparameters, out-of-range values), at construction
+                get_solver(self.solver, **self.solver_kwargs)
+            except (TypeError, ValueError) as err:
+                raise self._error(
+                    "solver_kwargs", f"hyperparameters that solver {self.solver!r} accepts ({err})"
+                ) from err
         if not _is_int(self.solver_max_iter) or self.solver_max_iter < 1:
             raise self._error("solver_max_iter", "an integer >= 1")
         if self.solver_eval_max_iter is not None and (
             not _is_int(self.solver_eval_max_iter) or self.solver_eval_max_iter < 1
         ):
             raise self._error("solver_eval_max_iter", "an integer >= 1 or None")
-        if not _is_number(self.solver_tol) or not self.solver_tol >= 0:
-            raise self._error("solver_tol", "a number >= 0")
+        if not _is_finite_number(self.solver_tol) or not self.solver_tol >= 0:
+            raise self._error("solver_tol", "a finite number >= 0")
         if self.solver_stop_mode not in STOP_MODES:
             raise self._error("solver_stop_mode", f"one of {list(STOP_MODES)}")
         if self.solver_on_failure not in FAILURE_MODES:
@@ -117,10 +129,10 @@ class DEQConfig(PreTrainedConfig):
             raise self._error("grad_solver", f"one of {available_solvers()}")
         if not _is_int(self.grad_max_iter) or self.grad_max_iter < 1:
             raise self._error("grad_max_iter", "an integer >= 1")
-        if not _is_number(self.grad_tol) or not self.grad_tol >= 0:
-            raise self._error("grad_tol", "a number >= 0")
-        if not _is_number(self.jacobian_reg_weight) or not self.jacobian_reg_weight >= 0:
-            raise self._error("jacobian_reg_weight", "a number >= 0")
+        if not _is_finite_number(self.grad_tol) or not self.grad_tol >= 0:
+            raise self._error("grad_tol", "a finite number >= 0")
+        if not _is_finite_number(self.jacobian_reg_weight) or not self.jacobian_reg_weight >= 0:
+            raise self._error("jacobian_reg_weight", "a finite number >= 0")
 
 
 __all__ = ["DEQConfig", "DEQConfigError"]

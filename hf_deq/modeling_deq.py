@@ -3,17 +3,84 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 from typing import Any
 
 from .configuration_deq import DEQConfig
-from .deq import DEQFixedPoint
+from .deq import DEQFixedPoint, get_solver
 from .deq.core import GRAD_CONFIG_FIELDS
+
+#: weight files that are Python pickles: loading one can run arbitrary code
+PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SAFE_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
+
+
+def _refuse_pickled_weights(path: Any, subfolder: str = "") -> None:
+    """Raise ``OSError`` when the local ``path`` would make ``from_pretrained`` read pickled weights."""
+    if path is None:
+        return
+    path = os.path.join(str(path), subfolder) if subfolder else str(path)
+    if os.path.isfile(path):
+        if not path.endswith(SAFE_WEIGHT_SUFFIXES):
+            raise OSError(
+                f"{path} is not a safetensors file: hf_deq models load safetensors weights only (pickled "
+                "PyTorch weights can execute arbitrary code when loaded)"
+            )
+        return
+    if not os.path.isdir(path):
+        return  # a Hub id: from_pretrained is called with use_safetensors=True
+    names = os.listdir(path)
+    explicit = None
+    if "config.json" in names:
+        try:
+            with open(os.path.join(path, "config.json")) as f:
+                explicit = json.load(f).get("transformers_weights")
+        except (OSError, ValueError, AttributeError):
+            explicit = None
+    if explicit is not None and not str(explicit).endswith(SAFE_WEIGHT_SUFFIXES):
+        raise OSError(
+            f"{path}/config.json names transformers_weights={explicit!r}, which is not a safetensors file; "
+            "hf_deq models load safetensors weights only"
+        )
+    if not any(n.endswith(SAFE_WEIGHT_SUFFIXES) for n in names):
+        pickled = sorted(n for n in names if n.endswith(PICKLED_WEIGHT_SUFFIXES))
+        if pickled:
+            raise OSError(
+                f"{path} holds only pickled PyTorch weights ({', '.join(pickled)}) and no model.safetensors: "
+                "hf_deq models load safetensors weights only, because unpickling can execute arbitrary code. "
+                "If you trust the file, convert it once: load the state dict with torch.load(..., "
+                "weights_only=True), then model.save_pretrained(...) writes model.safetensors."
+            )
 
 
 class DEQModelMixin:
     """Mixin for ``PreTrainedModel`` subclasses holding ``DEQFixedPoint`` layers built with ``from_config``."""
 
     config: DEQConfig
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """``PreTrainedModel.from_pretrained`` restricted to safetensors weights: a folder (or Hub repo) with only
+        pickled weights (``pytorch_model.bin``) raises ``OSError`` instead of being unpickled, and
+        ``use_safetensors=False`` or ``gguf_file`` raise ``ValueError``."""
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError(
+                "hf_deq models load safetensors weights only; use_safetensors=False (pickled weights) is refused"
+            )
+        if kwargs.get("gguf_file") is not None:
+            raise ValueError("hf_deq models load safetensors weights only; gguf_file is not supported")
+        _refuse_pickled_weights(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        kwargs["use_safetensors"] = True
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except OSError as err:
+            if "cannot be loaded with `safetensors`" not in str(err):
+                raise
+            raise OSError(
+                f"{pretrained_model_name_or_path} has no model.safetensors: hf_deq models load safetensors weights "
+                "only (pickled weights such as pytorch_model.bin can execute arbitrary code when loaded)"
+            ) from err
 
     def deq_layers(self) -> list[DEQFixedPoint]:
         return [m for m in self.modules() if isinstance(m, DEQFixedPoint)]
@@ -51,6 +118,8 @@ class DEQModelMixin:
         updates: dict[str, Any] = {"solver": name}
         hyper = {k: v for k, v in fields.items() if k not in DEQConfig.SOLVER_FIELDS}
         updates.update({k: v for k, v in fields.items() if k in DEQConfig.SOLVER_FIELDS})
+        if hyper:
+            get_solver(name, **hyper)  # an unknown hyperparameter is a TypeError, like any unexpected keyword
         if hyper or "solver_kwargs" not in updates:
             updates["solver_kwargs"] = {**(updates.get("solver_kwargs") or {}), **hyper} or None
         self._apply_deq_fields(updates)

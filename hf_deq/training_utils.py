@@ -148,6 +148,25 @@ class NonFiniteLossGuard:
         return False
 
 
+class BufferRollback:
+    """Undo what a skipped step's forward pass did to the model's buffers. Training-mode BatchNorm updates its
+    running statistics during the forward, before the loss is known to be non-finite; without a rollback the NaN
+    statistics of a skipped step would stay in the model, its later checkpoints and its evaluation.
+    ``save()`` before the forward, ``restore()`` when the step is skipped (buffers are small: a copy per step)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.buffers = [b for b in model.buffers() if b is not None]
+        self.saved: list[torch.Tensor] = []
+
+    def save(self) -> None:
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for buffer, saved in zip(self.buffers, self.saved):
+            buffer.copy_(saved)
+
+
 def log_step(path: str | os.PathLike, accelerator, record: dict[str, Any]) -> None:
     """``--log_file``: append ``record`` (plus ``process_index`` / ``num_processes``) as one JSON line. Process 0
     writes ``path``, process ``i > 0`` writes ``path.rank<i>``, so a multi-process run leaves one file per rank;
@@ -206,6 +225,7 @@ def solver_stats(outputs) -> dict[str, float]:
 
 
 __all__ = [
+    "BufferRollback",
     "NonFiniteLossGuard",
     "add_deq_arguments",
     "check_output_dir",

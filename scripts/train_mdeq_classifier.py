@@ -53,6 +53,7 @@ import hf_deq  # noqa: F401  (registers the MDEQ Auto classes and presets)
 from hf_deq import MDEQImageProcessor
 from hf_deq.hub import add_hub_arguments, check_hub_args, push_from_args
 from hf_deq.training_utils import (
+    BufferRollback,
     NonFiniteLossGuard,
     add_deq_arguments,
     check_output_dir,
@@ -514,6 +515,7 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
     unwrapped = accelerator.unwrap_model(model)
     schedule = EstimatorSchedule(unwrapped, args.unrolled_warmup_steps, args.unrolled_warmup_depth)
     guard = NonFiniteLossGuard(args.max_nonfinite_steps)
+    rollback = BufferRollback(model)  # a skipped step leaves no NaN BatchNorm statistics behind
 
     if args.with_tracking:
         tracked = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
@@ -605,6 +607,7 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
             with accelerator.accumulate(model):
                 _sync(device)
                 t0 = time.perf_counter()
+                rollback.save()
                 outputs = model(**batch)
                 loss = outputs.loss
                 _sync(device)
@@ -622,6 +625,7 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
                     lr_scheduler.step()
                 else:
                     t2 = time.perf_counter()
+                    rollback.restore()
                     accelerator.print(f"step {state['completed_steps']}: non-finite loss, step skipped")
                 optimizer.zero_grad()
                 _sync(device)

@@ -9,8 +9,10 @@ from .base import (
     BestIterateTracker,
     FixedPointFn,
     Solver,
-    evaluate,
+    call_fn,
+    difference_norms,
     no_autocast,
+    residual_norms,
     restart_nonfinite,
     small_solve_threads,
 )
@@ -57,25 +59,38 @@ class Anderson(Solver):
     def _solve(self, fn: FixedPointFn, z0: Tensor, max_iter: int, tracker: BestIterateTracker) -> None:
         batch, dim = z0.shape
         work = torch.promote_types(z0.dtype, torch.float32)
-        # Ring buffers of f(x_i) and g_i = f(x_i) - x_i (x_i = f_i - g_i need not be stored).
-        fs = torch.zeros(batch, self.memory, dim, dtype=work, device=z0.device)
-        gs = torch.zeros_like(fs)
+        # Ring buffers of f(x_i) and g_i = f(x_i) - x_i (x_i = f_i - g_i need not be stored). Slots are
+        # written before they are read, so they need no initialisation.
+        fs = torch.empty(batch, self.memory, dim, dtype=work, device=z0.device)
+        gs = torch.empty_like(fs)
         gram = torch.zeros(batch, self.memory, self.memory, dtype=work, device=z0.device)
         x = z0.to(work)
         for k in range(max_iter):
-            fx, done = evaluate(fn, x.to(z0.dtype), tracker)
+            z = x.to(z0.dtype)
+            fx = call_fn(fn, z, tracker)
+            slot = k % self.memory
+            with no_autocast(x.device):
+                f_slot, g_slot = fs[:, slot], gs[:, slot]
+                f_slot.copy_(fx)
+                torch.sub(f_slot, x, out=g_slot)
+                if z is x and torch.promote_types(fx.dtype, torch.float32) == work:
+                    # g_slot is exactly the residual f(z) - z in the residual dtype: reuse it.
+                    abs_res, rel_res = difference_norms(g_slot, f_slot)
+                else:
+                    abs_res, rel_res = residual_norms(fx, z)
+            # Iterates after the first are this solver's own tensors and never modified in place.
+            done = tracker.update(z, abs_res, rel_res, owned=k > 0)
             if bool(done.all()) or k == max_iter - 1:
                 return
             with no_autocast(x.device):
-                x = restart_nonfinite(self._step(x, fx, k, fs, gs, gram), tracker)
+                x = restart_nonfinite(self._step(x, k, fs, gs, gram), tracker)
 
-    def _step(self, x: Tensor, fx: Tensor, k: int, fs: Tensor, gs: Tensor, gram: Tensor) -> Tensor:
-        """Store ``f(x)`` and ``g = f(x) - x`` in slot ``k % memory``, update the Gram row, mix."""
+    def _step(self, x: Tensor, k: int, fs: Tensor, gs: Tensor, gram: Tensor) -> Tensor:
+        """With ``f(x)`` and ``g = f(x) - x`` stored in slot ``k % memory``: update the Gram row, mix."""
         slot = k % self.memory
         n = min(k + 1, self.memory)
-        fs[:, slot] = fx
-        gs[:, slot] = fs[:, slot] - x
-        row = torch.bmm(gs[:, :n], gs[:, slot].unsqueeze(2)).squeeze(2)
+        # g_slot^T G^T as a (1, n) row: on CPU this layout of the product is ~2x faster than G g_slot.
+        row = torch.bmm(gs[:, slot].unsqueeze(1), gs[:, :n].transpose(1, 2)).squeeze(1)
         gram[:, slot, :n] = row
         gram[:, :n, slot] = row
         alpha = self._coefficients(gram[:, :n, :n], slot).unsqueeze(1)

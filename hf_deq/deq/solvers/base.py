@@ -72,11 +72,27 @@ def residual_norms(fz: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     Non-finite residuals become ``inf`` so that they never count as the best iterate.
     """
     dtype = torch.promote_types(fz.dtype, torch.float32)
-    diff = (fz.to(dtype) - z.to(dtype)).flatten(1)
-    abs_res = torch.linalg.vector_norm(diff, dim=1)
-    rel_res = abs_res / (torch.linalg.vector_norm(fz.to(dtype).flatten(1), dim=1) + _EPS)
+    fz = fz.to(dtype)
+    return difference_norms(fz - z.to(dtype), fz)
+
+
+def difference_norms(diff: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
+    """``residual_norms`` from a precomputed ``diff = f(z) - z`` and ``f(z)``, both already in the residual
+    dtype (``promote_types(f(z).dtype, float32)``): solvers that form ``f(z) - z`` anyway reuse it."""
+    abs_res = torch.linalg.vector_norm(diff.flatten(1), dim=1)
+    rel_res = abs_res / (torch.linalg.vector_norm(fz.flatten(1), dim=1) + _EPS)
     inf = float("inf")
     return torch.nan_to_num(abs_res, nan=inf, posinf=inf), torch.nan_to_num(rel_res, nan=inf, posinf=inf)
+
+
+def host_sync_is_free(t: Tensor) -> bool:
+    """True where reading a tensor's value on the host costs no device synchronisation (CPU tensors).
+
+    There, a data-dependent branch that skips a full-state pass is a pure saving; on an accelerator the
+    solvers keep branch-free tensor ops instead, so that a step adds no synchronisation to the one the stop
+    test already needs.
+    """
+    return t.device.type == "cpu"
 
 
 class BestIterateTracker:
@@ -97,17 +113,38 @@ class BestIterateTracker:
     def best(self) -> Tensor:
         return self.rel if self.stop_mode == "rel" else self.abs
 
-    def update(self, z: Tensor, abs_res: Tensor, rel_res: Tensor) -> Tensor:
-        """Record the residual of iterate ``z``; return the per-sample mask of samples below ``tol``."""
+    def update(self, z: Tensor, abs_res: Tensor, rel_res: Tensor, *, owned: bool = False) -> Tensor:
+        """Record the residual of iterate ``z``; return the per-sample mask of samples below ``tol``.
+
+        By default the improved samples of ``z`` are copied into the tracker's own buffer, so a solver may
+        reuse or modify ``z`` afterwards. ``owned=True`` hands ``z`` over: the calling solver promises that
+        ``z`` is a tensor it created, shares no storage with the caller's ``z0``, and that it neither modifies
+        ``z`` nor reads it after its next evaluation has been recorded. The tracker may then keep ``z`` itself
+        instead of a copy, and later merge better samples into it in place.
+        """
         current = rel_res if self.stop_mode == "rel" else abs_res
         improved = current < self.best
-        self.z = torch.where(improved.unsqueeze(1), z.detach().to(self.z.dtype), self.z)
+        self._update_z(z.detach(), improved, owned)
         self.abs = torch.where(improved, abs_res.to(self.abs.dtype), self.abs)
         self.rel = torch.where(improved, rel_res.to(self.rel.dtype), self.rel)
         self.nstep = torch.where(improved, torch.full_like(self.nstep, self.nfev), self.nstep)
         if self.trace is not None:
             self.trace.append(current.detach().clone())
         return self.best <= self.tol
+
+    def _update_z(self, z: Tensor, improved: Tensor, owned: bool) -> None:
+        """``self.z`` is always writable: the tracker's own buffer or an iterate handed over by the solver.
+        Merges happen in place, so no step holds more than one best-iterate buffer."""
+        z = z.to(self.z.dtype)
+        if not host_sync_is_free(z):
+            torch.where(improved.unsqueeze(1), z, self.z, out=self.z)  # branch-free: no synchronisation
+        elif bool(improved.all()):  # the common case on CPU
+            if owned:
+                self.z = z
+            else:
+                self.z.copy_(z)
+        elif bool(improved.any()):
+            torch.where(improved.unsqueeze(1), z, self.z, out=self.z)
 
     def result(self) -> SolverResult:
         return SolverResult(
@@ -184,24 +221,37 @@ def small_solve_threads(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def evaluate(fn: FixedPointFn, z: Tensor, tracker: BestIterateTracker) -> tuple[Tensor, Tensor]:
-    """Call ``fn`` once, record the residual of ``z``; return ``(f(z), done_mask)``.
-
-    A sample whose ``f(z)`` is not finite gets an infinite residual, so the tracker keeps its best finite
-    iterate.
-    """
+def call_fn(fn: FixedPointFn, z: Tensor, tracker: BestIterateTracker) -> Tensor:
+    """Call ``fn`` once on ``z``, check the shape of the result and count the evaluation."""
     fz = fn(z)
     if fz.shape != z.shape:
         raise ValueError(
             f"the fixed-point function changed the state shape from {tuple(z.shape)} to {tuple(fz.shape)}"
         )
     tracker.nfev += 1
+    return fz
+
+
+def evaluate(
+    fn: FixedPointFn, z: Tensor, tracker: BestIterateTracker, *, owned: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Call ``fn`` once, record the residual of ``z``; return ``(f(z), done_mask)``.
+
+    A sample whose ``f(z)`` is not finite gets an infinite residual, so the tracker keeps its best finite
+    iterate. ``owned`` is passed on to ``BestIterateTracker.update``.
+    """
+    fz = call_fn(fn, z, tracker)
     abs_res, rel_res = residual_norms(fz, z)
-    done = tracker.update(z, abs_res, rel_res)
+    done = tracker.update(z, abs_res, rel_res, owned=owned)
     return fz, done
 
 
 def restart_nonfinite(z_next: Tensor, tracker: BestIterateTracker) -> Tensor:
     """Replace samples whose next iterate is not finite by their best iterate so far."""
+    # On CPU, first a cheap screen: a finite per-sample sum implies finite entries, and in the common case
+    # the iterate is returned as it is (no copy). A non-finite sum (a non-finite entry, or an overflowing sum
+    # of huge ones) falls through to the exact per-entry test.
+    if host_sync_is_free(z_next) and bool(torch.isfinite(z_next.sum(dim=1)).all()):
+        return z_next
     finite = torch.isfinite(z_next).all(dim=1, keepdim=True)
     return torch.where(finite, z_next, tracker.z.to(z_next.dtype))

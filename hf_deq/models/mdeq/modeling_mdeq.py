@@ -350,6 +350,13 @@ class MDEQPreTrainedModel(DEQModelMixin, PreTrainedModel):
                 f"downsample_times={config.downsample_times} and {config.num_branches} branches each side must be "
                 f">= {config.min_image_size} (resize it, e.g. with MDEQImageProcessor)"
             )
+        smallest = branch_resolutions(config, height, width)[-1]
+        if self.training and pixel_values.shape[0] * smallest[0] * smallest[1] == 1:
+            raise ValueError(
+                f"a training batch of one {height}x{width} image leaves the lowest-resolution branch at 1x1, and "
+                "BatchNorm needs more than one value per channel in training: use a batch of at least 2 or larger "
+                "images"
+            )
         if not bool(torch.isfinite(pixel_values).all()):
             raise ValueError("pixel_values contain NaN or infinite values")
 

@@ -1,0 +1,36 @@
+"""Shared set-up of the robustness tests (issue 6): hypothesis settings, one intra-op thread, and a fresh
+Accelerate state around in-process script runs. Helpers live in ``robustness_helpers.py``."""
+
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+import torch
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Nothing is written into the repository: no example database, and hypothesis's own cache (``.hypothesis/``)
+# goes to a temporary folder. Failures print their example.
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hf_deq_hypothesis_"))
+settings.register_profile("hf_deq_robustness", database=None, deadline=None, print_blob=True)
+settings.load_profile("hf_deq_robustness")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run much faster on one thread, above all on a CPU shared with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """In-process script runs create an ``Accelerator``; its state is a process-wide singleton."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
