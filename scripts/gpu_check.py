@@ -25,14 +25,18 @@ ESTIMATORS = ("implicit", "upg", "npg", "one_step", "unrolled")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mdeq_preset", default="mdeq-tiny-cifar10")
     parser.add_argument("--lm_preset", default="deq-transformer-small")
     parser.add_argument("--image_batch", type=int, default=128)
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--lm_batch", type=int, default=16)
     parser.add_argument("--seq_len", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per estimator (after 2 warm-up steps)")
+    parser.add_argument(
+        "--steps", type=int, default=5, help="timed steps per estimator (after 2 warm-up steps)"
+    )
     parser.add_argument("--estimators", default=",".join(ESTIMATORS))
     parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16", "fp16"])
     parser.add_argument("--families", default="mdeq,lm")
@@ -43,7 +47,9 @@ def make_batch(family: str, config, args, device) -> tuple[dict, int]:
     """Synthetic inputs and the number of items (images or tokens) they hold."""
     g = torch.Generator(device="cpu").manual_seed(0)
     if family == "mdeq":
-        pixels = torch.randn(args.image_batch, config.num_channels, args.image_size, args.image_size, generator=g)
+        pixels = torch.randn(
+            args.image_batch, config.num_channels, args.image_size, args.image_size, generator=g
+        )
         labels = torch.randint(0, config.num_labels, (args.image_batch,), generator=g)
         return {"pixel_values": pixels.to(device), "labels": labels.to(device)}, args.image_batch
     ids = torch.randint(0, config.vocab_size, (args.lm_batch, args.seq_len), generator=g).to(device)
@@ -107,7 +113,9 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("gpu_check.py needs a CUDA device; none is available here.")
         return 2
-    print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; precision {args.mixed_precision}")
+    print(
+        f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; precision {args.mixed_precision}"
+    )
     families = {"mdeq": args.mdeq_preset, "lm": args.lm_preset}
     rows = []
     for family in args.families.split(","):
@@ -115,11 +123,15 @@ def main(argv=None) -> int:
             try:
                 rows.append(run_estimator(family, families[family], estimator, args))
             except Exception as exc:  # report and go on: one failing estimator must not hide the others
-                rows.append({"family": family, "preset": families[family], "estimator": estimator, "error": repr(exc)})
+                rows.append(
+                    {"family": family, "preset": families[family], "estimator": estimator, "error": repr(exc)}
+                )
             torch.cuda.empty_cache()
     unit = {"mdeq": "img/s", "lm": "tok/s"}
     print()
-    print("| preset | estimator | step ms | fwd ms | bwd ms | throughput | peak GiB | mean nstep | loss finite |")
+    print(
+        "| preset | estimator | step ms | fwd ms | bwd ms | throughput | peak GiB | mean nstep | loss finite |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:

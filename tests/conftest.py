@@ -13,4 +13,6 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_deq_test_home_"))
 
-TINYSHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare", "input.txt")
+TINYSHAKESPEARE = os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare", "input.txt"
+)

@@ -106,7 +106,9 @@ class DEQModelTesterMixin:
         model = self._seeded(self.model_classes[-1], config)
         model.set_grad_estimator("implicit", grad_max_iter=40)
         assert model.config.grad_estimator == "implicit" and model.config.grad_max_iter == 40
-        assert all(type(layer.grad_estimator).__name__ == "ImplicitDifferentiation" for layer in model.deq_layers())
+        assert all(
+            type(layer.grad_estimator).__name__ == "ImplicitDifferentiation" for layer in model.deq_layers()
+        )
         assert all(layer.grad_estimator.max_iter == 40 for layer in model.deq_layers())
         model.set_solver("broyden", solver_max_iter=12, memory=4)
         assert model.config.solver == "broyden" and model.config.solver_kwargs == {"memory": 4}
@@ -128,7 +130,9 @@ class DEQModelTesterMixin:
         outputs.loss.backward()
         missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, f"{estimator}: no gradient for {missing}"
-        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        bad = [
+            n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
         assert not bad, f"{estimator}: non-finite gradient for {bad}"
         zero = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.any()]
         assert len(zero) <= len(list(model.parameters())) // 10, f"{estimator}: all-zero gradients for {zero}"
