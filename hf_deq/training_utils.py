@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .configuration_deq import DEQConfig
 from .deq import available_grad_estimators, available_solvers
 
 CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
@@ -39,22 +40,7 @@ def add_deq_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--jacobian_reg_weight", type=float, default=None)
 
 
-DEQ_ARGUMENT_NAMES = (
-    "solver",
-    "solver_kwargs",
-    "solver_max_iter",
-    "solver_eval_max_iter",
-    "solver_tol",
-    "solver_stop_mode",
-    "solver_on_failure",
-    "grad_estimator",
-    "grad_steps",
-    "grad_damping",
-    "grad_solver",
-    "grad_max_iter",
-    "grad_tol",
-    "jacobian_reg_weight",
-)
+DEQ_ARGUMENT_NAMES = (*DEQConfig.SOLVER_FIELDS, *DEQConfig.GRAD_FIELDS, "jacobian_reg_weight")
 
 
 def deq_overrides(args: argparse.Namespace) -> dict[str, Any]:
