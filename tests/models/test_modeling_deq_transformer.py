@@ -238,6 +238,24 @@ class DEQTransformerModelTest(DEQModelTesterMixin):
         beams = {"max_new_tokens": 6, "num_beams": 2, "do_sample": False, **prompts}
         assert torch.equal(model.generate(use_cache=True, **beams), model.generate(use_cache=False, **beams))
 
+    def test_cached_step_warm_starts_from_the_previous_equilibrium(self, trained):
+        model, tokenizer = trained
+        ids = tokenizer(["First Citizen:\nBe"], return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            prefix = model.model(input_ids=ids[:, :-1], use_cache=True)
+            cache = prefix.past_key_values
+            stored_length, state = cache.deq_last_state
+            assert stored_length == ids.shape[1] - 1
+            torch.testing.assert_close(state, prefix.last_hidden_state[:, -1], rtol=0, atol=0)
+            warm = model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True)
+            cold_cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+            cold_cache.deq_last_state = (None, None)  # nothing stored: the solve starts from zeros
+            cold = model(input_ids=ids[:, -1:], past_key_values=cold_cache, use_cache=True)
+            full = model(input_ids=ids, use_cache=False)
+        # the warm start changes the solver's path, not its fixed point
+        torch.testing.assert_close(warm.logits[:, -1], full.logits[:, -1], atol=1e-3, rtol=0)
+        torch.testing.assert_close(cold.logits[:, -1], full.logits[:, -1], atol=1e-3, rtol=0)
+
     def test_pipeline_text_generation_on_a_saved_model(self, trained, tmp_path):
         model, tokenizer = trained
         model.save_pretrained(tmp_path)
