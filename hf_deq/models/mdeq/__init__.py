@@ -5,6 +5,8 @@ Importing this package registers ``MDEQConfig`` with ``AutoConfig``, ``MDEQModel
 ``AutoImageProcessor``, and the ``mdeq-*`` presets with ``hf_deq.variants``.
 """
 
+import warnings
+
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from . import presets as _presets  # noqa: F401  (registers the mdeq-* presets)
@@ -15,7 +17,18 @@ from .modeling_mdeq import MDEQForImageClassification, MDEQModel, MDEQPreTrained
 AutoConfig.register(MDEQConfig.model_type, MDEQConfig, exist_ok=True)
 AutoModel.register(MDEQConfig, MDEQModel, exist_ok=True)
 AutoModelForImageClassification.register(MDEQConfig, MDEQForImageClassification, exist_ok=True)
-AutoImageProcessor.register(MDEQConfig, image_processor_classes={"pil": MDEQImageProcessor}, exist_ok=True)
+try:
+    AutoImageProcessor.register(
+        MDEQConfig, image_processor_classes={"pil": MDEQImageProcessor}, exist_ok=True
+    )
+except ImportError as err:  # transformers < 5.2x: AutoImageProcessor itself needs torchvision
+    warnings.warn(
+        f"AutoImageProcessor is unavailable ({str(err).strip()[:120]}...); MDEQ models work, but "
+        "AutoImageProcessor/pipeline cannot resolve MDEQImageProcessor until torchvision is installed. "
+        "Use hf_deq.MDEQImageProcessor directly.",
+        UserWarning,
+        stacklevel=2,
+    )
 
 __all__ = [
     "MDEQConfig",
