@@ -3,7 +3,6 @@ input errors, and the training script end to end with an exact resume."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from deq_model_tester import DEQModelTesterMixin  # tests/models is on sys.path (rootdir-relative imports)
+from script_loading import load_script  # tests/ is on sys.path (its conftest.py)
 from torch.nn.utils import parametrize
 from transformers import (
     AutoModel,
@@ -346,20 +346,13 @@ def test_trained_tokenizers_round_trip_through_auto_tokenizer(tmp_path):
 
 
 # -- the training script -------------------------------------------------------------------------------------
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_deq_lm", REPO / "scripts" / "train_deq_lm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_training_script_runs_end_to_end_and_resumes_exactly(tmp_path, tinyshakespeare):
     source = tinyshakespeare
     if not source.exists():
         pytest.skip(f"{source} is not available")
     text_slice = tmp_path / "shakespeare_slice.txt"  # a slice in the test's temporary folder, not the repo
     text_slice.write_text(source.read_text()[:12000])
-    script = _load_script()
+    script = load_script("train_deq_lm")
     common = [
         "--train_file",
         str(text_slice),

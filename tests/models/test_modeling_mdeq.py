@@ -4,10 +4,8 @@ end (in-process, with a checkpoint and an exact resume)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 import torch
 from deq_model_tester import DEQModelTesterMixin  # tests/models is on sys.path (rootdir-relative imports)
 from PIL import Image
+from script_loading import load_script
 from transformers import (
     AutoImageProcessor,
     AutoModel,
@@ -32,19 +31,6 @@ from hf_deq import (
     create_config,
     create_model,
 )
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def load_script(name: str):
-    """Import ``scripts/<name>.py`` as a module (the scripts are not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)

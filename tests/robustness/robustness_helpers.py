@@ -3,13 +3,11 @@ subprocesses), their per-step JSONL logs. ``tests/robustness`` is on ``sys.path`
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ import hf_deq
 from hf_deq import create_config
 
 REPO = Path(__file__).resolve().parents[2]
+
 SCRIPTS = REPO / "scripts"
 MDEQ_SCRIPT = SCRIPTS / "train_mdeq_classifier.py"
 LM_SCRIPT = SCRIPTS / "train_deq_lm.py"
@@ -29,17 +28,6 @@ DETERMINISTIC_LAUNCHER = (
     "import runpy, sys, torch; torch.use_deterministic_algorithms(True); torch.set_num_threads(1); "
     "script = sys.argv[1]; sys.argv = sys.argv[1:]; runpy.run_path(script, run_name='__main__')"
 )
-
-
-def load_script(name: str):
-    """Import ``scripts/<name>.py`` as a module (the scripts are not a package); one module per name."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- tiny models -------------------------------------------------------------------------------------------

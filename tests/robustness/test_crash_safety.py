@@ -24,7 +24,6 @@ from robustness_helpers import (
     MDEQ_SCRIPT,
     REPO,
     lm_args,
-    load_script,
     mdeq_args,
     read_log,
     run_checked,
@@ -33,6 +32,7 @@ from robustness_helpers import (
     step_losses,
 )
 from safetensors.torch import load_file
+from script_loading import load_script
 
 from hf_deq.training_utils import list_checkpoints, resolve_checkpoint, save_checkpoint_atomically
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 from robustness_helpers import (
     lm_args,
-    load_script,
     mdeq_args,
     read_log,
     small_text_file,
@@ -23,6 +22,7 @@ from robustness_helpers import (
     tiny_model,
 )
 from safetensors.torch import load_file
+from script_loading import load_script
 
 import hf_deq
 from hf_deq.deq import DEQConvergenceError

@@ -20,13 +20,13 @@ from robustness_helpers import (
     MDEQ_SCRIPT,
     free_port,
     lm_args,
-    load_script,
     mdeq_args,
     read_log,
     run_checked,
     script_env,
     small_text_file,
 )
+from script_loading import load_script
 
 STEPS = 3
 
