@@ -38,6 +38,19 @@ def add_deq_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--grad_max_iter", type=int, default=None)
     group.add_argument("--grad_tol", type=float, default=None)
     group.add_argument("--jacobian_reg_weight", type=float, default=None)
+    group.add_argument(
+        "--unrolled_warmup_steps",
+        type=int,
+        default=0,
+        help="train the first N optimizer steps with plain backprop through unrolled iterations (grad_estimator "
+        "'unrolled') before switching to the configured estimator",
+    )
+    group.add_argument(
+        "--unrolled_warmup_depth",
+        type=int,
+        default=None,
+        help="iterations unrolled in warm-up (default grad_steps)",
+    )
 
 
 DEQ_ARGUMENT_NAMES = (*DEQConfig.SOLVER_FIELDS, *DEQConfig.GRAD_FIELDS, "jacobian_reg_weight")
@@ -108,6 +121,33 @@ def save_checkpoint_atomically(
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
     return final
+
+
+class EstimatorSchedule:
+    """Plain backprop through unrolled iterations for the first ``warmup_steps`` optimizer steps, then the
+    configured estimator (with its own ``grad_steps``, restored exactly)."""
+
+    def __init__(self, model, warmup_steps: int, warmup_depth: int | None = None) -> None:
+        self.model = model
+        self.warmup_steps = warmup_steps
+        config = model.config
+        self.target = {"grad_estimator": config.grad_estimator, "grad_steps": config.grad_steps}
+        self.warmup = {"grad_estimator": "unrolled", "grad_steps": warmup_depth or config.grad_steps}
+        self.current: str | None = None
+
+    def update(self, completed_steps: int) -> bool:
+        """Set the estimator for the step after ``completed_steps``; True when it changed."""
+        phase = "warmup" if completed_steps < self.warmup_steps else "target"
+        if phase == self.current:
+            return False
+        fields = dict(self.warmup if phase == "warmup" else self.target)
+        self.model.set_grad_estimator(fields.pop("grad_estimator"), **fields)
+        self.current = phase
+        return True
+
+    def finish(self) -> None:
+        """Back to the configured estimator, so that the saved config names it."""
+        self.update(self.warmup_steps)
 
 
 class NonFiniteLossGuard:
@@ -211,6 +251,7 @@ def solver_stats(outputs) -> dict[str, float]:
 
 
 __all__ = [
+    "EstimatorSchedule",
     "BufferRollback",
     "NonFiniteLossGuard",
     "add_deq_arguments",

@@ -45,6 +45,7 @@ import hf_deq
 from hf_deq.hub import add_hub_arguments, check_hub_args, push_from_args
 from hf_deq.text_utils import TOKENIZER_KINDS, builtin_corpus, group_texts, tail_split_index, train_tokenizer
 from hf_deq.training_utils import (
+    EstimatorSchedule,
     NonFiniteLossGuard,
     add_deq_arguments,
     check_output_dir,
@@ -102,12 +103,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="JSON config fields, e.g. '{\"hidden_size\": 96}'",
     )
     add_deq_arguments(parser)
-    parser.add_argument(
-        "--unrolled_warmup_steps",
-        type=int,
-        default=0,
-        help="train this many steps with the 'unrolled' estimator first, then the configured one",
-    )
 
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--per_device_train_batch_size", type=int, default=16)
@@ -405,11 +400,7 @@ def training_function(args: argparse.Namespace) -> dict:
             tokenizer.save_pretrained(path / "tokenizer")
             push_from_args(args, model=unwrapped, processing_class=tokenizer, step=completed_steps)
 
-    def use_estimator_for(step: int) -> None:
-        wanted = "unrolled" if step < args.unrolled_warmup_steps else target_estimator
-        if unwrapped.config.grad_estimator != wanted:
-            unwrapped.set_grad_estimator(wanted)
-            logger.info(f"step {step}: gradient estimator -> {wanted}")
+    schedule = EstimatorSchedule(unwrapped, args.unrolled_warmup_steps, args.unrolled_warmup_depth)
 
     guard = NonFiniteLossGuard(args.max_nonfinite_steps)
     progress = tqdm(
@@ -426,7 +417,10 @@ def training_function(args: argparse.Namespace) -> dict:
         if epoch == start_epoch and resume_batches:
             batches = accelerator.skip_first_batches(train_dataloader, resume_batches)
         for batch in batches:
-            use_estimator_for(completed_steps)
+            if schedule.update(completed_steps) and args.unrolled_warmup_steps:
+                logger.info(
+                    f"step {completed_steps}: gradient estimator -> {unwrapped.config.grad_estimator}"
+                )
             # Dropout masks depend on the step only, so a resumed run draws the ones the original run drew.
             torch.manual_seed(
                 args.seed + 1_000_003 * (completed_steps + 1) + 7919 * accelerator.process_index
@@ -506,7 +500,7 @@ def training_function(args: argparse.Namespace) -> dict:
     train_runtime = time.time() - start
     progress.close()
 
-    use_estimator_for(args.max_train_steps + args.unrolled_warmup_steps)  # the saved config names the target
+    schedule.finish()  # the saved config names the target estimator
     results = evaluate(model, eval_dataloader, accelerator)
     logger.info("final: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
     if args.with_tracking:

@@ -54,6 +54,7 @@ from hf_deq import MDEQImageProcessor
 from hf_deq.hub import add_hub_arguments, check_hub_args, push_from_args
 from hf_deq.training_utils import (
     BufferRollback,
+    EstimatorSchedule,
     NonFiniteLossGuard,
     add_deq_arguments,
     check_output_dir,
@@ -118,19 +119,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='JSON of further config fields, e.g. \'{"dropout": 0.1, "image_size": 16}\'',
     )
     add_deq_arguments(parser)
-    model.add_argument(
-        "--unrolled_warmup_steps",
-        type=int,
-        default=0,
-        help="train the first N optimizer steps with plain backprop through unrolled iterations (grad_estimator "
-        "'unrolled') before switching to the configured estimator",
-    )
-    model.add_argument(
-        "--unrolled_warmup_depth",
-        type=int,
-        default=None,
-        help="iterations unrolled in warm-up (default grad_steps)",
-    )
 
     train = parser.add_argument_group("optimisation")
     train.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
@@ -388,29 +376,6 @@ def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.o
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum, nesterov=args.nesterov)
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
-
-
-class EstimatorSchedule:
-    """Plain backprop through unrolled iterations for the first ``warmup_steps`` optimizer steps, then the
-    configured estimator (with its own ``grad_steps``, restored exactly)."""
-
-    def __init__(self, model, warmup_steps: int, warmup_depth: int | None) -> None:
-        self.model = model
-        self.warmup_steps = warmup_steps
-        config = model.config
-        self.target = {"grad_estimator": config.grad_estimator, "grad_steps": config.grad_steps}
-        self.warmup = {"grad_estimator": "unrolled", "grad_steps": warmup_depth or config.grad_steps}
-        self.current: str | None = None
-
-    def update(self, completed_steps: int) -> None:
-        phase = "warmup" if completed_steps < self.warmup_steps else "target"
-        if phase != self.current:
-            fields = dict(self.warmup if phase == "warmup" else self.target)
-            self.model.set_grad_estimator(fields.pop("grad_estimator"), **fields)
-            self.current = phase
-
-    def finish(self) -> None:
-        self.update(self.warmup_steps)
 
 
 # ---------------------------------------------------------------------------------------------------------------
