@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -150,28 +151,56 @@ class EstimatorSchedule:
         self.update(self.warmup_steps)
 
 
-class NonFiniteLossGuard:
-    """Counts steps whose loss is not finite; the caller skips them. After ``max_in_a_row`` such steps in a
-    row, ``check`` raises with a clear message."""
+class NonFiniteStepGuard:
+    """Skips training steps that would put NaN/inf into the weights, counts them, and stops the run after
+    ``max_in_a_row`` such steps in a row (the last good checkpoint is kept: nothing is saved after a bad step).
 
-    def __init__(self, max_in_a_row: int = 10) -> None:
+    A step is bad when its loss is not finite (``check_loss``, before backward) or when its loss is finite but a
+    gradient is not (``check_gradients``, after backward: a diverging backward solve of ``implicit``, bf16
+    overflow in the Neumann/unrolled products). The caller skips a step either check refuses. Under fp16 loss
+    scaling the scaler already skips and rescales on inf gradients (and must see them to lower the scale), so
+    scripts pass ``inspect_gradients=False`` then. In multi-process runs the gradients are all-reduced first, so
+    every rank decides alike."""
+
+    def __init__(self, max_in_a_row: int = 10, inspect_gradients: bool = True) -> None:
         self.max_in_a_row = max_in_a_row
+        self.inspect_gradients = inspect_gradients
         self.skipped = 0
+        self.skipped_for_gradients = 0
         self.in_a_row = 0
 
-    def check(self, loss: torch.Tensor) -> bool:
-        """True when the step may proceed; False when it must be skipped."""
-        if torch.isfinite(loss.detach()).all():
-            self.in_a_row = 0
-            return True
+    def _refuse(self, what: str) -> bool:
         self.skipped += 1
         self.in_a_row += 1
         if self.in_a_row >= self.max_in_a_row:
             raise RuntimeError(
-                f"{self.in_a_row} training steps in a row had a non-finite loss; stopping. The last good "
+                f"{self.in_a_row} training steps in a row had a non-finite {what}; stopping. The last good "
                 "checkpoint is kept; lower the learning rate, add Jacobian regularisation or use bf16-safe settings."
             )
         return False
+
+    def check_loss(self, loss: torch.Tensor) -> bool:
+        """True when the step may go on to backward; False when it must be skipped (and is counted)."""
+        if torch.isfinite(loss.detach()).all():
+            return True
+        return self._refuse("loss")
+
+    def check_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> bool:
+        """True when every gradient is finite (the step may update the weights; the run of bad steps ends);
+        False when the step must be skipped (and is counted)."""
+        if not self.inspect_gradients or gradients_are_finite(parameters):
+            self.in_a_row = 0
+            return True
+        self.skipped_for_gradients += 1
+        return self._refuse("gradient")
+
+
+def gradients_are_finite(parameters: Iterable[torch.nn.Parameter]) -> bool:
+    """Whether every ``.grad`` is free of NaN/inf (one device sync)."""
+    flags = [torch.isfinite(p.grad).all() for p in parameters if p.grad is not None]
+    if not flags:
+        return True
+    return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
 
 
 class BufferRollback:
@@ -253,7 +282,8 @@ def solver_stats(outputs) -> dict[str, float]:
 __all__ = [
     "EstimatorSchedule",
     "BufferRollback",
-    "NonFiniteLossGuard",
+    "NonFiniteStepGuard",
+    "gradients_are_finite",
     "add_deq_arguments",
     "check_output_dir",
     "deq_overrides",

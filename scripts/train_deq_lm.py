@@ -46,7 +46,7 @@ from hf_deq.hub import add_hub_arguments, check_hub_args, push_from_args
 from hf_deq.text_utils import TOKENIZER_KINDS, builtin_corpus, group_texts, tail_split_index, train_tokenizer
 from hf_deq.training_utils import (
     EstimatorSchedule,
-    NonFiniteLossGuard,
+    NonFiniteStepGuard,
     add_deq_arguments,
     check_output_dir,
     deq_overrides,
@@ -402,7 +402,7 @@ def training_function(args: argparse.Namespace) -> dict:
 
     schedule = EstimatorSchedule(unwrapped, args.unrolled_warmup_steps, args.unrolled_warmup_depth)
 
-    guard = NonFiniteLossGuard(args.max_nonfinite_steps)
+    guard = NonFiniteStepGuard(args.max_nonfinite_steps, inspect_gradients=accelerator.scaler is None)
     progress = tqdm(
         range(args.max_train_steps), disable=not accelerator.is_local_main_process, initial=completed_steps
     )
@@ -428,13 +428,19 @@ def training_function(args: argparse.Namespace) -> dict:
             with accelerator.accumulate(model):
                 outputs = model(**batch, use_cache=False)
                 loss = outputs.loss
-                if not guard.check(accelerator.gather(loss.detach().float().reshape(1))):
+                if not guard.check_loss(accelerator.gather(loss.detach().float().reshape(1))):
                     optimizer.zero_grad()
                     logger.warning(
                         f"step {completed_steps}: non-finite loss, step skipped ({guard.skipped} so far)"
                     )
                     continue
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and not guard.check_gradients(model.parameters()):
+                    optimizer.zero_grad()
+                    logger.warning(
+                        f"step {completed_steps}: non-finite gradient, step skipped ({guard.skipped} so far)"
+                    )
+                    continue
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()

@@ -55,7 +55,7 @@ from hf_deq.hub import add_hub_arguments, check_hub_args, push_from_args
 from hf_deq.training_utils import (
     BufferRollback,
     EstimatorSchedule,
-    NonFiniteLossGuard,
+    NonFiniteStepGuard,
     add_deq_arguments,
     check_output_dir,
     deq_overrides,
@@ -139,7 +139,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     train.add_argument(
-        "--max_nonfinite_steps", type=int, default=10, help="stop after N non-finite losses in a row"
+        "--max_nonfinite_steps",
+        type=int,
+        default=10,
+        help="stop after N steps in a row with a non-finite loss or gradient (each is skipped)",
     )
     train.add_argument(
         "--torch_num_threads",
@@ -479,7 +482,7 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
     num_train_epochs = math.ceil(max_train_steps / updates_per_epoch)
     unwrapped = accelerator.unwrap_model(model)
     schedule = EstimatorSchedule(unwrapped, args.unrolled_warmup_steps, args.unrolled_warmup_depth)
-    guard = NonFiniteLossGuard(args.max_nonfinite_steps)
+    guard = NonFiniteStepGuard(args.max_nonfinite_steps, inspect_gradients=accelerator.scaler is None)
     rollback = BufferRollback(model)  # a skipped step leaves no NaN BatchNorm statistics behind
 
     if args.with_tracking:
@@ -580,14 +583,20 @@ def training_function(args: argparse.Namespace) -> dict[str, Any]:
                 finite = torch.isfinite(loss.detach()).float().reshape(1)
                 if accelerator.num_processes > 1:  # every process must take the same branch (DDP)
                     finite = accelerator.gather(finite).min().reshape(1)
-                if guard.check(loss if bool(finite) else loss.detach() * math.nan):
+                if guard.check_loss(loss if bool(finite) else loss.detach() * math.nan):
                     accelerator.backward(loss)
                     _sync(device)
                     t2 = time.perf_counter()
-                    if accelerator.sync_gradients and args.max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
+                    if not accelerator.sync_gradients or guard.check_gradients(model.parameters()):
+                        if accelerator.sync_gradients and args.max_grad_norm:
+                            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        optimizer.step()
+                        lr_scheduler.step()
+                    else:
+                        rollback.restore()
+                        accelerator.print(
+                            f"step {state['completed_steps']}: non-finite gradient, step skipped"
+                        )
                 else:
                     t2 = time.perf_counter()
                     rollback.restore()

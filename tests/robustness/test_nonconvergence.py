@@ -235,3 +235,82 @@ def test_lm_script_skips_counts_and_stops_on_nonfinite_losses(tmp_path, fresh_ac
     weights = load_file(out / "step_2" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert not (out / "model.safetensors").exists() and not list(out.glob("*.tmp"))
+
+
+# -- finite loss, non-finite gradient ---------------------------------------------------------------------------
+class _NaNGradient(torch.autograd.Function):
+    """Identity forward (the loss stays finite), NaN backward: what a diverging backward solve looks like."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.nan
+
+
+def test_step_guard_refuses_non_finite_gradients_and_counts_runs_of_bad_steps():
+    guard = hf_deq.training_utils.NonFiniteStepGuard(max_in_a_row=4)
+    weight = torch.nn.Parameter(torch.ones(3))
+    for bad in (False, True, False, True, True):
+        weight.grad = torch.full((3,), math.nan if bad else 1.0)
+        assert guard.check_loss(torch.tensor(1.0))  # the loss is finite every time
+        assert guard.check_gradients([weight]) is not bad
+    assert (guard.skipped, guard.skipped_for_gradients, guard.in_a_row) == (3, 3, 2)
+    assert not guard.check_loss(torch.tensor(math.inf))  # a bad loss continues the run of bad steps ...
+    assert guard.in_a_row == 3 and guard.skipped == 4
+    weight.grad = torch.tensor([1.0, math.inf, 1.0])
+    with pytest.raises(RuntimeError, match="4 training steps in a row had a non-finite gradient; stopping"):
+        guard.check_gradients([weight])
+    weight.grad = None
+    assert hf_deq.training_utils.gradients_are_finite([weight])  # parameters without a gradient are fine
+    scaled = hf_deq.training_utils.NonFiniteStepGuard(inspect_gradients=False)  # fp16: the scaler decides
+    weight.grad = torch.full((3,), math.nan)
+    assert scaled.check_gradients([weight]) and scaled.skipped == 0
+
+
+def test_mdeq_script_skips_a_step_whose_gradient_is_not_finite(tmp_path, fresh_accelerate_state, monkeypatch):
+    """The second step's loss is finite but its gradient is NaN: the weights and BatchNorm statistics stay as
+    they were, the step is counted, and the run goes on with finite weights."""
+    script = load_script("train_mdeq_classifier")
+    cls = hf_deq.MDEQForImageClassification
+    original = cls._classification_loss
+    calls = {"n": 0}
+
+    def second_has_nan_gradient(self, logits, labels):
+        loss = original(self, logits, labels)
+        calls["n"] += 1
+        return _NaNGradient.apply(loss) if calls["n"] == 2 and self.training else loss
+
+    monkeypatch.setattr(cls, "_classification_loss", second_has_nan_gradient)
+    out, log = tmp_path / "run", tmp_path / "steps.jsonl"
+    results = script.main(mdeq_args(out, "--log_file", str(log), "--max_nonfinite_steps", "2", steps=4))
+    assert results["skipped_nonfinite_steps"] == 1 and results["train_steps"] == 4
+    records = [r for r in read_log(log) if "step" in r]
+    assert [r["skipped_nonfinite_steps"] for r in records] == [0, 1, 1, 1]
+    assert all(math.isfinite(r["loss"]) for r in records)  # the loss itself was finite throughout
+    weights = load_file(out / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert int(weights["mdeq.stem.norm1.num_batches_tracked"]) == 3  # the skipped forward was rolled back
+
+
+def test_lm_script_skips_a_step_whose_gradient_is_not_finite(tmp_path, fresh_accelerate_state, monkeypatch):
+    from hf_deq.models.deq_transformer import modeling_deq_transformer as modeling
+
+    script = load_script("train_deq_lm")
+    text = small_text_file(tmp_path)
+    original = modeling.causal_lm_loss
+    calls = {"n": 0}
+
+    def second_has_nan_gradient(*args, **kwargs):
+        loss = original(*args, **kwargs)
+        calls["n"] += 1
+        return _NaNGradient.apply(loss) if calls["n"] == 2 and torch.is_grad_enabled() else loss
+
+    monkeypatch.setattr(modeling, "causal_lm_loss", second_has_nan_gradient)
+    out, log = tmp_path / "run", tmp_path / "steps.jsonl"
+    results = script.main(lm_args(out, text, "--log_file", str(log), steps=3))
+    assert results["nonfinite_steps_skipped"] == 1 and results["train_steps"] == 3
+    assert [r["skipped_nonfinite_steps"] for r in read_log(log) if "step" in r] == [0, 1, 1]
+    assert all(torch.isfinite(t).all() for t in load_file(out / "model.safetensors").values())
