@@ -116,6 +116,29 @@ def test_implicit_default_backward_is_gmres_and_accurate():
     assert estimator.last_backward is not None and bool(estimator.last_backward.converged.all())
 
 
+@pytest.mark.parametrize("backward_solver", ["gmres", "anderson", "broyden", "fixed_point"])
+def test_implicit_spends_no_product_on_the_zero_start(backward_solver):
+    """The backward solve starts at ``u = 0``, where ``J^T 0 + g = g`` is known: every ``J^T v`` product the
+    estimator takes is one the solver needed (``products == nfev - 1``), and the gradient is still exact."""
+    from hf_deq.deq.grad import vjp
+
+    p = Problem(seed=4, norm=0.5, nonlinear=False)
+    estimator = get_grad_estimator("implicit", solver=backward_solver, max_iter=200, tol=1e-12)
+    products = []
+    original = vjp.JacobianTransposeProduct.__call__
+
+    def counted(self, v):
+        products.append(v)
+        return original(self, v)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vjp.JacobianTransposeProduct, "__call__", counted)
+        _, _, grads = p.engine_grads(estimator)
+    _assert_grads_close(grads, _linear_analytic(p), atol=1e-8)
+    assert len(products) == estimator.last_backward.nfev - 1 > 0
+    assert all(bool(v.any()) for v in products)  # no product with the zero vector
+
+
 def test_implicit_matches_finite_differences_nonlinear():
     p = Problem(seed=2, norm=0.6, nonlinear=True)
     _, result, grads = p.engine_grads(get_grad_estimator("implicit", max_iter=60, tol=1e-13))
