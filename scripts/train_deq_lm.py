@@ -519,7 +519,7 @@ def training_function(args: argparse.Namespace) -> dict:
             "train_loss": total_loss / total_steps if total_steps else math.nan,
             "train_steps": completed_steps,
             "train_runtime_s": train_runtime,
-            "nonfinite_steps_skipped": guard.skipped,
+            "skipped_nonfinite_steps": guard.skipped,
             "grad_estimator": target_estimator,
             "unrolled_warmup_steps": args.unrolled_warmup_steps,
             "solver": unwrapped.config.solver,

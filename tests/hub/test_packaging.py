@@ -4,6 +4,7 @@ templates (top-level ``model_cards/``, shipped as ``hf_deq/model_cards/``)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -38,10 +39,16 @@ def test_template_dir_resolution(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_wheel_install_renders_model_cards(tmp_path):
-    dist, site = tmp_path / "dist", tmp_path / "site"
+    dist, site, source = tmp_path / "dist", tmp_path / "site", tmp_path / "source"
+    # Build from a copy of what the wheel is made of, so setuptools' build/ never lands in the checkout.
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("hf_deq", "model_cards"):
+        shutil.copytree(REPO / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
-        [*pip, "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-w", str(dist)], check=True
+        [*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(dist)], check=True
     )
     (wheel,) = dist.glob("hf_deq-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -215,7 +215,7 @@ def test_lm_script_skips_counts_and_stops_on_nonfinite_losses(tmp_path, fresh_ac
     out, log = tmp_path / "once", tmp_path / "once.jsonl"
     results = script.main(lm_args(out, text, "--log_file", str(log), steps=3))
     saved = hf_deq.training_utils.json.loads((out / "all_results.json").read_text())
-    assert saved["nonfinite_steps_skipped"] == 1 == results["nonfinite_steps_skipped"]
+    assert saved["skipped_nonfinite_steps"] == 1 == results["skipped_nonfinite_steps"]
     assert (
         saved["train_steps"] == 3 and math.isfinite(saved["train_loss"]) and math.isfinite(saved["eval_loss"])
     )
@@ -311,6 +311,6 @@ def test_lm_script_skips_a_step_whose_gradient_is_not_finite(tmp_path, fresh_acc
     monkeypatch.setattr(modeling, "causal_lm_loss", second_has_nan_gradient)
     out, log = tmp_path / "run", tmp_path / "steps.jsonl"
     results = script.main(lm_args(out, text, "--log_file", str(log), steps=3))
-    assert results["nonfinite_steps_skipped"] == 1 and results["train_steps"] == 3
+    assert results["skipped_nonfinite_steps"] == 1 and results["train_steps"] == 3
     assert [r["skipped_nonfinite_steps"] for r in read_log(log) if "step" in r] == [0, 1, 1]
     assert all(torch.isfinite(t).all() for t in load_file(out / "model.safetensors").values())

@@ -110,7 +110,7 @@ def test_lm_script_as_a_two_process_job(tmp_path):
     results = json.loads((out / "all_results.json").read_text())
     rank0 = _check_ranks(log, results)
     assert results["eval_num_examples"] == 7
-    assert results["train_steps"] == STEPS and results["nonfinite_steps_skipped"] == 0
+    assert results["train_steps"] == STEPS and results["skipped_nonfinite_steps"] == 0
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(out)
