@@ -4,12 +4,15 @@ that needs no download, and splitting / chunking of text datasets. Independent o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 UNK_TOKEN = "<unk>"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
-TOKENIZER_KINDS = ("char", "bpe")
+TOKENIZER_KINDS = ("char", "word", "bpe")
+#: what the word tokenizer counts: runs of non-space characters, and each line break
+_WORD_OR_NEWLINE = re.compile(r"[^\s]+|\n")
 
 
 def builtin_corpus() -> list[str]:
@@ -38,6 +41,35 @@ def train_char_tokenizer(texts: Iterable[str]):
     return _wrap(tokenizer)
 
 
+def train_word_tokenizer(texts: Iterable[str], vocab_size: int | None = None):
+    """A word-level tokenizer (Transformer-XL / DEQ-Transformer WikiText-103 style): tokens are the
+    whitespace-separated words and each line break (the end-of-line token), ids sorted by descending training
+    frequency after ``<unk>``, ``<pad>`` and ``<|endoftext|>``, so that an adaptive embedding / softmax
+    (``adaptive_cutoffs``) puts the frequent words in its head. ``vocab_size`` keeps only the most frequent
+    words (the rest become ``<unk>``); ``None`` keeps every word. Decoding joins the words with spaces."""
+    from collections import Counter
+
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    words = Regex(r"[^\s]+|\n")
+    counts: Counter[str] = Counter()
+    for batch in _batched(texts):
+        for text in batch:
+            counts.update(_WORD_OR_NEWLINE.findall(text))
+    specials = [UNK_TOKEN, PAD_TOKEN, EOS_TOKEN]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    limit = None if vocab_size is None else vocab_size - len(specials)
+    if limit is not None and limit < 1:
+        raise ValueError(
+            f"a word vocabulary needs more than {len(specials)} tokens, got vocab_size={vocab_size}"
+        )
+    for word, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]:
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(words, behavior="removed", invert=True)
+    return _wrap(tokenizer)
+
+
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2):
     """A byte-level BPE tokenizer (GPT-2 style) trained on ``texts``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -60,12 +92,15 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_freque
     return _wrap(tokenizer, unk=False)
 
 
-def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 8000):
-    """``kind`` is ``"char"`` or ``"bpe"``."""
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = None):
+    """``kind`` is ``"char"``, ``"word"`` or ``"bpe"``; ``vocab_size`` bounds ``word`` (default: every word) and
+    ``bpe`` (default 8000), and is ignored by ``char``."""
     if kind == "char":
         return train_char_tokenizer(texts)
+    if kind == "word":
+        return train_word_tokenizer(texts, vocab_size=vocab_size)
     if kind == "bpe":
-        return train_bpe_tokenizer(texts, vocab_size=vocab_size)
+        return train_bpe_tokenizer(texts, vocab_size=8000 if vocab_size is None else vocab_size)
     raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {list(TOKENIZER_KINDS)}")
 
 
@@ -132,6 +167,7 @@ __all__ = [
     "group_texts",
     "tail_split_index",
     "train_bpe_tokenizer",
+    "train_word_tokenizer",
     "train_char_tokenizer",
     "train_tokenizer",
 ]

@@ -54,6 +54,80 @@ def add_deq_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_args_with_config_file(
+    parser: argparse.ArgumentParser, argv: list[str] | None, script: str
+) -> argparse.Namespace:
+    """Parse ``argv`` with ``--config FILE`` support: the file is a JSON object of flag values (keys are the
+    flags' names without dashes, e.g. ``"learning_rate": 0.1``, ``"nesterov": true``) taken as defaults, so flags
+    on the command line win. Keys starting with ``_`` are notes (``_description``, ``_source``); ``_script``, when
+    given, must name this script. Every value is checked like its flag (type, choices) before anything runs."""
+    parser.add_argument(
+        "--config",
+        metavar="JSON",
+        default=None,
+        help="a JSON file of flag values (see scripts/configs/); flags on the command line override it",
+    )
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        parser.set_defaults(**read_config_file(parser, known.config, script))
+    return parser.parse_args(argv)
+
+
+def read_config_file(parser: argparse.ArgumentParser, path: str | os.PathLike, script: str) -> dict[str, Any]:
+    """The flag values of a ``--config`` JSON file, validated against ``parser``'s flags."""
+    where = f"--config {path}"
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{where}: no such file") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object of flag values, got {type(data).__name__}")
+    meant_for = data.get("_script")
+    if meant_for is not None and meant_for != script:
+        raise ValueError(f"{where} is a config for {meant_for}, not for {script}")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    values = {}
+    for key, value in data.items():
+        if key.startswith("_"):
+            continue
+        if key not in actions:
+            raise ValueError(
+                f"{where}: unknown key {key!r}; the keys are the flags of {script}: {sorted(actions)}"
+            )
+        values[key] = _config_value(actions[key], key, value, where)
+    return values
+
+
+def _config_value(action: argparse.Action, key: str, value: Any, where: str) -> Any:
+    """``value`` checked and converted as the command line would do for ``--key``."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {key!r} is a switch, so it takes true or false, got {value!r}")
+        return value
+    if isinstance(value, bool) or (isinstance(value, (list, dict)) and action.type is not json.loads):
+        raise ValueError(f"{where}: {key!r} got {value!r}, which --{key} does not take")
+    if action.type is None and isinstance(value, (int, float)):  # a string flag such as checkpointing_steps
+        value = str(value)
+    if action.type is int and not isinstance(value, int):
+        raise ValueError(f"{where}: {key!r} must be an integer, got {value!r}")
+    if action.type is float and isinstance(value, (int, float)):
+        value = float(value)
+    elif isinstance(value, str) and action.type is not None:
+        try:
+            value = action.type(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {key!r} got {value!r}: {err}") from None
+    elif action.type is float:
+        raise ValueError(f"{where}: {key!r} must be a number, got {value!r}")
+    if value is not None and action.choices is not None and value not in action.choices:
+        raise ValueError(f"{where}: {key!r} must be one of {list(action.choices)}, got {value!r}")
+    return value
+
+
 DEQ_ARGUMENT_NAMES = (*DEQConfig.SOLVER_FIELDS, *DEQConfig.GRAD_FIELDS, "jacobian_reg_weight")
 
 
@@ -292,6 +366,8 @@ __all__ = [
     "load_packaged_metric",
     "log_step",
     "packaged_metric_path",
+    "parse_args_with_config_file",
+    "read_config_file",
     "resolve_checkpoint",
     "save_checkpoint_atomically",
     "solver_stats",

@@ -8,10 +8,14 @@
     python scripts/train_deq_lm.py --train_file input.txt --train_tokenizer char --preset deq-transformer-char \\
         --block_size 64 --per_device_train_batch_size 16 --max_train_steps 2000 --output_dir /tmp/shakespeare
 
-    # WikiText-103 (word-level, as in the paper's perplexities) on several GPUs
+    # WikiText-103 at the paper's scale (word tokenizer, adaptive embeddings; the recipe is a JSON of flags)
+    accelerate launch scripts/train_deq_lm.py --config scripts/configs/deq-transformer-wt103-upg.json \\
+        --with_tracking --output_dir runs/wt103
+
+    # a smaller WikiText-103 model with a BPE tokenizer
     accelerate launch scripts/train_deq_lm.py --dataset_name Salesforce/wikitext \\
         --dataset_config_name wikitext-103-v1 --train_tokenizer bpe --preset deq-transformer-small \\
-        --block_size 256 --mixed_precision bf16 --with_tracking --output_dir runs/wt103
+        --block_size 256 --mixed_precision bf16 --with_tracking --output_dir runs/wt103-small
 
 Every solver and gradient-estimator field of the config is a flag (``--grad_estimator implicit``,
 ``--solver broyden``, ...). ``--unrolled_warmup_steps N`` trains the first N steps with the ``unrolled``
@@ -51,6 +55,7 @@ from hf_deq.training_utils import (
     check_output_dir,
     deq_overrides,
     log_step,
+    parse_args_with_config_file,
     resolve_checkpoint,
     save_checkpoint_atomically,
     solver_stats,
@@ -88,7 +93,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--train_tokenizer", choices=TOKENIZER_KINDS, default=None, help="train one on the training text"
     )
     tok.add_argument(
-        "--tokenizer_vocab_size", type=int, default=8000, help="vocabulary of a trained BPE tokenizer"
+        "--tokenizer_vocab_size",
+        type=int,
+        default=None,
+        help="vocabulary of a trained tokenizer: bpe (default 8000) or word (default: every training word)",
     )
 
     model = parser.add_argument_group("model")
@@ -145,7 +153,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--with_tracking", action="store_true", help="log to the trackers of --report_to")
     run.add_argument("--report_to", default="all", help="tensorboard, wandb, ... or all")
     add_hub_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_args_with_config_file(parser, argv, Path(__file__).name)
     check_hub_args(args)
 
     if args.dataset_name is None and args.train_file is None and args.validation_file is not None:

@@ -61,6 +61,7 @@ from hf_deq.training_utils import (
     deq_overrides,
     load_packaged_metric,
     log_step,
+    parse_args_with_config_file,
     resolve_checkpoint,
     save_checkpoint_atomically,
     solver_stats,
@@ -175,7 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     out.add_argument("--disable_tqdm", action="store_true")
     add_hub_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_args_with_config_file(parser, argv, Path(__file__).name)
     check_hub_args(args)
 
     if args.dataset_name is None and args.train_dir is None:

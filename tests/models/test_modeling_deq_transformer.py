@@ -308,10 +308,12 @@ def _parameters_on_meta(name: str, **overrides) -> int:
 def test_presets_and_their_parameter_counts():
     names = hf_deq.list_variants("deq-transformer")
     assert names == ["deq-transformer-char", "deq-transformer-small", "deq-transformer-wt103"]
-    assert {"test_deq_transformer_tiny", "test_deq_transformer_tiny_post"} <= set(
-        hf_deq.list_variants(include_test=True)
-    )
-    # wt103: the paper's block with a plain tied 267,735-word embedding (the paper's 98M use adaptive ones)
+    assert {
+        "test_deq_transformer_tiny",
+        "test_deq_transformer_tiny_post",
+        "test_deq_transformer_tiny_adaptive",
+    } <= set(hf_deq.list_variants(include_test=True))
+    # wt103: the paper's block with the paper's tied adaptive embedding / softmax over 267,735 words
     config = hf_deq.create_config("deq-transformer-wt103")
     h, inner, vocab = 700, 48000, 267735
     assert (config.hidden_size, config.num_attention_heads, config.intermediate_size, config.vocab_size) == (
@@ -320,12 +322,21 @@ def test_presets_and_their_parameter_counts():
         inner,
         vocab,
     )
+    assert (config.adaptive_cutoffs, config.adaptive_div_val, config.tie_word_embeddings) == (
+        [20000, 40000, 200000],
+        4,
+        True,
+    )
     block = 3 * h * h + h * h + (h * inner + inner) + (inner * h + h) + 2 * h  # + g of weight norm below
     weight_norm_gains = 3 * h + h + inner + h
     norms = 2 * 2 * h + 2 * h  # ln_1, ln_2 and the injection norm
-    assert (
-        _parameters_on_meta("deq-transformer-wt103") == vocab * h + block + weight_norm_gains + norms - 2 * h
-    )
+    sizes, dims = [20000, 20000, 160000, vocab - 200000], [700, 175, 43, 10]
+    embedding = sum(n * d for n, d in zip(sizes, dims)) + sum(h * d for d in dims)  # tied: counted once
+    softmax = vocab + 3 * h + 3  # biases of the cluster layers, head entries of the 3 tail clusters
+    expected = embedding + softmax + block + weight_norm_gains + norms - 2 * h
+    assert _parameters_on_meta("deq-transformer-wt103") == expected == 95_241_188
+    # with a plain tied embedding instead
+    assert _parameters_on_meta("deq-transformer-wt103", adaptive_cutoffs=None) == 256_678_900
     # the char demo has at most a third of the 0.8M-parameter explicit baseline with a 65-character vocabulary
     assert _parameters_on_meta("deq-transformer-char", vocab_size=68) <= 800_000 // 3
 

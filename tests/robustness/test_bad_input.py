@@ -133,6 +133,12 @@ LM_INVALID = {
     "initializer_range": number_at_least_0(),
     "tie_word_embeddings": not_bool(),
     "use_cache": not_bool(),
+    # the tiny base has vocab_size 99 and hidden_size 32
+    "adaptive_cutoffs": st.one_of(
+        st.sampled_from([[], [0], [99], [-5], [30, 30], [40, 20], "20,40", 20, [20.0], [True], [10, "30"]]),
+        st.lists(st.integers(99, 10**6), min_size=1, max_size=3),
+    ),
+    "adaptive_div_val": int_at_least_1(),
     "pad_token_id": st.one_of(st.integers(99, 10**6), st.integers(-(10**6), -1), st.sampled_from(["0", 1.0])),
     "bos_token_id": st.one_of(st.integers(99, 10**6), st.integers(-(10**6), -1), st.sampled_from(["0", 1.0])),
     "eos_token_id": st.one_of(

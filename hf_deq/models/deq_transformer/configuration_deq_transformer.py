@@ -35,7 +35,16 @@ class DEQTransformerConfig(DEQConfig):
         attention_bias: biases in the attention projections.
         mlp_bias: biases in the MLP.
         initializer_range: std of the normal initialisation of weights.
-        tie_word_embeddings: share the LM head weight with the token embedding.
+        tie_word_embeddings: share the LM head weight with the token embedding (with adaptive embeddings: every
+            cluster's output weight and projection with its input embedding and projection).
+        adaptive_cutoffs: ``None`` (default) for a plain ``vocab_size x hidden_size`` embedding and a linear LM
+            head; or the cluster boundaries ``[c_1, ..., c_n]`` (strictly increasing, in ``(0, vocab_size)``) of an
+            adaptive input embedding (Baevski & Auli 2019) and adaptive softmax (Grave et al. 2017) as in
+            Transformer-XL and the DEQ paper (``[20000, 40000, 200000]`` on WikiText-103): the shortlist
+            ``[0, c_1)`` and the tail clusters ``[c_i, c_{i+1})``, token ids sorted by decreasing frequency. The
+            causal LM then returns log-probabilities as ``logits``, and no ``logits`` when given ``labels``.
+        adaptive_div_val: with ``adaptive_cutoffs``, cluster ``i`` (shortlist ``i = 0``) has embedding size
+            ``hidden_size // adaptive_div_val**i``, projected to ``hidden_size`` when ``adaptive_div_val > 1``.
         pad_token_id, bos_token_id, eos_token_id: special tokens.
         use_cache: return the equilibrium key/value cache (used by ``generate``).
     """
@@ -58,6 +67,8 @@ class DEQTransformerConfig(DEQConfig):
     mlp_bias: bool = True
     initializer_range: float = 0.02
     tie_word_embeddings: bool = True
+    adaptive_cutoffs: list[int] | None = None
+    adaptive_div_val: int = 4
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -73,6 +84,8 @@ class DEQTransformerConfig(DEQConfig):
     grad_max_iter: int = 35
 
     def __post_init__(self, **kwargs):
+        if isinstance(self.adaptive_cutoffs, (list, tuple)):  # a list as config.json gives back, not shared
+            self.adaptive_cutoffs = list(self.adaptive_cutoffs)
         super().__post_init__(**kwargs)
         self.validate_architecture_fields()
 
@@ -84,6 +97,11 @@ class DEQTransformerConfig(DEQConfig):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def use_adaptive_embeddings(self) -> bool:
+        """Adaptive input embedding and adaptive softmax (``adaptive_cutoffs`` is set)."""
+        return self.adaptive_cutoffs is not None
 
     def validate_architecture_fields(self) -> None:
         """Raise ``DEQConfigError`` (a ``ValueError``) naming the first invalid architecture field."""
@@ -129,10 +147,36 @@ class DEQTransformerConfig(DEQConfig):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or not 0 <= value < self.vocab_size):
                 raise self._error(name, f"None or a token id in [0, {self.vocab_size})")
+        self.validate_adaptive_fields()
         eos = self.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
         if not all(_is_int(t) and 0 <= t < self.vocab_size for t in eos_ids):
             raise self._error("eos_token_id", f"None, a token id in [0, {self.vocab_size}) or a list of them")
+
+    def validate_adaptive_fields(self) -> None:
+        """Raise ``DEQConfigError`` naming ``adaptive_cutoffs`` or ``adaptive_div_val`` when invalid."""
+        if not _is_int(self.adaptive_div_val) or self.adaptive_div_val < 1:
+            raise self._error("adaptive_div_val", "an integer >= 1")
+        cutoffs = self.adaptive_cutoffs
+        if cutoffs is None:
+            return
+        allowed = (
+            f"None or a non-empty, strictly increasing list of integers in (0, vocab_size={self.vocab_size}), "
+            "e.g. [20000, 40000, 200000]"
+        )
+        if not isinstance(cutoffs, list) or not cutoffs or not all(_is_int(c) for c in cutoffs):
+            raise self._error("adaptive_cutoffs", allowed)
+        if not all(0 < c < self.vocab_size for c in cutoffs) or any(
+            a >= b for a, b in zip(cutoffs, cutoffs[1:])
+        ):
+            raise self._error("adaptive_cutoffs", allowed)
+        smallest = self.hidden_size // self.adaptive_div_val ** len(cutoffs)
+        if smallest < 1:
+            raise self._error(
+                "adaptive_div_val",
+                f"an integer >= 1 with hidden_size // adaptive_div_val**{len(cutoffs)} >= 1 (the embedding size of the "
+                f"last of the {len(cutoffs)} tail clusters; hidden_size={self.hidden_size})",
+            )
 
 
 __all__ = ["DEQTransformerConfig"]

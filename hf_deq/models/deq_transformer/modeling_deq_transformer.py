@@ -12,6 +12,9 @@ Generation with an equilibrium cache: attention is causal, so the equilibrium st
 tokens ``<= t`` and stays the same when later tokens are appended. The keys and values computed from the
 equilibrium states of past tokens are therefore cached (a ``transformers`` ``Cache`` with one layer), and each
 new token solves a DEQ over its own state only, attending to the cached keys/values as fixed context.
+
+With ``config.adaptive_cutoffs`` the token embedding is an adaptive input embedding and the LM head an adaptive
+softmax tied to it (``adaptive_softmax.py``), as in the DEQ paper's WikiText-103 model.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from ...deq import DEQFixedPoint, VariationalDropout, apply_weight_norm
 from ...modeling_deq import DEQModelMixin
 from ...modeling_outputs import CACHE_FIELD, DEQCausalLMOutput, DEQModelOutput
+from .adaptive_softmax import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from .configuration_deq_transformer import DEQTransformerConfig
 
 
@@ -182,6 +186,20 @@ class DEQTransformerPreTrainedModel(DEQModelMixin, PreTrainedModel):
         elif isinstance(module, DEQTransformerRotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq(module.inv_freq.device))
 
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """``PreTrainedModel.resize_token_embeddings``; refused (``NotImplementedError``) with adaptive embeddings,
+        whose vocabulary is laid out in frequency clusters fixed by ``config.adaptive_cutoffs`` (called without
+        arguments it returns the input embedding, as it does without adaptive embeddings)."""
+        if self.config.use_adaptive_embeddings:
+            if new_num_tokens is None and pad_to_multiple_of is None:
+                return self.get_input_embeddings()
+            raise NotImplementedError(
+                f"resize_token_embeddings is not supported with adaptive embeddings (adaptive_cutoffs="
+                f"{self.config.adaptive_cutoffs}): the vocabulary is split into frequency clusters with their own "
+                "embedding sizes. Build a new model with the new vocab_size and adaptive_cutoffs instead."
+            )
+        return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+
 
 def _pick_cache(cache, past_key_values):
     if cache is not None and past_key_values is not None:
@@ -194,13 +212,26 @@ def _pick_cache(cache, past_key_values):
     return cache
 
 
+def _check_adaptive_module(config: DEQTransformerConfig, value: nn.Module, expected: type, what: str) -> None:
+    if config.use_adaptive_embeddings and not isinstance(value, expected):
+        raise TypeError(
+            f"this model uses adaptive embeddings (adaptive_cutoffs={config.adaptive_cutoffs}): the {what} must be "
+            f"an {expected.__name__}, got {type(value).__name__}"
+        )
+
+
 class DEQTransformerModel(DEQTransformerPreTrainedModel):
     """The DEQ-Transformer without a head: returns the equilibrium hidden states ``z*`` of shape
     ``(batch, seq_len, hidden_size)`` with per-sequence solver statistics."""
 
     def __init__(self, config: DEQTransformerConfig) -> None:
         super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
+        if config.use_adaptive_embeddings:
+            self.embed_tokens = AdaptiveEmbedding(
+                config.vocab_size, config.hidden_size, config.adaptive_cutoffs, config.adaptive_div_val
+            )
+        else:
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
         self.injection_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.rotary_emb = DEQTransformerRotaryEmbedding(config)
@@ -210,10 +241,11 @@ class DEQTransformerModel(DEQTransformerPreTrainedModel):
         self.deq = DEQFixedPoint.from_config(config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
+    def get_input_embeddings(self) -> nn.Embedding | AdaptiveEmbedding:
         return self.embed_tokens
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
+    def set_input_embeddings(self, value: nn.Embedding | AdaptiveEmbedding) -> None:
+        _check_adaptive_module(self.config, value, AdaptiveEmbedding, "input embedding")
         self.embed_tokens = value
 
     # -- input checks -------------------------------------------------------------------------------------
@@ -301,7 +333,7 @@ class DEQTransformerModel(DEQTransformerPreTrainedModel):
                 raise ValueError(f"inputs_embeds is empty (shape {tuple(inputs_embeds.shape)})")
             if not bool(torch.isfinite(inputs_embeds).all()):
                 raise ValueError("inputs_embeds contain NaN or infinite values")
-            embeds = inputs_embeds.to(self.embed_tokens.weight.dtype)
+            embeds = inputs_embeds.to(next(self.embed_tokens.parameters()).dtype)
         batch, length, hidden = embeds.shape
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
@@ -382,32 +414,56 @@ class DEQTransformerModel(DEQTransformerPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
-def causal_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
-) -> torch.Tensor:
-    """Next-token cross entropy: ``logits[:, t]`` predicts ``labels[:, t + 1]``; ``-100`` labels are ignored.
-    With ``num_items_in_batch`` (``Trainer`` with gradient accumulation) the sum is divided by it."""
-    if labels.shape != logits.shape[:2]:
+def _check_labels(labels: torch.Tensor, shape: tuple[int, ...], vocab_size: int) -> None:
+    if labels.shape != shape:
         raise ValueError(
-            f"labels must have shape (batch, seq_len) = {tuple(logits.shape[:2])} (with logits_to_keep=0), got "
+            f"labels must have shape (batch, seq_len) = {tuple(shape)} (with logits_to_keep=0), got "
             f"{tuple(labels.shape)}"
         )
     if labels.dtype not in (torch.long, torch.int):
         raise ValueError(f"labels must be integer token ids (torch.long), got dtype {labels.dtype}")
     if labels.shape[1] < 2:
         raise ValueError("labels need seq_len >= 2: a sequence of one token has no next token to predict")
-    vocab_size = logits.shape[-1]
     bad = labels[((labels < 0) | (labels >= vocab_size)) & (labels != -100)]
     if bad.numel():
         raise ValueError(
             f"labels contain token id {int(bad[0])}, outside the vocabulary [0, {vocab_size}); use -100 to ignore "
             "a position"
         )
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token cross entropy: ``logits[:, t]`` predicts ``labels[:, t + 1]``; ``-100`` labels are ignored.
+    With ``num_items_in_batch`` (``Trainer`` with gradient accumulation) the sum is divided by it."""
+    _check_labels(labels, logits.shape[:2], logits.shape[-1])
     shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
     shift_labels = labels[:, 1:].to(logits.device).reshape(-1)
     if num_items_in_batch is None:
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+    if isinstance(num_items_in_batch, torch.Tensor):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
+def adaptive_causal_lm_loss(
+    head: ProjectedAdaptiveLogSoftmax,
+    hidden_states: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``causal_lm_loss`` of the log-probabilities ``head.log_prob(hidden_states)``, computed without them (the
+    head softmax at every position, a tail cluster only where the next token is in it): the mean negative
+    log-likelihood over the positions whose label is not ``-100`` (NaN when there is none, like
+    ``F.cross_entropy``), or the sum divided by ``num_items_in_batch``."""
+    _check_labels(labels, hidden_states.shape[:2], head.vocab_size)
+    shift_hidden = hidden_states[:, :-1].reshape(-1, hidden_states.shape[-1])
+    shift_labels = labels[:, 1:].to(hidden_states.device).reshape(-1)
+    total = head.nll(shift_hidden, shift_labels, ignore_index=-100).sum()
+    if num_items_in_batch is None:
+        return total / (shift_labels != -100).sum()
     if isinstance(num_items_in_batch, torch.Tensor):
         num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch
@@ -419,6 +475,13 @@ class DEQTransformerForCausalLM(DEQTransformerPreTrainedModel, GenerationMixin):
     ``loss`` (when ``labels`` are given) is the next-token cross entropy plus ``jacobian_reg_weight`` times the
     Jacobian regularisation term in training. Every output carries ``solver_nstep`` and ``solver_residual``
     (shape ``(batch,)``).
+
+    With adaptive embeddings (``config.adaptive_cutoffs``) the head is a ``ProjectedAdaptiveLogSoftmax`` whose
+    cluster weights and projections are tied to those of the adaptive input embedding (``tie_word_embeddings``).
+    Then ``logits`` are full-vocabulary log-probabilities (in float32 at least): valid logits for softmax, argmax,
+    sampling and ``generate``, and ``loss`` is exactly their next-token negative log-likelihood. Given ``labels``
+    the loss is computed without materialising them (only a target's own tail cluster is evaluated) and
+    ``logits`` is ``None``, as in Transformer-XL; call the model without ``labels`` for the log-probabilities.
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -426,19 +489,37 @@ class DEQTransformerForCausalLM(DEQTransformerPreTrainedModel, GenerationMixin):
     def __init__(self, config: DEQTransformerConfig) -> None:
         super().__init__(config)
         self.model = DEQTransformerModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.use_adaptive_embeddings:
+            self.lm_head = ProjectedAdaptiveLogSoftmax(
+                config.vocab_size, config.hidden_size, config.adaptive_cutoffs, config.adaptive_div_val
+            )
+            # transformers ties {target: source} parameters by name (read in post_init and from_pretrained)
+            self._tied_weights_keys = self.adaptive_tied_weights_keys(self.lm_head)
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
+    @staticmethod
+    def adaptive_tied_weights_keys(head: ProjectedAdaptiveLogSoftmax) -> dict[str, str]:
+        """Each cluster's output weight and projection tied to the embedding's (``{target: source}``)."""
+        keys = {}
+        for i, proj in enumerate(head.out_projs):
+            keys[f"lm_head.out_layers.{i}.weight"] = f"model.embed_tokens.emb_layers.{i}.weight"
+            if isinstance(proj, nn.Linear):
+                keys[f"lm_head.out_projs.{i}.weight"] = f"model.embed_tokens.emb_projs.{i}.weight"
+        return keys
+
+    def get_input_embeddings(self) -> nn.Embedding | AdaptiveEmbedding:
         return self.model.embed_tokens
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
+    def set_input_embeddings(self, value: nn.Embedding | AdaptiveEmbedding) -> None:
+        self.model.set_input_embeddings(value)
 
-    def get_output_embeddings(self) -> nn.Linear:
+    def get_output_embeddings(self) -> nn.Linear | ProjectedAdaptiveLogSoftmax:
         return self.lm_head
 
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+    def set_output_embeddings(self, new_embeddings: nn.Linear | ProjectedAdaptiveLogSoftmax) -> None:
+        _check_adaptive_module(self.config, new_embeddings, ProjectedAdaptiveLogSoftmax, "output embedding")
         self.lm_head = new_embeddings
 
     def forward(
@@ -471,10 +552,16 @@ class DEQTransformerForCausalLM(DEQTransformerPreTrainedModel, GenerationMixin):
         if labels is not None:
             logits_to_keep = 0
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-        loss = None
-        if labels is not None:
-            loss = causal_lm_loss(logits, labels, num_items_in_batch)
+        logits = loss = None
+        if not self.config.use_adaptive_embeddings:
+            logits = self.lm_head(hidden_states[:, keep, :])
+            if labels is not None:
+                loss = causal_lm_loss(logits, labels, num_items_in_batch)
+        elif labels is not None:
+            loss = adaptive_causal_lm_loss(self.lm_head, hidden_states, labels, num_items_in_batch)
+        else:
+            logits = self.lm_head.log_prob(hidden_states[:, keep, :])
+        if loss is not None:
             if outputs.jacobian_loss is not None and self.config.jacobian_reg_weight > 0:
                 loss = loss + self.config.jacobian_reg_weight * outputs.jacobian_loss
         output = DEQCausalLMOutput(

@@ -3,17 +3,22 @@
 Parameter counts (tied input/output embedding counted once; ``python scripts/benchmark_generation.py
 --count_parameters`` prints them):
 
-- ``deq-transformer-wt103`` (256,678,900): the paper's block (hidden 700, 10 heads of 70, MLP 48000 as in the
-  official ``--d_inner 48000``, post-LayerNorm, weight norm) with the WikiText-103 word vocabulary (267,735
-  tokens). With the plain tied embedding used here, 187.4M of the parameters are the embedding. The ~98M of the
-  DEQ paper come from the *adaptive* input embedding / softmax (Baevski & Auli 2019; cutoffs 20k/40k/200k,
-  ``div_val=4``: about 25.7M for the embedding and its projections) around the same ~69M block; adaptive
-  embeddings are not implemented in hf_deq, so this preset matches the paper's block, not its total.
+- ``deq-transformer-wt103`` (95,241,188): the paper's block (hidden 700, 10 heads of 70, MLP 48000 as in the
+  official ``--d_inner 48000``, post-LayerNorm, weight norm; 69.26M) with the tied adaptive input embedding and
+  adaptive softmax of the paper (``--adaptive --div_val 4``, cutoffs 20k/40k/200k) over the WikiText-103 word
+  vocabulary (267,735 tokens): cluster embeddings of size 700/175/43/10 (25.06M) with their projections to 700
+  (0.65M), shared by input and output, plus the softmax's own biases and cluster entries (0.27M). The paper's
+  ~98M (97.9M by the official code's count) also include parts of its block this one replaces, the 1x1-conv input
+  injection into q/k/v (1.47M) and the relative-position projection (0.49M) (additive injection and rotary
+  positions here), and count its output projections again (0.65M: tied to the embedding's by sharing data, and
+  the shortlist's left untied, ``tie_projs=[False, True, True, True]``; all four are tied here). With a plain
+  tied embedding instead (``adaptive_cutoffs=None``) the preset has 256,678,900 parameters.
 - ``deq-transformer-small`` (7,346,688): hidden 512, 8 heads, MLP 2048, an 8,192-token vocabulary (the size of
   the BPE tokenizer ``scripts/train_deq_lm.py --train_tokenizer bpe`` trains by default); 4.2M are embedding.
 - ``deq-transformer-char`` (214,656 with its placeholder 128-token vocabulary, 206,976 with the 68 tokens of the
   tinyshakespeare char tokenizer): the CPU demo (hidden 128, 4 heads, MLP 512).
-- ``test_deq_transformer_tiny`` (11,712) / ``test_deq_transformer_tiny_post`` (11,872): for tests.
+- ``test_deq_transformer_tiny`` (11,712) / ``test_deq_transformer_tiny_post`` (11,872) /
+  ``test_deq_transformer_tiny_adaptive`` (11,698): for tests.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .configuration_deq_transformer import DEQTransformerConfig
 from .modeling_deq_transformer import DEQTransformerForCausalLM
 
 WT103_VOCAB_SIZE = 267735
+WT103_ADAPTIVE_CUTOFFS = (20000, 40000, 200000)
 
 
 def _register(name: str, description: str, tags: tuple[str, ...] = (), **config_kwargs) -> None:
@@ -40,10 +46,12 @@ def _register(name: str, description: str, tags: tuple[str, ...] = (), **config_
 
 _register(
     "deq-transformer-wt103",
-    "DEQ-Transformer at the WikiText-103 scale of the DEQ paper (post-LN, weight norm; plain tied embedding, "
-    "about 257M parameters; the paper's 98M use adaptive embeddings)",
+    "DEQ-Transformer at the WikiText-103 scale of the DEQ paper (post-LN, weight norm, tied adaptive input "
+    "embedding and adaptive softmax with cutoffs 20k/40k/200k and div_val 4; about 95M parameters)",
     tags=("wikitext-103",),
     vocab_size=WT103_VOCAB_SIZE,
+    adaptive_cutoffs=list(WT103_ADAPTIVE_CUTOFFS),
+    adaptive_div_val=4,
     hidden_size=700,
     num_attention_heads=10,
     intermediate_size=48000,
@@ -102,6 +110,12 @@ _TINY = dict(
 )
 
 _register("test_deq_transformer_tiny", "tiny pre-LN DEQ-Transformer for tests", tags=("test",), **_TINY)
+_register(
+    "test_deq_transformer_tiny_adaptive",
+    "tiny pre-LN DEQ-Transformer with a tied adaptive embedding and softmax (4 clusters of sizes 32/16/8/4), for tests",
+    tags=("test",),
+    **{**_TINY, "adaptive_cutoffs": [10, 30, 60], "adaptive_div_val": 2},
+)
 _register(
     "test_deq_transformer_tiny_post",
     "tiny post-LN DEQ-Transformer with weight norm and dropout, for tests",
