@@ -275,6 +275,14 @@ def build_model(args: argparse.Namespace, tokenizer):
         fields.setdefault("max_position_embeddings", max(base.max_position_embeddings, args.block_size))
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             fields.setdefault(name, getattr(tokenizer, name))
+        cutoffs = fields.get("adaptive_cutoffs", base.adaptive_cutoffs)
+        if cutoffs and len(tokenizer) <= max(cutoffs):
+            raise SystemExit(
+                f"--preset {args.preset} uses adaptive embeddings with adaptive_cutoffs={cutoffs} (made for a "
+                f"vocabulary of {base.vocab_size:,} tokens), but the tokenizer has {len(tokenizer):,}. Pass cutoffs "
+                "that fit, e.g. --config_overrides '{\"adaptive_cutoffs\": [1000, 4000]}', or a plain embedding "
+                "with --config_overrides '{\"adaptive_cutoffs\": null}'."
+            )
         model = hf_deq.create_model(args.preset, **fields)
     if args.block_size > model.config.max_position_embeddings:
         raise SystemExit(

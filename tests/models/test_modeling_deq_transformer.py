@@ -155,6 +155,17 @@ class DEQTransformerModelTest(DEQModelTesterMixin):
         )
         torch.testing.assert_close(out.loss, expected)
 
+    def test_a_float64_model_keeps_a_float64_loss(self):
+        config = self.get_config()
+        torch.manual_seed(0)
+        model = DEQTransformerForCausalLM(config).double().eval()
+        ids = random_ids(config, 2, 7)
+        with torch.no_grad():
+            out = model(input_ids=ids, labels=ids)
+        assert out.logits.dtype == out.loss.dtype == torch.float64
+        expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, config.vocab_size), ids[:, 1:].reshape(-1))
+        torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=1e-12)
+
     def test_jacobian_regularisation_is_added_to_the_loss(self):
         config = self.get_config(jacobian_reg_weight=0.5)
         torch.manual_seed(0)

@@ -138,3 +138,23 @@ def test_the_wikitext_recipe_runs_scaled_down(tmp_path, fresh_accelerate_state, 
     vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
     assert config["vocab_size"] == len(vocab) > 60
     assert list(vocab)[:4] == ["<unk>", "<pad>", "<|endoftext|>", "\n"]  # then words by frequency
+
+
+def test_an_adaptive_preset_with_too_small_a_vocabulary_says_what_to_pass(tmp_path, fresh_accelerate_state):
+    text = small_text_file(tmp_path)
+    script = load_script("train_deq_lm")
+    common = [
+        "--train_file",
+        str(text),
+        "--preset",
+        "test_deq_transformer_tiny_adaptive",
+        "--block_size",
+        "16",
+    ]
+    common += ["--max_train_steps", "1", "--max_eval_samples", "8", "--num_threads", "1"]
+    common += ["--solver_on_failure", "ignore"]
+    small_vocabulary = ["--train_tokenizer", "word", "--tokenizer_vocab_size", "40"]
+    with pytest.raises(SystemExit, match=r"adaptive_cutoffs=\[10, 30, 60\].*the tokenizer has 40\..*null"):
+        script.main([*common, *small_vocabulary, "--output_dir", str(tmp_path / "refused")])
+    plain = ["--config_overrides", '{"adaptive_cutoffs": null}', "--output_dir", str(tmp_path / "plain")]
+    assert script.main([*common, *small_vocabulary, *plain])["train_steps"] == 1

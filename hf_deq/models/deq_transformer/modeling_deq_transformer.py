@@ -438,7 +438,9 @@ def causal_lm_loss(
     """Next-token cross entropy: ``logits[:, t]`` predicts ``labels[:, t + 1]``; ``-100`` labels are ignored.
     With ``num_items_in_batch`` (``Trainer`` with gradient accumulation) the sum is divided by it."""
     _check_labels(labels, logits.shape[:2], logits.shape[-1])
-    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_logits = (
+        logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.shape[-1])
+    )
     shift_labels = labels[:, 1:].to(logits.device).reshape(-1)
     if num_items_in_batch is None:
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
