@@ -393,7 +393,9 @@ def evaluate_model(model, eval_dl: DataLoader, accelerator: Accelerator, metric)
         with torch.no_grad():
             outputs = model(**batch)
         predictions = outputs.logits.argmax(dim=-1)
-        loss = outputs.loss.detach().float().repeat(batch["labels"].shape[0])
+        # Per-example losses, so that the mean is exact also when the last batch of a multi-process run is
+        # padded with repeated examples (gather_for_metrics drops those).
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), batch["labels"], reduction="none")
         predictions, references, loss, nstep, residual = accelerator.gather_for_metrics(
             (predictions, batch["labels"], loss, outputs.solver_nstep, outputs.solver_residual.float())
         )
