@@ -10,20 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from deq_model_tester import DEQModelTesterMixin  # tests/models is on sys.path (rootdir-relative imports)
+from deq_transformer_helpers import TEXT, DEQTransformerTesterBase, random_ids, train_tiny_char_model
 from script_loading import load_script  # tests/ is on sys.path (its conftest.py)
 from torch.nn.utils import parametrize
 from transformers import (
-    AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
-    DataCollatorForLanguageModeling,
     DynamicCache,
     pipeline,
 )
 
 import hf_deq
-from hf_deq import DEQTransformerConfig, DEQTransformerForCausalLM, DEQTransformerModel
+from hf_deq import DEQTransformerConfig, DEQTransformerForCausalLM
 from hf_deq.text_utils import train_bpe_tokenizer, train_char_tokenizer
 
 TINY = "test_deq_transformer_tiny"
@@ -41,54 +39,13 @@ def tinyshakespeare(request) -> Path:
     pytest.fail("tests/conftest.py is not loaded")
 
 
-TEXT = (
-    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-    "First Citizen:\nYou are all resolved rather to die than to famish?\n"
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and far faster on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained():
-    """A tiny model trained for a few steps on ``TEXT`` (random tiny models generate one token over and over),
-    solved to a tight tolerance so that cached and uncached generation reach the same equilibria."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tokenizer = train_char_tokenizer([TEXT])
-    ids = torch.tensor(tokenizer(TEXT)["input_ids"])
-    config = tiny_config(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, solver_on_failure="ignore"
-    )
-    torch.manual_seed(0)
-    model = DEQTransformerForCausalLM(config).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(40):
-        starts = torch.randint(0, len(ids) - 24, (8,), generator=generator)
-        batch = torch.stack([ids[s : s + 24] for s in starts])
-        model(input_ids=batch, labels=batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
-    model.set_solver("anderson", solver_tol=1e-7, solver_max_iter=100, solver_on_failure="warn")
-    torch.set_num_threads(threads)
-    return model, tokenizer
+    return train_tiny_char_model(TINY, steps=40)
 
 
 def tiny_config(**overrides) -> DEQTransformerConfig:
     return hf_deq.create_config(TINY, **overrides)
-
-
-def random_ids(config, batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def tight_model(seed: int = 0, **overrides) -> DEQTransformerForCausalLM:
@@ -98,27 +55,9 @@ def tight_model(seed: int = 0, **overrides) -> DEQTransformerForCausalLM:
     return DEQTransformerForCausalLM(tiny_config(**fields)).eval()
 
 
-class DEQTransformerModelTest(DEQModelTesterMixin):
-    config_class = DEQTransformerConfig
-    base_model_class = DEQTransformerModel
-    auto_classes = {DEQTransformerModel: AutoModel, DEQTransformerForCausalLM: AutoModelForCausalLM}
+class DEQTransformerModelTest(DEQTransformerTesterBase):
+    preset = TINY
     main_output = "logits"
-
-    def get_config(self, **overrides):
-        return tiny_config(**overrides)
-
-    def get_inputs(self, config, batch_size: int = 2, with_labels: bool = True):
-        ids = random_ids(config, batch_size, 8)
-        return {"input_ids": ids, "labels": ids.clone()} if with_labels else {"input_ids": ids}
-
-    def get_train_dataset(self, config):
-        from datasets import Dataset
-
-        tokenizer = train_char_tokenizer([TEXT])
-        assert len(tokenizer) <= config.vocab_size
-        lines = [line for line in TEXT.splitlines() if line]
-        dataset = Dataset.from_dict(tokenizer(lines, return_attention_mask=False).data)
-        return dataset, DataCollatorForLanguageModeling(tokenizer, mlm=False)
 
     # -- model-specific checks -----------------------------------------------------------------------------
     def test_output_shapes(self):

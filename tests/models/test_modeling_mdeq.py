@@ -33,15 +33,6 @@ from hf_deq import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions run much faster on one thread, above all on a CPU shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(**overrides) -> MDEQConfig:
     return create_config("test_mdeq_tiny", **{"solver_on_failure": "ignore", **overrides})
 

@@ -1,4 +1,4 @@
-"""Shared set-up of the robustness tests (issue 6): hypothesis settings, one intra-op thread, and a fresh
+"""Shared set-up of the robustness tests (issue 6): hypothesis settings and a fresh
 Accelerate state around in-process script runs. Helpers live in ``robustness_helpers.py``."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import tempfile
 
 import pytest
-import torch
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
@@ -15,15 +14,6 @@ from hypothesis.configuration import set_hypothesis_home_dir
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hf_deq_hypothesis_"))
 settings.register_profile("hf_deq_robustness", database=None, deadline=None, print_blob=True)
 settings.load_profile("hf_deq_robustness")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run much faster on one thread, above all on a CPU shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -117,20 +117,26 @@ def _nan_from(call: int, counter: dict, original):
     return wrapped
 
 
+def _on_second_call(original, change):
+    """Wrap a loss function: its second call, if it is a training call (grad enabled), returns ``change(loss)``."""
+    counter = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        loss = original(*args, **kwargs)
+        counter["n"] += 1
+        return change(loss) if counter["n"] == 2 and torch.is_grad_enabled() else loss
+
+    return wrapped
+
+
 def test_mdeq_script_skips_and_counts_a_nonfinite_step(tmp_path, fresh_accelerate_state, monkeypatch):
     """The second training loss is NaN: that step is skipped (weights and BatchNorm statistics untouched),
     counted in the per-step log and in ``all_results.json``, and training goes on."""
     script = load_script("train_mdeq_classifier")
     cls = hf_deq.MDEQForImageClassification
-    original = cls._classification_loss
-    calls = {"n": 0}
-
-    def second_is_nan(self, logits, labels):
-        loss = original(self, logits, labels)
-        calls["n"] += 1
-        return loss * math.nan if calls["n"] == 2 and self.training else loss
-
-    monkeypatch.setattr(cls, "_classification_loss", second_is_nan)
+    monkeypatch.setattr(
+        cls, "_classification_loss", _on_second_call(cls._classification_loss, lambda x: x * math.nan)
+    )
     out, log = tmp_path / "run", tmp_path / "steps.jsonl"
     results = script.main(mdeq_args(out, "--log_file", str(log), "--max_nonfinite_steps", "2", steps=4))
     saved = hf_deq.training_utils.json.loads((out / "all_results.json").read_text())
@@ -204,14 +210,7 @@ def test_lm_script_skips_counts_and_stops_on_nonfinite_losses(tmp_path, fresh_ac
     script = load_script("train_deq_lm")
     text = small_text_file(tmp_path)
     original = modeling.causal_lm_loss
-    calls = {"n": 0}
-
-    def once_nan(*args, **kwargs):
-        loss = original(*args, **kwargs)
-        calls["n"] += 1
-        return loss * math.nan if calls["n"] == 2 and torch.is_grad_enabled() else loss
-
-    monkeypatch.setattr(modeling, "causal_lm_loss", once_nan)
+    monkeypatch.setattr(modeling, "causal_lm_loss", _on_second_call(original, lambda x: x * math.nan))
     out, log = tmp_path / "once", tmp_path / "once.jsonl"
     results = script.main(lm_args(out, text, "--log_file", str(log), steps=3))
     saved = hf_deq.training_utils.json.loads((out / "all_results.json").read_text())
@@ -275,15 +274,9 @@ def test_mdeq_script_skips_a_step_whose_gradient_is_not_finite(tmp_path, fresh_a
     they were, the step is counted, and the run goes on with finite weights."""
     script = load_script("train_mdeq_classifier")
     cls = hf_deq.MDEQForImageClassification
-    original = cls._classification_loss
-    calls = {"n": 0}
-
-    def second_has_nan_gradient(self, logits, labels):
-        loss = original(self, logits, labels)
-        calls["n"] += 1
-        return _NaNGradient.apply(loss) if calls["n"] == 2 and self.training else loss
-
-    monkeypatch.setattr(cls, "_classification_loss", second_has_nan_gradient)
+    monkeypatch.setattr(
+        cls, "_classification_loss", _on_second_call(cls._classification_loss, _NaNGradient.apply)
+    )
     out, log = tmp_path / "run", tmp_path / "steps.jsonl"
     results = script.main(mdeq_args(out, "--log_file", str(log), "--max_nonfinite_steps", "2", steps=4))
     assert results["skipped_nonfinite_steps"] == 1 and results["train_steps"] == 4
@@ -300,15 +293,9 @@ def test_lm_script_skips_a_step_whose_gradient_is_not_finite(tmp_path, fresh_acc
 
     script = load_script("train_deq_lm")
     text = small_text_file(tmp_path)
-    original = modeling.causal_lm_loss
-    calls = {"n": 0}
-
-    def second_has_nan_gradient(*args, **kwargs):
-        loss = original(*args, **kwargs)
-        calls["n"] += 1
-        return _NaNGradient.apply(loss) if calls["n"] == 2 and torch.is_grad_enabled() else loss
-
-    monkeypatch.setattr(modeling, "causal_lm_loss", second_has_nan_gradient)
+    monkeypatch.setattr(
+        modeling, "causal_lm_loss", _on_second_call(modeling.causal_lm_loss, _NaNGradient.apply)
+    )
     out, log = tmp_path / "run", tmp_path / "steps.jsonl"
     results = script.main(lm_args(out, text, "--log_file", str(log), steps=3))
     assert results["skipped_nonfinite_steps"] == 1 and results["train_steps"] == 3

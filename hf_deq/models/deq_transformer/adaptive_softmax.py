@@ -39,7 +39,23 @@ def _make_projections(hidden_size: int, dims: list[int], div_val: int) -> nn.Mod
     return nn.ModuleList(nn.Linear(d, hidden_size, bias=False) for d in dims)
 
 
-class AdaptiveEmbedding(nn.Module):
+class _ClusteredVocabulary(nn.Module):
+    """The layout shared by the embedding and the softmax: cluster bounds and embedding sizes."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, cutoffs: list[int], div_val: int) -> None:
+        super().__init__()
+        self.vocab_size, self.hidden_size, self.div_val = vocab_size, hidden_size, div_val
+        self.cutoffs = list(cutoffs)
+        self.bounds = cluster_bounds(vocab_size, self.cutoffs)
+        self.dims = cluster_dims(hidden_size, len(self.bounds), div_val)
+
+    def extra_repr(self) -> str:
+        return (
+            f"vocab_size={self.vocab_size}, cutoffs={self.cutoffs}, div_val={self.div_val}, dims={self.dims}"
+        )
+
+
+class AdaptiveEmbedding(_ClusteredVocabulary):
     """Token ids ``(...)`` -> embeddings ``(..., hidden_size)``: the embedding of a token in cluster ``i`` is
     ``emb_projs[i](emb_layers[i](id - start_i))``.
 
@@ -48,11 +64,7 @@ class AdaptiveEmbedding(nn.Module):
     """
 
     def __init__(self, vocab_size: int, hidden_size: int, cutoffs: list[int], div_val: int) -> None:
-        super().__init__()
-        self.vocab_size, self.hidden_size, self.div_val = vocab_size, hidden_size, div_val
-        self.cutoffs = list(cutoffs)
-        self.bounds = cluster_bounds(vocab_size, self.cutoffs)
-        self.dims = cluster_dims(hidden_size, len(self.bounds), div_val)
+        super().__init__(vocab_size, hidden_size, cutoffs, div_val)
         self.emb_layers = nn.ModuleList(
             nn.Embedding(end - start, d) for (start, end), d in zip(self.bounds, self.dims)
         )
@@ -71,13 +83,8 @@ class AdaptiveEmbedding(nn.Module):
             out = out.index_copy(0, index, proj(layer(flat[index] - start)).to(out.dtype))
         return out.view(*input_ids.shape, self.hidden_size)
 
-    def extra_repr(self) -> str:
-        return (
-            f"vocab_size={self.vocab_size}, cutoffs={self.cutoffs}, div_val={self.div_val}, dims={self.dims}"
-        )
 
-
-class ProjectedAdaptiveLogSoftmax(nn.Module):
+class ProjectedAdaptiveLogSoftmax(_ClusteredVocabulary):
     """Adaptive softmax over ``vocab_size`` tokens from hidden states of size ``hidden_size``.
 
     The head is a softmax over the shortlist and one entry per tail cluster (``cluster``, a
@@ -94,11 +101,7 @@ class ProjectedAdaptiveLogSoftmax(nn.Module):
     """
 
     def __init__(self, vocab_size: int, hidden_size: int, cutoffs: list[int], div_val: int) -> None:
-        super().__init__()
-        self.vocab_size, self.hidden_size, self.div_val = vocab_size, hidden_size, div_val
-        self.cutoffs = list(cutoffs)
-        self.bounds = cluster_bounds(vocab_size, self.cutoffs)
-        self.dims = cluster_dims(hidden_size, len(self.bounds), div_val)
+        super().__init__(vocab_size, hidden_size, cutoffs, div_val)
         self.shortlist_size = self.bounds[0][1]
         self.num_tail_clusters = len(self.bounds) - 1
         self.out_layers = nn.ModuleList(
@@ -157,11 +160,6 @@ class ProjectedAdaptiveLogSoftmax(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``log_prob``: what the causal LM returns as ``logits``."""
         return self.log_prob(hidden)
-
-    def extra_repr(self) -> str:
-        return (
-            f"vocab_size={self.vocab_size}, cutoffs={self.cutoffs}, div_val={self.div_val}, dims={self.dims}"
-        )
 
 
 __all__ = ["AdaptiveEmbedding", "ProjectedAdaptiveLogSoftmax", "cluster_bounds", "cluster_dims"]
