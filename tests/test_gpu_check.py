@@ -1,0 +1,20 @@
+"""``scripts/gpu_check.py`` needs CUDA: CI never runs its measurements, but it must import and say so clearly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from script_loading import load_script
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine run the script itself")
+def test_gpu_check_says_it_needs_cuda(capsys):
+    script = load_script("gpu_check")
+    args = script.parse_args(["--estimators", "upg,implicit", "--families", "mdeq"])
+    assert (args.mixed_precision, args.mdeq_preset, args.lm_preset) == (
+        "bf16",
+        "mdeq-tiny-cifar10",
+        "deq-transformer-small",
+    )
+    assert script.main([]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().out
