@@ -1,11 +1,10 @@
-"""Shared set-up of the robustness tests (issue 6): hypothesis settings and a fresh
-Accelerate state around in-process script runs. Helpers live in ``robustness_helpers.py``."""
+"""Shared set-up of the robustness tests (issue 6): hypothesis settings. Helpers live in
+``robustness_helpers.py``; the one-thread and fresh-Accelerate-state fixtures in ``tests/conftest.py``."""
 
 from __future__ import annotations
 
 import tempfile
 
-import pytest
 from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
@@ -14,13 +13,3 @@ from hypothesis.configuration import set_hypothesis_home_dir
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hf_deq_hypothesis_"))
 settings.register_profile("hf_deq_robustness", database=None, deadline=None, print_blob=True)
 settings.load_profile("hf_deq_robustness")
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    """In-process script runs create an ``Accelerator``; its state is a process-wide singleton."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)

@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""Fine-tune an MDEQ image classifier with the ``transformers`` ``Trainer`` (the shape of transformers'
+``run_image_classification.py``): ``TrainingArguments`` flags as usual, plus the model's solver and gradient
+estimator, which can differ from the ones it was trained with.
+
+    # a saved model, fine-tuned with the exact gradient and a larger solver budget
+    python scripts/finetune_with_trainer.py --model_name_or_path outputs/mdeq-tiny-digits \\
+        --grad_estimator implicit --solver_max_iter 12 --output_dir outputs/mdeq-finetuned \\
+        --num_train_epochs 2 --learning_rate 5e-4 --eval_strategy epoch --report_to none
+
+    # from a preset, on a Hub dataset, several GPUs (Trainer uses Accelerate underneath)
+    accelerate launch scripts/finetune_with_trainer.py --preset mdeq-tiny-cifar10 \\
+        --dataset_name uoft-cs/cifar10 --output_dir outputs/mdeq-cifar --bf16 --eval_strategy epoch
+
+The data are loaded and split exactly as ``train_mdeq_classifier.py`` does (default: scikit-learn's digits, no
+download). Evaluation reports ``accuracy`` (an ``evaluate`` metric) and the DEQ solver statistics
+(``solver_nstep``, ``solver_residual``), which ``Trainer`` collects from the model outputs. The model and its
+image processor are saved to ``--output_dir``; ``--push_to_hub`` publishes them the ``Trainer`` way
+(``scripts/push_to_hub.py`` adds hf_deq's model card and remote code).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+)
+
+import hf_deq
+from hf_deq.training_utils import holds_a_model, load_packaged_metric
+
+SCRIPTS = Path(__file__).resolve().parent
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "a saved hf_deq MDEQ (folder or Hub id); without it, a new --preset"}
+    )
+    preset: str = field(default="mdeq-tiny-digits", metadata={"help": "the preset of a new model"})
+    solver: str | None = field(default=None, metadata={"help": "forward solver (default: the model's)"})
+    solver_max_iter: int | None = field(default=None, metadata={"help": "forward budget in training"})
+    solver_eval_max_iter: int | None = field(default=None, metadata={"help": "forward budget in evaluation"})
+    grad_estimator: str | None = field(
+        default=None, metadata={"help": "implicit, upg, npg, one_step or unrolled (default: the model's)"}
+    )
+    grad_steps: int | None = field(default=None, metadata={"help": "k of UPG/NPG"})
+    grad_damping: float | None = field(default=None, metadata={"help": "lambda of UPG/NPG"})
+    grad_max_iter: int | None = field(default=None, metadata={"help": "backward budget of implicit"})
+
+    def deq_overrides(self) -> dict[str, Any]:
+        names = ("solver", "solver_max_iter", "solver_eval_max_iter", "grad_estimator", "grad_steps")
+        names += ("grad_damping", "grad_max_iter")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str = field(
+        default="digits",
+        metadata={"help": "'digits' (built in) or an HF image dataset id, e.g. uoft-cs/cifar10"},
+    )
+    dataset_config_name: str | None = field(default=None)
+    max_train_samples: int | None = field(default=None)
+    max_eval_samples: int | None = field(default=None)
+
+
+def load_data(data_args: DataArguments, seed: int):
+    """``train_mdeq_classifier.py``'s datasets: ``(DatasetDict(train, validation), image column, label column,
+    label names)``."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    import train_mdeq_classifier as recipe
+
+    argv = ["--dataset_name", data_args.dataset_name, "--seed", str(seed)]
+    if data_args.dataset_config_name:
+        argv += ["--dataset_config_name", data_args.dataset_config_name]
+    for name in ("max_train_samples", "max_eval_samples"):
+        if getattr(data_args, name) is not None:
+            argv += [f"--{name}", str(getattr(data_args, name))]
+    return recipe.load_datasets(recipe.parse_args(argv))
+
+
+def build_model(model_args: ModelArguments, label_names: list[str]):
+    labels = {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+    overrides = model_args.deq_overrides()
+    if model_args.model_name_or_path is None:
+        model = hf_deq.create_model(model_args.preset, **overrides, **labels)
+        return model, hf_deq.MDEQImageProcessor.from_model_config(model.config)
+    # A head for other labels is created anew (ignore_mismatched_sizes); the DEQ body is kept.
+    model = AutoModelForImageClassification.from_pretrained(
+        model_args.model_name_or_path, **overrides, **labels, ignore_mismatched_sizes=True
+    )
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
+    except (OSError, ValueError):
+        processor = hf_deq.MDEQImageProcessor.from_model_config(model.config)
+    return model, processor
+
+
+def make_compute_metrics():
+    """Accuracy plus the mean solver steps and residual. With labels, ``Trainer`` keeps every model output
+    but the loss as predictions: ``(logits, solver_nstep, solver_residual)`` for an MDEQ classifier in eval."""
+    accuracy = load_packaged_metric("accuracy")
+
+    def compute_metrics(prediction) -> dict[str, float]:
+        outputs = prediction.predictions
+        logits, nstep, residual = outputs if isinstance(outputs, tuple) else (outputs, None, None)
+        metrics = accuracy.compute(predictions=np.argmax(logits, axis=-1), references=prediction.label_ids)
+        if nstep is not None:
+            metrics["solver_nstep"] = float(np.mean(nstep))
+            finite = residual[np.isfinite(residual)]
+            metrics["solver_residual"] = float(finite.mean()) if finite.size else float("inf")
+        return metrics
+
+    return compute_metrics
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if holds_a_model(training_args.output_dir) and training_args.resume_from_checkpoint is None:
+        raise SystemExit(
+            f"--output_dir {training_args.output_dir} already holds a model; choose another folder (nothing "
+            "was overwritten)"
+        )
+    data, image_column, label_column, label_names = load_data(data_args, training_args.seed)
+    model, processor = build_model(model_args, label_names)
+
+    def transform(batch: dict[str, list]) -> dict[str, Any]:
+        return {
+            "pixel_values": processor(batch[image_column], return_tensors="pt")["pixel_values"],
+            "labels": batch[label_column],
+        }
+
+    def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+        return {
+            "pixel_values": torch.stack([torch.as_tensor(e["pixel_values"]) for e in examples]).float(),
+            "labels": torch.tensor([int(e["labels"]) for e in examples]),
+        }
+
+    training_args.remove_unused_columns = False  # the transform needs the image column
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=data["train"].with_transform(transform),
+        eval_dataset=data["validation"].with_transform(transform),
+        data_collator=collate,
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(),
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    trainer.save_state()
+    if training_args.push_to_hub:
+        trainer.push_to_hub(tags=["deq", "implicit-model", "phantom-gradient"])
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
