@@ -36,7 +36,6 @@ import torch
 from accelerate import Accelerator
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModelForCausalLM,
     AutoModelForImageClassification,
     AutoTokenizer,
@@ -130,10 +129,7 @@ def build_evaluation(args: argparse.Namespace, passthrough: list[str], accelerat
                 f"the model has {model.config.num_labels} labels but the dataset {len(label_names)} "
                 f"({label_names[:10]}...): evaluate on the data the model was trained for"
             )
-        try:
-            processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
-        except (OSError, ValueError):
-            processor = hf_deq.MDEQImageProcessor.from_model_config(model.config)
+        processor = hf_deq.MDEQImageProcessor.for_saved_model(args.model_name_or_path, model.config)
         _, eval_dl = script.get_dataloaders(train_args, data, image_column, label_column, processor)
 
         def run_eval(prepared) -> dict[str, Any]:

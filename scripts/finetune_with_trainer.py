@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import (
-    AutoImageProcessor,
     AutoModelForImageClassification,
     HfArgumentParser,
     Trainer,
@@ -105,10 +104,7 @@ def build_model(model_args: ModelArguments, label_names: list[str]):
     model = AutoModelForImageClassification.from_pretrained(
         model_args.model_name_or_path, **overrides, **labels, ignore_mismatched_sizes=True
     )
-    try:
-        processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
-    except (OSError, ValueError):
-        processor = hf_deq.MDEQImageProcessor.from_model_config(model.config)
+    processor = hf_deq.MDEQImageProcessor.for_saved_model(model_args.model_name_or_path, model.config)
     return model, processor
 
 

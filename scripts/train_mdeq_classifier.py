@@ -47,7 +47,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, load_dataset
 from datasets import Image as ImageFeature
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoImageProcessor, AutoModelForImageClassification, get_scheduler
+from transformers import AutoModelForImageClassification, get_scheduler
 
 import hf_deq  # noqa: F401  (registers the MDEQ Auto classes and presets)
 from hf_deq import MDEQImageProcessor
@@ -352,10 +352,7 @@ def build_model_and_processor(args: argparse.Namespace, label_names: list[str]):
         model = AutoModelForImageClassification.from_pretrained(
             args.model_name_or_path, **overrides, **labels, ignore_mismatched_sizes=True
         )
-        try:
-            processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
-        except (OSError, ValueError):
-            processor = MDEQImageProcessor.from_model_config(model.config)
+        processor = MDEQImageProcessor.for_saved_model(args.model_name_or_path, model.config)
     else:
         config = create_config(args.preset, **{**overrides, **labels})
         model = get_variant(args.preset).model_class(config)

@@ -246,6 +246,34 @@ class MDEQModelTest(DEQModelTesterMixin):
         with pytest.raises(ValueError, match="num_channels must be 1 or 3"):
             MDEQImageProcessor(num_channels=2)
 
+    def test_image_processor_for_a_saved_model(self, tmp_path, monkeypatch):
+        """The saved processor (also where AutoImageProcessor needs torchvision), else one from the config."""
+        config = tiny_config()
+        bare, with_processor = tmp_path / "bare", tmp_path / "with"
+        config.save_pretrained(bare)
+        config.save_pretrained(with_processor)
+        MDEQImageProcessor(
+            size={"height": 12, "width": 12}, num_channels=1, image_mean=[0.2]
+        ).save_pretrained(with_processor)
+        loaded = MDEQImageProcessor.for_saved_model(str(with_processor), config)
+        assert (loaded.size["height"], list(loaded.image_mean)) == (12, [0.2])
+        from_config = MDEQImageProcessor.for_saved_model(str(bare), config)
+        assert (
+            from_config.size["height"] == config.image_size
+            and from_config.num_channels == config.num_channels
+        )
+
+        def needs_torchvision(*args, **kwargs):
+            raise ImportError("AutoImageProcessor requires the Torchvision library")
+
+        monkeypatch.setattr(AutoImageProcessor, "from_pretrained", needs_torchvision)
+        loaded = MDEQImageProcessor.for_saved_model(str(with_processor), config)
+        assert type(loaded) is MDEQImageProcessor and (loaded.size["height"], list(loaded.image_mean)) == (
+            12,
+            [0.2],
+        )
+        assert MDEQImageProcessor.for_saved_model(str(bare), config).size["height"] == config.image_size
+
     def test_image_processor_round_trip_through_auto_image_processor(self, tmp_path):
         processor = MDEQImageProcessor(
             size={"height": 12, "width": 12}, num_channels=1, image_mean=[0.2], image_std=[0.3]

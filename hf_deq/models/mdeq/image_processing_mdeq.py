@@ -53,6 +53,24 @@ class MDEQImageProcessor(PilBackend):
         kwargs.setdefault("num_channels", config.num_channels)
         return cls(**kwargs)
 
+    @classmethod
+    def for_saved_model(cls, model_name_or_path: str, config: Any) -> MDEQImageProcessor:
+        """The image processor saved with a model (through ``AutoImageProcessor``, so a processor class named in
+        ``preprocessor_config.json`` is honoured); this class from that file where ``AutoImageProcessor`` is
+        unavailable (transformers versions that need torchvision for it); ``from_model_config`` when the model was
+        saved without one."""
+        from transformers import AutoImageProcessor
+
+        try:
+            return AutoImageProcessor.from_pretrained(model_name_or_path)
+        except ImportError:
+            try:
+                return cls.from_pretrained(model_name_or_path)
+            except (OSError, ValueError):
+                return cls.from_model_config(config)
+        except (OSError, ValueError):
+            return cls.from_model_config(config)
+
     def process_image(
         self,
         image: Any,
