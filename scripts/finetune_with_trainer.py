@@ -15,14 +15,16 @@ estimator, which can differ from the ones it was trained with.
 The data are loaded and split exactly as ``train_mdeq_classifier.py`` does (default: scikit-learn's digits, no
 download). Evaluation reports ``accuracy`` (an ``evaluate`` metric) and the DEQ solver statistics
 (``solver_nstep``, ``solver_residual``), which ``Trainer`` collects from the model outputs. The model and its
-image processor are saved to ``--output_dir``; ``--push_to_hub`` publishes them the ``Trainer`` way
-(``scripts/push_to_hub.py`` adds hf_deq's model card and remote code).
+image processor are saved to ``--output_dir``; ``--push_to_hub`` (with ``--hub_model_id``, ``--hub_private_repo``,
+``--hub_token``) publishes the final model at the end with hf_deq's model card and the remote code that lets
+people without hf_deq load it (``hf_deq.hub.push_model_dir``), instead of ``Trainer``'s own upload.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from transformers import (
 )
 
 import hf_deq
+from hf_deq.hub import check_hub_args, push_from_args
 from hf_deq.training_utils import holds_a_model, load_packaged_metric
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -134,6 +137,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"--output_dir {training_args.output_dir} already holds a model; choose another folder (nothing "
             "was overwritten)"
         )
+    push = training_args.push_to_hub
+    hub_args = argparse.Namespace(
+        push_to_hub=push,
+        hub_model_id=training_args.hub_model_id,
+        output_dir=training_args.output_dir,
+        hub_private_repo=bool(training_args.hub_private_repo),
+        hub_token=training_args.hub_token,
+    )
+    check_hub_args(hub_args)  # a malformed --hub_model_id stops here, before training
+    training_args.push_to_hub = False  # published below by hf_deq (model card + remote code), not by Trainer
     data, image_column, label_column, label_names = load_data(data_args, training_args.seed)
     model, processor = build_model(model_args, label_names)
 
@@ -167,8 +180,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     trainer.save_state()
-    if training_args.push_to_hub:
-        trainer.push_to_hub(tags=["deq", "implicit-model", "phantom-gradient"])
+    if push and trainer.is_world_process_zero():
+        recipe = {**asdict(model_args), **asdict(data_args), **training_args.to_dict()}
+        push_from_args(argparse.Namespace(**{**recipe, **vars(hub_args)}), training_args.output_dir)
     return metrics
 
 

@@ -38,3 +38,23 @@ def test_finetune_a_saved_model_with_another_estimator(tmp_path, fresh_accelerat
 
     with pytest.raises(SystemExit, match="already holds a model"):
         script.main(["--output_dir", str(out), "--max_steps", "1", *COMMON])
+
+
+def test_push_to_hub_publishes_with_hf_deq_not_trainer(tmp_path, fresh_accelerate_state, monkeypatch):
+    """``--push_to_hub`` goes through ``hf_deq.hub`` (card + remote code) once, at the end; ``Trainer`` itself
+    never contacts the Hub (this session is offline: it would fail)."""
+    script = load_script("finetune_with_trainer")
+    pushed = []
+    monkeypatch.setattr(script, "push_from_args", lambda args, model_dir: pushed.append((args, model_dir)))
+    out = tmp_path / "run"
+    argv = ["--preset", "test_mdeq_tiny", "--output_dir", str(out), "--max_steps", "1", *COMMON]
+    script.main(
+        [*argv, "--push_to_hub", "--hub_model_id", "someone/mdeq-digits", "--hub_private_repo", "true"]
+    )
+    ((args, model_dir),) = pushed
+    assert (args.hub_model_id, args.hub_private_repo, model_dir) == ("someone/mdeq-digits", True, str(out))
+    assert args.preset == "test_mdeq_tiny" and args.max_steps == 1 and (out / "all_results.json").is_file()
+    bad = ["--preset", "test_mdeq_tiny", "--output_dir", str(tmp_path / "other"), "--max_steps", "1", *COMMON]
+    with pytest.raises(SystemExit, match="hub_model_id"):
+        script.main([*bad, "--push_to_hub", "--hub_model_id", "a/b/c"])
+    assert not (tmp_path / "other").exists()  # refused before training
