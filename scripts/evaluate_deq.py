@@ -90,11 +90,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument(
         "--output_file", default=None, help="write the rows as JSON (never over a model file)"
     )
+    parser.add_argument(
+        "--overwrite_output_file", action="store_true", help="replace an existing --output_file"
+    )
     args, passthrough = parser.parse_known_args(argv)
     if passthrough and passthrough[0] == "--":
         passthrough = passthrough[1:]
-    if args.output_file is not None and Path(args.output_file).name in ("config.json", "model.safetensors"):
-        parser.error(f"--output_file {args.output_file} would overwrite a model file; choose another name")
+    if args.output_file is not None:
+        if Path(args.output_file).name in ("config.json", "model.safetensors"):
+            parser.error(
+                f"--output_file {args.output_file} would overwrite a model file; choose another name"
+            )
+        if Path(args.output_file).exists() and not args.overwrite_output_file:
+            parser.error(
+                f"--output_file {args.output_file} exists; pass --overwrite_output_file to replace it"
+            )
     return args, passthrough
 
 

@@ -55,6 +55,19 @@ def test_lm_evaluation_matches_training(tmp_path, fresh_accelerate_state):
     assert row["metric"] == pytest.approx(math.exp(trained["eval_loss"]), rel=1e-5)
 
 
+def test_an_existing_output_file_is_kept_unless_asked(tmp_path, capsys):
+    existing = tmp_path / "sweep.json"
+    existing.write_text("[]")
+    script = load_script("evaluate_deq")
+    with pytest.raises(SystemExit):
+        script.parse_args(["--model_name_or_path", "m", "--output_file", str(existing)])
+    assert "pass --overwrite_output_file" in capsys.readouterr().err and existing.read_text() == "[]"
+    args, _ = script.parse_args(
+        ["--model_name_or_path", "m", "--output_file", str(existing), "--overwrite_output_file"]
+    )
+    assert args.overwrite_output_file
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
