@@ -40,10 +40,16 @@ def tiny_lm_config(**overrides):
 
 
 def tiny_model(kind: str, seed: int = 0, **overrides):
-    """``kind`` is ``"mdeq"`` (image classifier) or ``"lm"`` (causal LM)."""
+    """``kind`` is ``"mdeq"`` (image classifier), ``"lm"`` (causal LM) or ``"lm_adaptive"`` (causal LM with
+    adaptive embeddings)."""
     torch.manual_seed(seed)
     if kind == "mdeq":
         return hf_deq.MDEQForImageClassification(tiny_mdeq_config(**overrides))
+    if kind == "lm_adaptive":
+        config = create_config(
+            "test_deq_transformer_tiny_adaptive", **{"solver_on_failure": "ignore", **overrides}
+        )
+        return hf_deq.DEQTransformerForCausalLM(config)
     return hf_deq.DEQTransformerForCausalLM(tiny_lm_config(**overrides))
 
 

@@ -13,7 +13,7 @@ from robustness_helpers import ESTIMATORS, tiny_inputs, tiny_model
 
 from hf_deq.deq import DEQFixedPoint, get_solver
 
-CASES = [(kind, estimator) for kind in ("mdeq", "lm") for estimator in ESTIMATORS]
+CASES = [(kind, estimator) for kind in ("mdeq", "lm", "lm_adaptive") for estimator in ESTIMATORS]
 
 
 @pytest.mark.parametrize("kind, estimator", CASES, ids=[f"{k}-{e}" for k, e in CASES])
@@ -31,7 +31,7 @@ def test_bf16_autocast_training_steps_are_finite(kind, estimator):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outputs = model(**inputs)
         loss = outputs.loss
-        assert loss.dtype == torch.float32  # the loss is computed from float32 logits
+        assert loss.dtype == torch.float32  # the loss is computed from float32 logits / log-probabilities
         loss.backward()
         grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
         missing = [n for n, g in grads.items() if g is None]
