@@ -53,6 +53,9 @@ class ModelArguments:
     solver: str | None = field(default=None, metadata={"help": "forward solver (default: the model's)"})
     solver_max_iter: int | None = field(default=None, metadata={"help": "forward budget in training"})
     solver_eval_max_iter: int | None = field(default=None, metadata={"help": "forward budget in evaluation"})
+    solver_on_failure: str | None = field(
+        default=None, metadata={"help": "warn, raise or ignore when the solver misses its tolerance"}
+    )
     grad_estimator: str | None = field(
         default=None, metadata={"help": "implicit, upg, npg, one_step or unrolled (default: the model's)"}
     )
@@ -61,7 +64,8 @@ class ModelArguments:
     grad_max_iter: int | None = field(default=None, metadata={"help": "backward budget of implicit"})
 
     def deq_overrides(self) -> dict[str, Any]:
-        names = ("solver", "solver_max_iter", "solver_eval_max_iter", "grad_estimator", "grad_steps")
+        names = ("solver", "solver_max_iter", "solver_eval_max_iter", "solver_on_failure", "grad_estimator")
+        names += ("grad_steps",)
         names += ("grad_damping", "grad_max_iter")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 

@@ -15,6 +15,7 @@ import hf_deq
 
 COMMON = ["--max_train_samples", "32", "--max_eval_samples", "16", "--per_device_train_batch_size", "8"]
 COMMON += ["--per_device_eval_batch_size", "16", "--report_to", "none", "--use_cpu", "--seed", "0"]
+COMMON += ["--solver_on_failure", "ignore"]
 
 
 def test_finetune_a_saved_model_with_another_estimator(tmp_path, fresh_accelerate_state):
