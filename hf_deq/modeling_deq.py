@@ -1,8 +1,10 @@
-"""What every hf_deq ``PreTrainedModel`` shares: changing the solver and the estimator at run time."""
+"""What every hf_deq ``PreTrainedModel`` shares: changing the solver and the estimator at run time, safetensors-only
+loading, and ``push_to_hub`` with hf_deq's model card and remote code."""
 
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 from typing import Any
@@ -81,6 +83,57 @@ class DEQModelMixin:
                 f"{pretrained_model_name_or_path} has no model.safetensors: hf_deq models load safetensors weights "
                 "only (pickled weights such as pytorch_model.bin can execute arbitrary code when loaded)"
             ) from err
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+        processing_class: Any = None,
+    ) -> str:
+        """``PreTrainedModel.push_to_hub`` with hf_deq's model card (rendered from ``model_cards/``, with solver
+        statistics measured on probe inputs) and the remote code that loads the repo where hf_deq is not installed
+        (``hf_deq.hub.push_model``); ``processing_class`` (tokenizer or image processor) is uploaded with it.
+
+        ``commit_description``, ``revision``, ``create_pr``, ``tags`` and another ``max_shard_size`` exist only in
+        transformers' own upload: with any of them, or where ``hf_deq.hub`` cannot be imported (a model loaded as
+        remote code), that upload is used instead (transformers' card, no bundled code)."""
+        transformers_only = (
+            bool(commit_description or revision or create_pr or tags) or max_shard_size != "50GB"
+        )
+        hub = None
+        if not transformers_only:
+            try:
+                hub = importlib.import_module("hf_deq.hub")  # not a from-import: remote-code bundles skip it
+            except ImportError:
+                hub = None
+        if hub is not None:
+            return hub.push_model(
+                self,
+                repo_id,
+                processing_class=processing_class,
+                private=bool(private),
+                commit_message=commit_message,
+                token=token,
+            )
+        options = {"commit_message": commit_message, "private": private, "token": token, "revision": revision}
+        options["create_pr"] = create_pr
+        if processing_class is not None:
+            processing_class.push_to_hub(repo_id, **options)
+        return super().push_to_hub(
+            repo_id,
+            commit_description=commit_description,
+            max_shard_size=max_shard_size,
+            tags=tags,
+            **options,
+        )
 
     def deq_layers(self) -> list[DEQFixedPoint]:
         return [m for m in self.modules() if isinstance(m, DEQFixedPoint)]

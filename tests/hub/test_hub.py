@@ -392,6 +392,16 @@ def test_trainer_push_to_hub(hub_run):
     assert {"config.json", "model.safetensors", "README.md"} <= set(push["trainer_repo_files"])
 
 
+def test_model_push_to_hub_carries_card_code_and_tokenizer(hub_run):
+    push = _completed(hub_run["push"])
+    assert push["method_logits_identical"] and push["method_card_generated"]
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= set(
+        push["method_repo_files"]
+    )
+    assert any(f.endswith(".py") for f in push["method_repo_files"])  # the remote-code bundle
+    assert push["method_auto_map"]["AutoModelForCausalLM"].endswith("DEQTransformerForCausalLM")
+
+
 def test_loading_again_offline_comes_from_the_cache(hub_run):
     offline = _completed(hub_run["offline"])
     assert offline["server_reachable"] is False and offline["offline_mode"] is True

@@ -2,7 +2,8 @@
 
 Trains a tiny DEQ-Transformer LM and a tiny MDEQ classifier a few steps, saves them, publishes them
 (``hf_deq.hub.push_model_dir`` and ``scripts/push_to_hub.py --private``), loads them back with
-``from_pretrained("user/...")``, pushes with ``Trainer(push_to_hub=True)``, and exercises the error paths
+``from_pretrained("user/...")``, pushes with ``Trainer(push_to_hub=True)`` and ``model.push_to_hub``, and
+exercises the error paths
 (malformed ids, 401, 404, 500). Writes its report to argv[1] and reference tensors into argv[2].
 """
 
@@ -24,6 +25,7 @@ TEXT = (
     "arrows of outrageous fortune, or to take arms against a sea of troubles and by opposing end them."
 )
 LM_REPO, MDEQ_REPO, TRAINER_REPO = "user/deq-lm-tiny", "user/mdeq-tiny", "user/deq-lm-trainer"
+METHOD_REPO = "user/deq-lm-method"
 
 
 def char_tokenizer():
@@ -275,6 +277,21 @@ def main(report: Report) -> None:
     report["trainer_repo_files"] = api.list_repo_files(TRAINER_REPO)
 
     report.mark("trainer")
+    # -- model.push_to_hub: hf_deq's card and remote code, tokenizer alongside -----------------------------------
+    lm2.push_to_hub(METHOD_REPO, processing_class=tokenizer, commit_message="push_to_hub method")
+    report["method_repo_files"] = api.list_repo_files(METHOD_REPO)
+    method_config = json.loads(Path(hf_hub_download(METHOD_REPO, "config.json")).read_text())
+    report["method_auto_map"] = method_config.get("auto_map")
+    report["method_card_generated"] = (
+        hub.GENERATED_MARKER in Path(hf_hub_download(METHOD_REPO, "README.md")).read_text()
+    )
+    with torch.no_grad():
+        again = AutoModelForCausalLM.from_pretrained(METHOD_REPO).eval()
+        report["method_logits_identical"] = torch.equal(
+            again(input_ids=eval_batch["input_ids"]).logits, expected
+        )
+
+    report.mark("push_to_hub_method")
     # -- error paths: nothing half-written locally --------------------------------------------------------------
     before = snapshot(lm_dir)
 
