@@ -51,7 +51,6 @@ def train_word_tokenizer(texts: Iterable[str], vocab_size: int | None = None):
 
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
-    words = Regex(r"[^\s]+|\n")
     counts: Counter[str] = Counter()
     for batch in _batched(texts):
         for text in batch:
@@ -66,7 +65,10 @@ def train_word_tokenizer(texts: Iterable[str], vocab_size: int | None = None):
     for word, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]:
         vocab.setdefault(word, len(vocab))
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(words, behavior="removed", invert=True)
+    # The same split as the counting above, in the tokenizer itself (kept: the matches; dropped: the rest).
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(
+        Regex(_WORD_OR_NEWLINE.pattern), behavior="removed", invert=True
+    )
     return _wrap(tokenizer)
 
 
