@@ -844,7 +844,7 @@ def _recipe(training: Mapping, metrics: Mapping, config) -> list[tuple[str, str]
     add("final training loss", _number(metrics.get("train_loss")))
     add(
         "non-finite steps skipped",
-        # ``nonfinite_steps_skipped``: the LM script's key before 0.1.0's scripts were aligned
+        # ``nonfinite_steps_skipped``: the LM script's earlier name for the same count
         metrics.get("skipped_nonfinite_steps") or metrics.get("nonfinite_steps_skipped"),
     )
     return rows
