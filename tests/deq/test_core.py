@@ -8,6 +8,7 @@ import weakref
 
 import pytest
 import torch
+from deq_helpers import ESTIMATORS, Cell, contraction  # tests/deq is on sys.path
 from torch import nn
 
 from hf_deq.deq import (
@@ -34,29 +35,9 @@ from hf_deq.deq.solvers.base import evaluate
 
 DT = torch.float64
 
-ESTIMATORS = {
-    "implicit": {},
-    "upg": {"steps": 3, "damping": 0.5},
-    "npg": {"steps": 3, "damping": 0.5},
-    "one_step": {},
-    "unrolled": {"steps": 3},
-}
 
-
-def _contraction(dim: int, norm: float, seed: int = 0, dtype=DT) -> torch.Tensor:
-    w = torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    return w * (norm / torch.linalg.matrix_norm(w, ord=2))
-
-
-class Cell(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.lin = nn.Linear(dim, dim)
-        with torch.no_grad():
-            self.lin.weight.mul_(0.6 / torch.linalg.matrix_norm(self.lin.weight, ord=2))
-
-    def forward(self, z, injection):
-        return torch.tanh(self.lin(z) + injection)
+def _contraction(dim: int, norm: float, seed: int = 0) -> torch.Tensor:
+    return contraction(dim, norm, torch.Generator().manual_seed(seed), dtype=DT)
 
 
 # ----------------------------------------------------------------------------------------------- graph lifetime

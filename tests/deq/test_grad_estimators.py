@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from deq_helpers import ESTIMATORS, Cell, contraction  # tests/deq is on sys.path
 from torch import nn
 
 from hf_deq.deq import DEQFixedPoint, get_grad_estimator
@@ -17,18 +18,13 @@ DT = torch.float64
 BATCH, DIM, DIN = 3, 5, 4
 
 
-def _contraction(dim: int, norm: float, generator: torch.Generator) -> torch.Tensor:
-    w = torch.randn(dim, dim, generator=generator, dtype=DT)
-    return w * (norm / torch.linalg.matrix_norm(w, ord=2))
-
-
 class Problem:
     """Leaf tensors of a small DEQ, with fresh copies for each gradient evaluation."""
 
     def __init__(self, seed: int, norm: float, nonlinear: bool) -> None:
         g = torch.Generator().manual_seed(seed)
         self.nonlinear = nonlinear
-        self.w0 = _contraction(DIM, norm, g)
+        self.w0 = contraction(DIM, norm, g)
         self.u0 = torch.randn(DIM, DIN, generator=g, dtype=DT)
         self.b0 = 0.1 * torch.randn(DIM, generator=g, dtype=DT)
         self.x0 = torch.randn(BATCH, DIN, generator=g, dtype=DT)
@@ -289,27 +285,6 @@ def test_unrolled_equals_backprop_through_iterations_from_z0(nonlinear):
 
 
 # ----------------------------------------------------------------------------------------------- every parameter
-
-ESTIMATORS = {
-    "implicit": {},
-    "upg": {"steps": 3, "damping": 0.5},
-    "npg": {"steps": 3, "damping": 0.5},
-    "one_step": {},
-    "unrolled": {"steps": 3},
-}
-
-
-class Cell(nn.Module):
-    """``f(z) = tanh(Linear(z) + injection)``, contractive."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.lin = nn.Linear(dim, dim)
-        with torch.no_grad():
-            self.lin.weight.mul_(0.6 / torch.linalg.matrix_norm(self.lin.weight, ord=2))
-
-    def forward(self, z, injection):
-        return torch.tanh(self.lin(z) + injection)
 
 
 def _check_all_grads(tensors: dict) -> None:

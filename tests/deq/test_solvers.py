@@ -10,17 +10,12 @@ import weakref
 
 import pytest
 import torch
+from deq_helpers import contraction  # tests/deq is on sys.path
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hf_deq.deq import GMRES, Anderson, Broyden, DEQFixedPoint, FixedPointIteration, Solver, get_solver
 
 FORWARD_SOLVERS = ["fixed_point", "anderson", "broyden"]
-
-
-def _contraction(dim: int, norm: float, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:
-    """A random ``dim x dim`` matrix with spectral norm exactly ``norm``."""
-    w = torch.randn(dim, dim, generator=generator, dtype=dtype)
-    return w * (norm / torch.linalg.matrix_norm(w, ord=2))
 
 
 def _residuals(fn, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +43,7 @@ def gen() -> torch.Generator:
 @pytest.mark.parametrize("name", FORWARD_SOLVERS)
 def test_linear_map_matches_exact_solution(name, gen):
     batch, dim = 3, 6
-    a = _contraction(dim, 0.8, gen)
+    a = contraction(dim, 0.8, gen)
     b = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
     solver = get_solver(name)
     result = solver.solve(
@@ -63,7 +58,7 @@ def test_linear_map_matches_exact_solution(name, gen):
 @pytest.mark.parametrize("name", FORWARD_SOLVERS)
 def test_nonlinear_map_converges(name, gen):
     batch, dim, din = 4, 8, 3
-    w = _contraction(dim, 0.9, gen)
+    w = contraction(dim, 0.9, gen)
     u = torch.randn(dim, din, generator=gen, dtype=torch.float64)
     x = torch.randn(batch, din, generator=gen, dtype=torch.float64)
 
@@ -82,7 +77,7 @@ def test_nonlinear_map_converges(name, gen):
 def test_per_sample_steps_and_convergence_flags(name, gen):
     """Sample 0 is a constant map (fixed point after one step), sample 2 contracts slowly."""
     dim = 8
-    w = _contraction(dim, 1.0, gen)
+    w = contraction(dim, 1.0, gen)
     x = torch.randn(3, dim, generator=gen, dtype=torch.float64)
     fn = _scaled_tanh_map(torch.tensor([0.0, 0.5, 0.97], dtype=torch.float64), w, x)
     z0 = torch.zeros(3, dim, dtype=torch.float64)
@@ -120,7 +115,7 @@ def test_per_sample_steps_and_convergence_flags(name, gen):
 def test_returns_best_iterate_not_last(name, stop_mode, gen):
     """After 6 calls the map turns bad (a large constant shift): the best iterate is one of the first six."""
     batch, dim = 3, 5
-    w = _contraction(dim, 0.6, gen)
+    w = contraction(dim, 0.6, gen)
     x = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
 
     def good(z):
@@ -151,7 +146,7 @@ def test_returns_best_iterate_not_last(name, stop_mode, gen):
 @pytest.mark.parametrize("name", FORWARD_SOLVERS)
 def test_result_has_no_autograd_graph(name, gen):
     dim = 4
-    w = torch.nn.Parameter(_contraction(dim, 0.5, gen))
+    w = torch.nn.Parameter(contraction(dim, 0.5, gen))
     x = torch.randn(2, dim, dtype=torch.float64, requires_grad=True)
 
     def fn(z):
@@ -168,7 +163,7 @@ def test_result_has_no_autograd_graph(name, gen):
 @pytest.mark.parametrize("name", FORWARD_SOLVERS)
 def test_trace_shape_and_nfev_bounded(name, gen):
     batch, dim = 3, 4
-    w = _contraction(dim, 0.99, gen)
+    w = contraction(dim, 0.99, gen)
     x = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
     calls = {"n": 0}
 
@@ -187,7 +182,7 @@ def test_trace_shape_and_nfev_bounded(name, gen):
 def test_gmres_solves_affine_map(gen):
     """GMRES solves ``u = A u + b`` even when ``A`` is not a contraction (fixed-point iteration diverges)."""
     batch, dim = 3, 12
-    a = _contraction(dim, 1.5, gen)
+    a = contraction(dim, 1.5, gen)
     b = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
     solver = get_solver("gmres")
     assert isinstance(solver, GMRES)
@@ -212,7 +207,7 @@ def test_gmres_refused_as_forward_solver():
 
 def test_anderson_under_bf16_autocast(gen):
     batch, dim = 4, 16
-    w = _contraction(dim, 0.8, gen, dtype=torch.float32)
+    w = contraction(dim, 0.8, gen, dtype=torch.float32)
     x = torch.randn(batch, dim, generator=gen)
 
     def fn(z):
@@ -236,7 +231,7 @@ def test_anderson_under_bf16_autocast(gen):
 def test_anderson_singular_history_never_raises(case, regularization, gen):
     batch = 3
     dim = 2
-    w = _contraction(dim, 0.7, gen)
+    w = contraction(dim, 0.7, gen)
     x = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
     c = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
     fns = {
@@ -269,7 +264,7 @@ def test_anderson_singular_history_never_raises(case, regularization, gen):
 @pytest.mark.parametrize("name", FORWARD_SOLVERS)
 def test_nan_in_one_sample_keeps_best_finite_iterate(name, gen):
     batch, dim = 3, 5
-    a = _contraction(dim, 0.5, gen)
+    a = contraction(dim, 0.5, gen)
     b = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
 
     def clean(z):
@@ -308,7 +303,7 @@ def test_nan_in_one_sample_keeps_best_finite_iterate(name, gen):
 def test_transient_nan_sample_recovers(name, gen):
     """A single NaN output (one call, one sample) does not poison that sample for the rest of the solve."""
     batch, dim = 3, 5
-    a = _contraction(dim, 0.5, gen)
+    a = contraction(dim, 0.5, gen)
     b = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
     calls = {"n": 0}
 
@@ -333,7 +328,7 @@ def test_infinite_output_gives_infinite_residual(name, stop_mode, dtype, gen):
     """A sample whose f(z) is +inf at every call has no finite residual: it must be reported as inf (not a
     large finite number) and its state must stay the finite starting point."""
     batch, dim = 3, 4
-    w = _contraction(dim, 0.5, gen, dtype=dtype)
+    w = contraction(dim, 0.5, gen, dtype=dtype)
     x = torch.randn(batch, dim, generator=gen, dtype=dtype)
 
     def fn(z):
@@ -383,7 +378,7 @@ def test_working_memory_independent_of_max_iter(name, gen):
     """The live tensors a solver holds do not grow with ``max_iter`` (Broyden's ring buffer, Anderson's
     memory): a map with no fixed point forces every solve to use its whole budget."""
     batch, dim = 2, 16
-    w = _contraction(dim, 1.0, gen, dtype=torch.float32)
+    w = contraction(dim, 1.0, gen, dtype=torch.float32)
     kwargs = {"broyden": {"memory": 3}, "anderson": {"memory": 3}}.get(name, {})
     peaks = {}
     for max_iter in (20, 200):
@@ -406,7 +401,7 @@ def test_broyden_memory_is_a_hyperparameter(gen):
     solver = get_solver("broyden", memory=3)
     assert isinstance(solver, Broyden) and solver.memory == 3
     batch, dim = 3, 10
-    w = _contraction(dim, 0.9, gen)
+    w = contraction(dim, 0.9, gen)
     x = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
 
     def fn(z):
