@@ -4,10 +4,16 @@ the network, and caches live in a temporary HF_HOME."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import pytest
 import torch
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Shared test helpers (tiny models and runs, the model tester mixin, script loading) live in tests/helpers.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -15,6 +21,12 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_deq_test_home_"))
+
+# Nothing is written into the repository: no hypothesis example database, and its cache (``.hypothesis/``) goes to
+# a temporary folder. Failures print their example.
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hf_deq_hypothesis_"))
+settings.register_profile("hf_deq", database=None, deadline=None, print_blob=True)
+settings.load_profile("hf_deq")
 
 TINYSHAKESPEARE = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare", "input.txt"

@@ -1,4 +1,4 @@
-"""Publishing to the Hub, offline, through the real client code (issue 5).
+"""Publishing to the Hub, offline, through the real client code.
 
 A loopback fake of the Hub HTTP API (``fake_hub_server.py``) runs in this process; the Hugging Face clients run in
 three subprocesses with their own environment, because ``huggingface_hub`` reads ``HF_ENDPOINT`` and

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from deq_model_tester import DEQModelTesterMixin  # tests/models is on sys.path (rootdir-relative imports)
+from deq_model_tester import DEQModelTesterMixin
 from PIL import Image
 from script_loading import load_script
 from transformers import (

@@ -1,4 +1,4 @@
-"""Issue 6, part 2: crash safety.
+"""Crash safety.
 
 A training script killed with SIGKILL right after a checkpoint resumes with ``--resume_from_checkpoint latest``
 and then reproduces, step for step, the losses of an uninterrupted run with the same seed (CPU, deterministic
@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from robustness_helpers import (
+from safetensors.torch import load_file
+from script_loading import load_script
+from tiny_runs import (
     DETERMINISTIC_LAUNCHER,
     MDEQ_SCRIPT,
     REPO,
@@ -31,8 +33,6 @@ from robustness_helpers import (
     small_text_file,
     step_losses,
 )
-from safetensors.torch import load_file
-from script_loading import load_script
 
 from hf_deq.training_utils import list_checkpoints, resolve_checkpoint, save_checkpoint_atomically
 

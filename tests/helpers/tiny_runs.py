@@ -1,5 +1,5 @@
-"""Helpers of the robustness tests: tiny models and inputs, the training scripts (in-process and as
-subprocesses), their per-step JSONL logs. ``tests/robustness`` is on ``sys.path`` (rootdir-relative imports)."""
+"""Test helpers: tiny models and inputs, the training scripts (in-process and as subprocesses), their per-step
+JSONL logs. ``tests/helpers`` is on ``sys.path`` (``tests/conftest.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 6, part 5: each training script as a real 2-process CPU job.
+"""Each training script as a real 2-process CPU job.
 
 ``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2`` (gloo). Other spellings silently
 start one process, so the test asserts that two ran: ``all_results.json`` says ``num_processes == 2`` and each rank
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from robustness_helpers import (
+from script_loading import load_script
+from tiny_runs import (
     LM_SCRIPT,
     MDEQ_SCRIPT,
     free_port,
@@ -26,7 +27,6 @@ from robustness_helpers import (
     script_env,
     small_text_file,
 )
-from script_loading import load_script
 
 STEPS = 3
 

@@ -7,8 +7,8 @@ import json
 import math
 
 import pytest
-from robustness_helpers import lm_args, mdeq_args, small_text_file
 from script_loading import load_script
+from tiny_runs import lm_args, mdeq_args, small_text_file
 
 
 def test_mdeq_evaluation_matches_training_and_sweeps_budgets(tmp_path, fresh_accelerate_state):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from deq_transformer_helpers import TEXT, DEQTransformerTesterBase, random_ids, train_tiny_char_model
-from script_loading import load_script  # tests/ is on sys.path (its conftest.py)
+from script_loading import load_script
 from torch.nn.utils import parametrize
 from transformers import (
     AutoModelForCausalLM,
@@ -25,7 +25,7 @@ from hf_deq import DEQTransformerConfig, DEQTransformerForCausalLM
 from hf_deq.text_utils import train_bpe_tokenizer, train_char_tokenizer
 
 TINY = "test_deq_transformer_tiny"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

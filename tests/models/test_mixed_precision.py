@@ -1,4 +1,4 @@
-"""Issue 6, part 4: mixed precision. Training steps under ``torch.autocast("cpu", dtype=torch.bfloat16)`` give
+"""Mixed precision. Training steps under ``torch.autocast("cpu", dtype=torch.bfloat16)`` give
 finite losses and gradients for both models and every gradient estimator; the equilibrium state stays float32
 (the solver's iterate, its residuals and the small Anderson/Broyden/GMRES systems are float32 or wider) while the
 cell's matmuls and convolutions run in bf16. See the "Precision" section of README.md."""
@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from robustness_helpers import ESTIMATORS, tiny_inputs, tiny_model
+from tiny_runs import ESTIMATORS, tiny_inputs, tiny_model
 
 from hf_deq.deq import DEQFixedPoint, get_solver
 

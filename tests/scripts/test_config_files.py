@@ -10,8 +10,8 @@ import math
 from pathlib import Path
 
 import pytest
-from robustness_helpers import small_text_file
 from script_loading import load_script
+from tiny_runs import small_text_file
 
 CONFIGS = Path(__file__).resolve().parents[2] / "scripts" / "configs"
 RECIPES = sorted(CONFIGS.glob("*.json"))

@@ -1,4 +1,4 @@
-"""Issue 6, part 1: non-convergence and divergence.
+"""Non-convergence and divergence.
 
 Model level: a solver that misses ``solver_tol`` is reported per sample (``solver_residual > tol``) and, by
 ``solver_on_failure``, warned about once per model over many forwards, raised as ``DEQConvergenceError``, or
@@ -13,7 +13,9 @@ import warnings
 
 import pytest
 import torch
-from robustness_helpers import (
+from safetensors.torch import load_file
+from script_loading import load_script
+from tiny_runs import (
     lm_args,
     mdeq_args,
     read_log,
@@ -21,8 +23,6 @@ from robustness_helpers import (
     tiny_inputs,
     tiny_model,
 )
-from safetensors.torch import load_file
-from script_loading import load_script
 
 import hf_deq
 from hf_deq.deq import DEQConvergenceError

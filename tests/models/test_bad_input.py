@@ -1,4 +1,4 @@
-"""Issue 6, part 3: bad input everywhere, property-based (hypothesis).
+"""Bad input everywhere, property-based (hypothesis).
 
 Configs: every invalid value of a field declared by ``DEQConfig`` / ``MDEQConfig`` / ``DEQTransformerConfig``
 raises ``DEQConfigError`` (a ``ValueError``) naming that field when the config is built, never an error from
@@ -17,8 +17,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from robustness_helpers import tiny_inputs, tiny_model
 from safetensors.torch import load_file
+from tiny_runs import tiny_inputs, tiny_model
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageClassification
 
 import hf_deq
