@@ -303,4 +303,4 @@ def source_install_command() -> str:
         url = next((urls[k] for k in ("Source", "Repository", "source", "repository") if k in urls), None)
     if url:
         return f'`pip install "git+{url}"`'
-    return "in a checkout of the hf_deq source, `pip install .`"
+    return "`pip install .` in a checkout of the hf_deq repository"

@@ -58,12 +58,16 @@ def hub_repo_id(args: argparse.Namespace) -> str:
     return repo_id
 
 
-def check_hub_args(args: argparse.Namespace) -> None:
-    """Call right after parsing: a malformed ``--hub_model_id`` stops the script before training, not after."""
+def check_hub_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> None:
+    """Call right after parsing: a malformed ``--hub_model_id`` stops the script before training, not after.
+    With ``parser`` the answer is argparse's (one ``error:`` line, exit status 2), else ``SystemExit`` with the
+    message."""
     if getattr(args, "push_to_hub", False):
         try:
             check_repo_id(hub_repo_id(args))
         except InvalidRepoIdError as err:
+            if parser is not None:
+                parser.error(f"--hub_model_id: {err}")
             raise SystemExit(f"--hub_model_id: {err}") from err
 
 

@@ -118,3 +118,20 @@ def test_push_script_reports_a_failed_push_on_one_line(tmp_path, capsys, push_sc
 def test_every_push_script_flag_has_help(push_script):
     actions = [a for a in push_script.build_parser()._actions if a.dest != "help"]
     assert actions and all(a.help for a in actions), [a.dest for a in actions if not a.help]
+
+
+def test_a_malformed_hub_model_id_is_an_argparse_error(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="train.py")
+    parser.add_argument("--output_dir")
+    hub.add_hub_arguments(parser)
+    args = parser.parse_args(["--push_to_hub", "--hub_model_id", "a/b/c"])
+    with pytest.raises(SystemExit) as exit_:
+        hub.check_hub_args(args, parser)
+    assert exit_.value.code == 2
+    assert error_line(capsys.readouterr().err).startswith(
+        "train.py: error: --hub_model_id: invalid Hub repo id"
+    )
+    hub.check_hub_args(parser.parse_args(["--push_to_hub", "--hub_model_id", "alice/mdeq"]), parser)
+    hub.check_hub_args(parser.parse_args(["--output_dir", "runs/x"]), parser)  # no push: nothing to check

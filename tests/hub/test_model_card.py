@@ -158,7 +158,25 @@ def test_the_install_line_installs_from_source(monkeypatch):
     for preset in ("test_mdeq_tiny", "test_deq_transformer_tiny"):
         card, _ = render(preset, {})
         assert "pip install hf_deq" not in card
-        assert "hf_deq is not on the Python package index; install it from source:" in card
+        assert (
+            "hf_deq is not on the Python package index: install it from its source (`pip install .` in a "
+            "checkout of the hf_deq repository)." in card
+        )
     monkeypatch.setenv("HF_DEQ_SOURCE_URL", "https://example.org/alice/hf_deq.git")
     card, _ = render("test_mdeq_tiny", {})
-    assert 'install it from source:\n`pip install "git+https://example.org/alice/hf_deq.git"`.' in card
+    assert 'install it from its source (`pip install "git+https://example.org/alice/hf_deq.git"`).' in card
+
+
+def test_the_install_line_uses_the_packages_source_url(monkeypatch):
+    """A ``[project.urls] Source`` entry of the installed package becomes ``pip install "git+<url>"``."""
+    from email.message import Message
+    from importlib import metadata
+
+    monkeypatch.delenv("HF_DEQ_SOURCE_URL", raising=False)
+    message = Message()
+    message["Name"] = "hf_deq"
+    message["Project-URL"] = "Source, https://example.org/team/hf_deq"
+    real = metadata.metadata
+    monkeypatch.setattr(metadata, "metadata", lambda name: message if name == "hf_deq" else real(name))
+    card, _ = render("test_deq_transformer_tiny", {})
+    assert '(`pip install "git+https://example.org/team/hf_deq"`)' in card
