@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except hub.ModelDirError as err:
         build_parser().error(f"--model_dir: {err}")
     try:
-        card = None
-        if _card_is_generated(args.model_dir):
+        card = None  # a README.md the user wrote is kept; else the card is rendered here, with --license
+        readme = Path(args.model_dir) / "README.md"
+        if not readme.is_file() or hub.is_generated_card(readme):
             card = hub.render_model_card(args.model_dir, repo_id=args.repo_id, license=args.license)
         if args.stage_only:
             files = hub.stage_model_dir(args.model_dir, args.stage_only, repo_id=args.repo_id, card=card)
@@ -99,14 +100,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"pushed {args.model_dir} to {info.repo_url} (commit {info.oid})")
     return 0
-
-
-def _card_is_generated(model_dir: str) -> bool:
-    """Use the card rendered here (with --license) unless the user wrote their own README.md."""
-    from hf_deq.hub import GENERATED_MARKER
-
-    readme = Path(model_dir) / "README.md"
-    return not readme.is_file() or GENERATED_MARKER in readme.read_text(encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -105,8 +105,8 @@ def dataset_info(facts: CardFacts, metrics: Mapping[str, Any], training: Mapping
     name = str(name)
     if name in facts.builtin_datasets:
         description = facts.builtin_datasets[name]
-        info.update(kind="builtin", name=f"{name} ({description})", label=name, config=None)
-        info["text"] = f"`{name}`: {description}, loaded by the training script itself (not a Hub dataset)"
+        info.update(kind="builtin", name=f"{name}: {description}", label=name, config=None)
+        info["text"] = f"`{name}`, {description}, loaded by the training script itself (not a Hub dataset)"
     elif _is_local(name, training):
         file_name = Path(name.rstrip("/\\")).name or name  # never a local absolute path in a public card
         info.update(kind="local", name=file_name, label=file_name, config=None)
@@ -180,7 +180,7 @@ def recipe_rows(training: Mapping[str, Any], metrics: Mapping[str, Any]) -> list
     add("batch size per device", training.get("per_device_train_batch_size"))
     add("gradient accumulation", training.get("gradient_accumulation_steps"))
     add("sequence length", training.get("block_size"))
-    add("processes", metrics.get("num_processes"))
+    add("processes", metrics.get("num_processes") or training.get("num_processes"))
     add("threads per process", metrics.get("torch_num_threads"))
     add("optimizer", _optimizer(training))
     add("learning rate", training.get("learning_rate"))

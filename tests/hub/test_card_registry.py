@@ -155,10 +155,10 @@ def test_a_new_family_registered_outside_hf_deq_gets_its_own_card(toy_family):
     ((result,),) = [entry["results"] for entry in meta["model-index"]]
     assert result["task"] == {"type": "image-feature-extraction", "name": "Toy equilibrium features"}
     assert result["metrics"] == [{"type": "accuracy", "value": 0.5, "name": "Top-1 accuracy"}]  # its key only
-    assert result["dataset"]["name"] == "toyset (twelve synthetic squares)" and "datasets" not in meta
+    assert result["dataset"]["name"] == "toyset: twelve synthetic squares" and "datasets" not in meta
     assert (
         "A toy equilibrium model from a plug-in." in card
-        and "Data: `toyset`: twelve synthetic squares" in card
+        and "Data: `toyset`, twelve synthetic squares, loaded by the training script itself" in card
     )
     assert probed == [8] and "random probe inputs" in card  # solver statistics measured with its probe inputs
     assert "The equilibrium idea:" in card and "@inproceedings{bai2019deep" in card

@@ -359,11 +359,11 @@ def test_model_card_metadata_and_content(hub_run):
         "@inproceedings{bai2019deep",
         "AutoImageProcessor",
         "random probe inputs",
-        "Data: `digits`: scikit-learn's 1,797 8x8 handwritten digits",
+        "Data: `digits`, scikit-learn's 1,797 8x8 handwritten digits (sklearn.datasets.load_digits)",
         "Evaluated on 8 examples.",
     ):
         assert needle in mdeq_text, needle
-    assert mdeq_meta["model-index"][0]["results"][0]["dataset"]["name"].startswith("digits (")
+    assert mdeq_meta["model-index"][0]["results"][0]["dataset"]["name"].startswith("digits: ")
     assert "datasets" not in mdeq_meta
     validations = [entry for entry in hub_run["log"] if entry[1] == "/api/validate-yaml"]
     assert validations and all(status == 200 for _, _, status in validations)

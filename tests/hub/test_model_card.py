@@ -46,12 +46,14 @@ def test_a_builtin_dataset_is_named_without_pretending_to_be_a_hub_id():
     )
     assert "datasets" not in meta
     assert model_index_dataset(meta) == {
-        "name": "digits (scikit-learn's 1,797 8x8 handwritten digits, sklearn.datasets.load_digits)",
+        "name": "digits: scikit-learn's 1,797 8x8 handwritten digits (sklearn.datasets.load_digits)",
         "type": "custom",
         "split": "validation",
     }
     assert (
-        "Data: `digits`: scikit-learn's 1,797 8x8 handwritten digits" in card and "not a Hub dataset" in card
+        "Data: `digits`, scikit-learn's 1,797 8x8 handwritten digits (sklearn.datasets.load_digits), loaded"
+        in card
+        and "not a Hub dataset" in card
     )
     assert "| Accuracy | 0.99 | digits, validation split |" in card and "Evaluated on 360 examples." in card
     assert "huggingface.co/datasets/digits" not in card

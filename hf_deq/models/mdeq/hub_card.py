@@ -29,7 +29,7 @@ CARD_FACTS = register_card_facts(
         ),
         probe_inputs=probe_inputs,
         builtin_datasets={
-            "digits": "scikit-learn's 1,797 8x8 handwritten digits, sklearn.datasets.load_digits"
+            "digits": "scikit-learn's 1,797 8x8 handwritten digits (sklearn.datasets.load_digits)"
         },
         citations=(
             ("geng2021training", "Phantom gradients (the training method)"),
