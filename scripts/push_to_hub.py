@@ -9,7 +9,8 @@
 staged in a temporary folder. ``--stage_only DIR`` writes that folder to DIR instead of uploading, to inspect it.
 
 Authentication: ``HF_TOKEN`` or the token of ``hf auth login`` (or ``--token``). Exit status 0 on success,
-1 when the Hub refuses or the model directory is unusable, 2 for a malformed repo id or arguments.
+2 for bad arguments (a malformed repo id, a missing or unusable model directory), 1 when the Hub refuses or
+publishing fails; every failure is one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -19,22 +20,49 @@ import sys
 from pathlib import Path
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_dir", required=True, help="a saved hf_deq model (save_pretrained output)")
+    parser.add_argument(
+        "--model_dir",
+        required=True,
+        help="a saved hf_deq model: the folder a training script or save_pretrained wrote",
+    )
     parser.add_argument("--repo_id", required=True, help="Hub repo id, 'namespace/name'")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
-    parser.add_argument("--commit_message", default=None)
+    parser.add_argument(
+        "--commit_message", default=None, help="message of the upload commit (default: 'Upload hf_deq model')"
+    )
     parser.add_argument("--revision", default=None, help="branch to push to (default: main)")
-    parser.add_argument("--token", default=None, help="default: HF_TOKEN or the `hf auth login` token")
+    parser.add_argument(
+        "--token", default=None, help="Hub token (default: HF_TOKEN or the `hf auth login` token)"
+    )
     parser.add_argument("--license", default="apache-2.0", help="license of the card metadata")
     parser.add_argument(
         "--stage_only",
         default=None,
         metavar="DIR",
-        help="write the staged repo into DIR (new or empty) and stop",
+        help="write the staged repo into DIR (new or empty) and stop, without uploading",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check what needs no import of hf_deq: a missing folder is reported at once."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    model_dir = Path(args.model_dir)
+    if not model_dir.exists():
+        parser.error(
+            f"--model_dir {model_dir}: the folder does not exist (pass the folder a training script's "
+            "--output_dir or save_pretrained wrote)"
+        )
+    if not model_dir.is_dir():
+        parser.error(f"--model_dir {model_dir}: a file, not a folder")
+    if args.stage_only is not None:
+        target = Path(args.stage_only)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            parser.error(f"--stage_only {target}: exists and is not an empty folder")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,21 +71,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         hub.check_repo_id(args.repo_id)
+        hub.check_model_dir(args.model_dir)
     except hub.InvalidRepoIdError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        build_parser().error(f"--repo_id: {err}")
+    except hub.ModelDirError as err:
+        build_parser().error(f"--model_dir: {err}")
     try:
-        hub.check_model_dir(Path(args.model_dir))
-        card = None
-        if _card_is_generated(args.model_dir):
+        card = None  # a README.md the user wrote is kept; else the card is rendered here, with --license
+        readme = Path(args.model_dir) / "README.md"
+        if not readme.is_file() or hub.is_generated_card(readme):
             card = hub.render_model_card(args.model_dir, repo_id=args.repo_id, license=args.license)
         if args.stage_only:
-            target = Path(args.stage_only)
-            if target.exists() and any(target.iterdir()):
-                print(f"error: --stage_only {target} exists and is not empty", file=sys.stderr)
-                return 2
-            files = hub.stage_model_dir(args.model_dir, target, repo_id=args.repo_id, card=card)
-            print(f"staged {len(files)} files in {target}: {', '.join(files)}")
+            files = hub.stage_model_dir(args.model_dir, args.stage_only, repo_id=args.repo_id, card=card)
+            print(f"staged {len(files)} files in {args.stage_only}: {', '.join(files)}")
             return 0
         info = hub.push_model_dir(
             args.model_dir,
@@ -68,19 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             card=card,
             revision=args.revision,
         )
-    except hub.HubPushError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (hub.HubPushError, hub.BundleError, ValueError, OSError) as err:
+        message = " ".join(str(err).split())  # one line
+        print(f"error: {message}", file=sys.stderr)
         return 1
     print(f"pushed {args.model_dir} to {info.repo_url} (commit {info.oid})")
     return 0
-
-
-def _card_is_generated(model_dir: str) -> bool:
-    """Use the card rendered here (with --license) unless the user wrote their own README.md."""
-    from hf_deq.hub import GENERATED_MARKER
-
-    readme = Path(model_dir) / "README.md"
-    return not readme.is_file() or GENERATED_MARKER in readme.read_text(encoding="utf-8")
 
 
 if __name__ == "__main__":

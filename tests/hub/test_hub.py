@@ -344,6 +344,13 @@ def test_model_card_metadata_and_content(hub_run):
     ):
         assert needle.lower() in text.lower(), needle
     assert "must-not-appear-in-card" not in text  # secrets in the recipe are dropped
+    # a local file: named in the text and the model-index, never presented as a Hub dataset
+    assert "Data: local data, `hamlet.txt` (not a Hub dataset)." in text and "datasets" not in meta
+    assert meta["model-index"][0]["results"][0]["dataset"] == {
+        "name": "hamlet.txt",
+        "type": "text",
+        "split": "validation",
+    }
     mdeq_meta, mdeq_text = push["mdeq_card_metadata"], push["mdeq_card_text"]
     assert mdeq_meta["pipeline_tag"] == "image-classification" and "accuracy" in mdeq_meta["metrics"]
     for needle in (
@@ -352,8 +359,12 @@ def test_model_card_metadata_and_content(hub_run):
         "@inproceedings{bai2019deep",
         "AutoImageProcessor",
         "random probe inputs",
+        "Data: `digits`, scikit-learn's 1,797 8x8 handwritten digits (sklearn.datasets.load_digits)",
+        "Evaluated on 8 examples.",
     ):
         assert needle in mdeq_text, needle
+    assert mdeq_meta["model-index"][0]["results"][0]["dataset"]["name"].startswith("digits: ")
+    assert "datasets" not in mdeq_meta
     validations = [entry for entry in hub_run["log"] if entry[1] == "/api/validate-yaml"]
     assert validations and all(status == 200 for _, _, status in validations)
     if "lm_card_validated_by_server" in push:
@@ -439,4 +450,4 @@ def test_server_refusals_give_clear_errors(hub_run):
         ".gitattributes"
     ]  # the refused commit left nothing remotely
     assert push["cli_401_exit"] == 1 and "HTTP 401" in push["cli_401_stderr"]
-    assert push["cli_missing_dir_exit"] == 1 and "not a directory" in push["cli_missing_dir_stderr"]
+    assert push["cli_missing_dir_exit"] == 2 and "does not exist" in push["cli_missing_dir_stderr"]

@@ -3,6 +3,7 @@ presets with ``hf_deq.variants``."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from . import hub_card as _hub_card  # noqa: F401  (registers what the Hub model card says)
 from . import presets as _presets  # noqa: F401  (registers the presets)
 from .configuration_deq_transformer import DEQTransformerConfig
 from .modeling_deq_transformer import (

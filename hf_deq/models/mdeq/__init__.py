@@ -9,6 +9,7 @@ import warnings
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
+from . import hub_card as _hub_card  # noqa: F401  (registers what the Hub model card says)
 from . import presets as _presets  # noqa: F401  (registers the mdeq-* presets)
 from .configuration_mdeq import MDEQConfig
 from .image_processing_mdeq import MDEQImageProcessor

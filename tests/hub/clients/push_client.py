@@ -101,16 +101,18 @@ def main(report: Report) -> None:
     tokenizer.save_pretrained(lm_dir)
     metrics = {
         "eval_loss": eval_loss,
-        "perplexity": float(torch.exp(torch.tensor(eval_loss))),
+        "eval_perplexity": float(torch.exp(torch.tensor(eval_loss))),
+        "eval_num_examples": 2,
         "eval_solver_nstep": stats["solver_nstep_mean"],
         "eval_solver_nstep_max": stats["solver_nstep_max"],
         "eval_solver_residual": stats["solver_residual_mean"],
         "train_runtime": wall,
         "train_steps": 3,
+        "dataset_name": "hamlet.txt",
+        "dataset_config_name": None,
     }
     (lm_dir / "all_results.json").write_text(json.dumps(metrics, indent=2))
     recipe = {
-        "train_file": "hamlet.txt (inline test text)",
         "learning_rate": 3e-3,
         "optimizer": "AdamW",
         "max_train_steps": 3,
@@ -205,14 +207,15 @@ def main(report: Report) -> None:
             {
                 "eval_accuracy": float((out.logits.argmax(-1) == labels).float().mean()),
                 "eval_loss": float(out.loss),
+                "eval_num_examples": 8,
                 "train_runtime": wall,
                 "train_steps": 3,
+                "dataset_name": "digits",
+                "dataset_config_name": None,
             }
         )
     )
-    (mdeq_dir / "training_args.json").write_text(
-        json.dumps({"dataset_name": "random 8x8 test images", "learning_rate": 3e-3, "max_train_steps": 3})
-    )
+    (mdeq_dir / "training_args.json").write_text(json.dumps({"learning_rate": 3e-3, "max_train_steps": 3}))
     torch.save({"images": images, "pixel_values": pixels, "logits": out.logits}, work / "mdeq_ref.pt")
 
     report.mark("mdeq_trained")

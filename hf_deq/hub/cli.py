@@ -1,0 +1,162 @@
+"""Hub options of the training scripts: ``--push_to_hub``, ``--hub_model_id``, ``--hub_private_repo``,
+``--hub_strategy``, ``--hub_token``; the repo-id check right after parsing and the push at the end (or at each
+checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import HubPushError, InvalidRepoIdError, check_repo_id
+from .model_dir import SECRET_KEYS
+from .push import push_model, push_model_dir
+
+
+def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--push_to_hub``, ``--hub_model_id``, ``--hub_private_repo``, ``--hub_strategy``, ``--hub_token``."""
+    group = parser.add_argument_group("Hugging Face Hub")
+    group.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        help="publish the final model (card and remote code included) on the Hub (main process only)",
+    )
+    group.add_argument(
+        "--hub_model_id",
+        default=None,
+        help="repo id 'namespace/name' (default: the output_dir's name under your user)",
+    )
+    group.add_argument("--hub_private_repo", action="store_true", help="create the repo as private")
+    group.add_argument(
+        "--hub_strategy",
+        choices=["end", "checkpoint"],
+        default="end",
+        help="'end': push once after training; 'checkpoint': also push at every checkpoint",
+    )
+    group.add_argument(
+        "--hub_token",
+        default=None,
+        help="token with write access (default: HF_TOKEN or the `hf auth login` token)",
+    )
+
+
+def hub_repo_id(args: argparse.Namespace) -> str:
+    """``--hub_model_id``, or the name of ``--output_dir`` (created under the token's user)."""
+    repo_id = getattr(args, "hub_model_id", None)
+    if not repo_id:
+        output_dir = getattr(args, "output_dir", None)
+        if not output_dir:
+            raise InvalidRepoIdError(
+                "--push_to_hub needs --hub_model_id (or an --output_dir to name the repo)"
+            )
+        repo_id = Path(output_dir).resolve().name
+    return repo_id
+
+
+def check_hub_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> None:
+    """Call right after parsing: a malformed ``--hub_model_id`` stops the script before training, not after.
+    With ``parser`` the answer is argparse's (one ``error:`` line, exit status 2), else ``SystemExit`` with the
+    message."""
+    if getattr(args, "push_to_hub", False):
+        try:
+            check_repo_id(hub_repo_id(args))
+        except InvalidRepoIdError as err:
+            if parser is not None:
+                parser.error(f"--hub_model_id: {err}")
+            raise SystemExit(f"--hub_model_id: {err}") from err
+
+
+def _hardware() -> str:
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        count = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        return f"{count} x {name}" if count > 1 else name
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def _training_info(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
+    items = vars(args).items() if isinstance(args, argparse.Namespace) else dict(args).items()
+    info: dict[str, Any] = {}
+    for key, value in items:
+        if SECRET_KEYS.search(key):
+            continue
+        if isinstance(value, (str, int, float, bool, type(None), list, tuple, dict)):
+            info[key] = list(value) if isinstance(value, tuple) else value
+        elif isinstance(value, os.PathLike):
+            info[key] = os.fspath(value)
+    info.setdefault("hardware", _hardware())
+    try:
+        from accelerate.state import PartialState
+
+        info.setdefault("num_processes", PartialState().num_processes)
+    except Exception:  # accelerate not initialised: leave it out
+        pass
+    return info
+
+
+def push_from_args(
+    args: argparse.Namespace,
+    model_dir: str | os.PathLike | None = None,
+    *,
+    model=None,
+    processing_class=None,
+    step: int | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    eval_inputs: Iterable[Mapping[str, torch.Tensor]] | None = None,
+):
+    """The training scripts' push, on the main process only. At the end (``step=None``) it publishes
+    ``model_dir`` (the saved final model with its ``all_results.json``); at a checkpoint (``step=N``, pushed only
+    with ``--hub_strategy checkpoint``) it publishes ``model`` from memory. Does nothing without
+    ``--push_to_hub``. A failed checkpoint push warns and training goes on; a failed final push raises with the
+    command that retries it."""
+    if not getattr(args, "push_to_hub", False):
+        return None
+    if step is not None and getattr(args, "hub_strategy", "end") != "checkpoint":
+        return None
+    repo_id = hub_repo_id(args)
+    private = bool(getattr(args, "hub_private_repo", False))
+    token = getattr(args, "hub_token", None)
+    training = _training_info(args)
+    try:
+        if step is not None or model_dir is None:
+            if model is None:
+                raise ValueError("push_from_args needs model_dir (end of training) or model (checkpoint)")
+            return push_model(
+                model,
+                repo_id,
+                processing_class=processing_class,
+                private=private,
+                token=token,
+                metrics=metrics,
+                training=training,
+                eval_inputs=eval_inputs,
+                commit_message=f"Training in progress, step {step}"
+                if step is not None
+                else "End of training",
+            )
+        return push_model_dir(
+            model_dir,
+            repo_id,
+            private=private,
+            token=token,
+            metrics=metrics,
+            training=training,
+            eval_inputs=eval_inputs,
+            commit_message="End of training",
+        )
+    except HubPushError as err:
+        if step is not None:
+            print(
+                f"warning: pushing the step-{step} checkpoint failed, training goes on: {err}",
+                file=sys.stderr,
+            )
+            return None
+        retry = f"python scripts/push_to_hub.py --model_dir {model_dir} --repo_id {repo_id}" + (
+            " --private" if private else ""
+        )
+        raise HubPushError(f"{err}\nThe trained model is saved in {model_dir}; retry with: {retry}") from err

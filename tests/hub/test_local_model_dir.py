@@ -1,0 +1,137 @@
+"""Functions and the script that take a local model directory say at once when it does not exist or cannot be
+published (no Hub lookup, no retries), and ``scripts/push_to_hub.py`` answers bad input with one ``error:`` line
+and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+import transformers
+from script_loading import load_script
+
+import hf_deq
+from hf_deq import hub
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Any attempt to resolve a model on the Hub or to upload fails the test."""
+
+    def touched(*args, **kwargs):
+        raise AssertionError("the Hub was contacted")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", touched)
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", touched)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", touched)
+
+
+def test_a_missing_folder_is_reported_at_once(tmp_path, no_hub):
+    missing = tmp_path / "runs" / "mdeq-digits"
+    with pytest.raises(hub.ModelDirError, match=r"model directory .*runs/mdeq-digits does not exist"):
+        hub.render_model_card(missing)
+    with pytest.raises(hub.ModelDirError, match="does not exist"):
+        hub.push_model_dir(missing, "user/mdeq-digits")
+    with pytest.raises(hub.ModelDirError, match="does not exist"):
+        hub.stage_model_dir(missing, tmp_path / "staged")
+    assert not (tmp_path / "staged").exists()
+
+
+def test_an_unusable_folder_is_reported_at_once(tmp_path, no_hub):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(hub.ModelDirError, match="no readable config.json"):
+        hub.render_model_card(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(hub.ModelDirError, match="a file, not a folder"):
+        hub.push_model_dir(tmp_path / "file", "user/x")
+    hf_deq.create_config("test_mdeq_tiny").save_pretrained(tmp_path / "config_only")
+    with pytest.raises(hub.ModelDirError, match="no .safetensors weights"):
+        hub.push_model_dir(tmp_path / "config_only", "user/x")
+
+
+@pytest.fixture
+def push_script():
+    return load_script("push_to_hub")
+
+
+def run_script(script, capsys, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        code = script.main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def error_line(err: str) -> str:
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    return line
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("missing", "--model_dir {path}: the folder does not exist"),
+        ("file", "--model_dir {path}: a file, not a folder"),
+        ("empty", "--model_dir: {path} holds no readable config.json"),
+        ("bad_repo", "--repo_id: invalid Hub repo id 'not a repo'"),
+        ("stage_not_empty", "--stage_only {stage}: exists and is not an empty folder"),
+    ],
+)
+def test_push_script_answers_bad_input_with_one_error_line(
+    tmp_path, capsys, push_script, no_hub, case, needle
+):
+    path, stage, repo = tmp_path / "model", tmp_path / "stage", "user/x"
+    if case == "file":
+        path.write_text("x")
+    elif case in ("empty", "bad_repo", "stage_not_empty"):
+        path.mkdir()
+    if case == "bad_repo":
+        hf_deq.create_model("test_mdeq_tiny").save_pretrained(path)
+        repo = "not a repo"
+    argv = ["--model_dir", str(path), "--repo_id", repo]
+    if case == "stage_not_empty":
+        stage.mkdir()
+        (stage / "keep.txt").write_text("mine")
+        argv += ["--stage_only", str(stage)]
+    code, err = run_script(push_script, capsys, *argv)
+    assert code == 2
+    assert needle.format(path=path, stage=stage) in error_line(err)
+
+
+def test_push_script_reports_a_failed_push_on_one_line(tmp_path, capsys, push_script, monkeypatch):
+    model = hf_deq.create_model("test_mdeq_tiny")
+    model.config.solver_on_failure = "ignore"
+    model.save_pretrained(tmp_path / "model")
+
+    def refused(*args, **kwargs):
+        raise hub.HubPushError("uploading failed (HTTP 401): log in\nThe trained model is saved in model")
+
+    monkeypatch.setattr(hub, "push_model_dir", refused)
+    code, err = run_script(push_script, capsys, "--model_dir", str(tmp_path / "model"), "--repo_id", "user/x")
+    assert code == 1
+    assert error_line(err) == "error: uploading failed (HTTP 401): log in The trained model is saved in model"
+
+
+def test_every_push_script_flag_has_help(push_script):
+    actions = [a for a in push_script.build_parser()._actions if a.dest != "help"]
+    assert actions and all(a.help for a in actions), [a.dest for a in actions if not a.help]
+
+
+def test_a_malformed_hub_model_id_is_an_argparse_error(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="train.py")
+    parser.add_argument("--output_dir")
+    hub.add_hub_arguments(parser)
+    args = parser.parse_args(["--push_to_hub", "--hub_model_id", "a/b/c"])
+    with pytest.raises(SystemExit) as exit_:
+        hub.check_hub_args(args, parser)
+    assert exit_.value.code == 2
+    assert error_line(capsys.readouterr().err).startswith(
+        "train.py: error: --hub_model_id: invalid Hub repo id"
+    )
+    hub.check_hub_args(parser.parse_args(["--push_to_hub", "--hub_model_id", "alice/mdeq"]), parser)
+    hub.check_hub_args(parser.parse_args(["--output_dir", "runs/x"]), parser)  # no push: nothing to check
