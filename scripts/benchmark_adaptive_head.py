@@ -31,12 +31,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq_len", type=int, default=150)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
-    parser.add_argument("--preset", default="deq-transformer-wt103")
+    parser.add_argument("--batch", type=int, default=4, help="sequences per timed forward")
+    parser.add_argument("--seq_len", type=int, default=150, help="tokens per sequence")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats per head (the best is reported)"
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")
+    parser.add_argument(
+        "--torch_num_threads", type=int, default=1, help="intra-op CPU threads (torch.set_num_threads)"
+    )
+    parser.add_argument("--preset", default="deq-transformer-wt103", help="the adaptive preset to compare")
     return parser.parse_args(argv)
 
 
@@ -129,8 +133,8 @@ def measure(head: nn.Module, hidden: torch.Tensor, target: torch.Tensor, repeats
 
 def main(argv=None) -> dict[str, dict[str, float]]:
     args = parse_args(argv)
-    if args.device == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
+    if args.device == "cpu" and args.torch_num_threads:
+        torch.set_num_threads(args.torch_num_threads)
     device = torch.device(args.device)
     config = hf_deq.create_config(args.preset)
     if not config.adaptive_cutoffs:

@@ -23,9 +23,7 @@ people without hf_deq load it (``hf_deq.hub.push_model_dir``), instead of ``Trai
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,10 +36,9 @@ from transformers import (
 )
 
 import hf_deq
+from hf_deq.data.images import load_image_datasets
 from hf_deq.hub import check_hub_args, push_from_args
-from hf_deq.training_utils import holds_a_model, load_packaged_metric
-
-SCRIPTS = Path(__file__).resolve().parent
+from hf_deq.training import holds_a_model, load_packaged_metric
 
 
 @dataclass
@@ -76,25 +73,21 @@ class DataArguments:
         default="digits",
         metadata={"help": "'digits' (built in) or an HF image dataset id, e.g. uoft-cs/cifar10"},
     )
-    dataset_config_name: str | None = field(default=None)
-    max_train_samples: int | None = field(default=None)
-    max_eval_samples: int | None = field(default=None)
+    dataset_config_name: str | None = field(default=None, metadata={"help": "the dataset's configuration"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "truncate the training set"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "truncate the evaluation set"})
 
 
 def load_data(data_args: DataArguments, seed: int):
     """``train_mdeq_classifier.py``'s datasets: ``(DatasetDict(train, validation), image column, label column,
     label names)``."""
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    import train_mdeq_classifier as recipe
-
-    argv = ["--dataset_name", data_args.dataset_name, "--seed", str(seed)]
-    if data_args.dataset_config_name:
-        argv += ["--dataset_config_name", data_args.dataset_config_name]
-    for name in ("max_train_samples", "max_eval_samples"):
-        if getattr(data_args, name) is not None:
-            argv += [f"--{name}", str(getattr(data_args, name))]
-    return recipe.load_datasets(recipe.parse_args(argv))
+    return load_image_datasets(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
+        seed=seed,
+    )
 
 
 def build_model(model_args: ModelArguments, label_names: list[str]):
