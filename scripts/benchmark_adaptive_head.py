@@ -25,6 +25,7 @@ from torch import nn
 
 import hf_deq
 from hf_deq.models.deq_transformer.adaptive_softmax import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
+from hf_deq.training.arguments import check_preset_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,7 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--torch_num_threads", type=int, default=1, help="intra-op CPU threads (torch.set_num_threads)"
     )
     parser.add_argument("--preset", default="deq-transformer-wt103", help="the adaptive preset to compare")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("batch", "seq_len", "repeats", "torch_num_threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
+    config = check_preset_config(parser, args.preset, model_type="deq_transformer")
+    if not config.adaptive_cutoffs:
+        parser.error(f"argument --preset: {args.preset} has no adaptive_cutoffs")
+    return args
 
 
 def zipf_targets(vocab_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -137,8 +145,6 @@ def main(argv=None) -> dict[str, dict[str, float]]:
         torch.set_num_threads(args.torch_num_threads)
     device = torch.device(args.device)
     config = hf_deq.create_config(args.preset)
-    if not config.adaptive_cutoffs:
-        raise SystemExit(f"--preset {args.preset} has no adaptive_cutoffs")
     vocab, hidden_size = config.vocab_size, config.hidden_size
     torch.manual_seed(0)
     heads = {

@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import hf_deq
+from hf_deq.training.arguments import check_preset_config
 from hf_deq.variants import get_variant
 
 
@@ -54,7 +55,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--count_parameters", action="store_true", help="print every preset's parameter count"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("prompt_length", "new_tokens", "batch_size", "torch_num_threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
+    if args.model_name_or_path is None and not args.count_parameters:
+        overrides = dict(args.config_overrides or {})
+        if args.solver_tol is not None:
+            overrides["solver_tol"] = args.solver_tol
+        config = check_preset_config(
+            parser, args.preset, overrides, {"solver_tol": "--solver_tol"}, model_type="deq_transformer"
+        )
+        if args.prompt_length + args.new_tokens > config.max_position_embeddings:
+            parser.error(
+                f"argument --new_tokens: prompt_length + new_tokens = {args.prompt_length + args.new_tokens} "
+                f"exceeds max_position_embeddings={config.max_position_embeddings} of --preset {args.preset}"
+            )
+    return args
 
 
 def preset_parameter_counts(include_test: bool = True) -> dict[str, int]:

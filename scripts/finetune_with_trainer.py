@@ -39,6 +39,7 @@ import hf_deq
 from hf_deq.data.images import load_image_datasets
 from hf_deq.hub import check_hub_args, push_from_args
 from hf_deq.training import holds_a_model, load_packaged_metric
+from hf_deq.training.arguments import check_preset_config
 
 
 @dataclass
@@ -130,10 +131,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if holds_a_model(training_args.output_dir) and training_args.resume_from_checkpoint is None:
-        raise SystemExit(
-            f"--output_dir {training_args.output_dir} already holds a model; choose another folder (nothing "
-            "was overwritten)"
+        parser.error(
+            f"argument --output_dir: {training_args.output_dir} already holds a model; choose another folder "
+            "(nothing was overwritten)"
         )
+    if (
+        model_args.model_name_or_path is None
+    ):  # a bad value is one error line naming its flag, before any data
+        overrides = model_args.deq_overrides()
+        check_preset_config(parser, model_args.preset, overrides, {k: f"--{k}" for k in overrides}, "mdeq")
     push = training_args.push_to_hub
     hub_args = argparse.Namespace(
         push_to_hub=push,
@@ -142,7 +148,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         hub_private_repo=bool(training_args.hub_private_repo),
         hub_token=training_args.hub_token,
     )
-    check_hub_args(hub_args)  # a malformed --hub_model_id stops here, before training
+    try:
+        check_hub_args(hub_args)  # a malformed --hub_model_id stops here, before training
+    except SystemExit as err:
+        parser.error(f"argument {err}")
     training_args.push_to_hub = False  # published below by hf_deq (model card + remote code), not by Trainer
     data, image_column, label_column, label_names = load_data(data_args, training_args.seed)
     model, processor = build_model(model_args, label_names)

@@ -20,6 +20,7 @@ import torch
 
 import hf_deq
 from hf_deq.training import solver_stats
+from hf_deq.training.arguments import check_preset_config
 
 ESTIMATORS = ("implicit", "upg", "npg", "one_step", "unrolled")
 
@@ -49,7 +50,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="autocast dtype of the steps",
     )
     parser.add_argument("--families", default="mdeq,lm", help="comma-separated families: mdeq, lm")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("image_batch", "image_size", "lm_batch", "seq_len", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
+    for flag, value, allowed in (
+        ("--estimators", args.estimators, hf_deq.available_grad_estimators()),
+        ("--families", args.families, ["mdeq", "lm"]),
+    ):
+        unknown = [v for v in value.split(",") if v not in allowed]
+        if unknown:
+            parser.error(f"argument {flag}: unknown {unknown}; choose from {allowed}")
+    for flag, preset, model_type in (
+        ("--mdeq_preset", args.mdeq_preset, "mdeq"),
+        ("--lm_preset", args.lm_preset, "deq_transformer"),
+    ):
+        check_preset_config(parser, preset, model_type=model_type, preset_flag=flag)
+    return args
 
 
 def make_batch(family: str, config, args, device) -> tuple[dict, int]:

@@ -28,8 +28,14 @@ from .checkpoints import CheckpointError, holds_a_model, resolve_checkpoint
 if TYPE_CHECKING:
     from .task import TrainingTask
 
-#: the config fields that have a DEQ flag
-DEQ_ARGUMENT_NAMES = (*DEQConfig.SOLVER_FIELDS, *DEQConfig.GRAD_FIELDS, "jacobian_reg_weight")
+
+def deq_argument_names(config_class: type = DEQConfig) -> tuple[str, ...]:
+    """The config fields that have a DEQ flag: the solver and estimator groups, and the Jacobian weight."""
+    return (*config_class.SOLVER_FIELDS, *config_class.GRAD_FIELDS, "jacobian_reg_weight")
+
+
+#: the DEQ flags of every training script
+DEQ_ARGUMENT_NAMES = deq_argument_names()
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -60,19 +66,27 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def _field_help(config_class: type) -> dict[str, str]:
-    """``{field: text}`` of the ``Args:`` section of a config's docstring."""
+    """``{field: text}`` of the ``Args:`` sections of the docstrings of a config class and its bases."""
+    helps: dict[str, str] = {}
+    for cls in reversed(config_class.__mro__):
+        if isinstance(cls, type) and issubclass(cls, DEQConfig) and cls.__doc__:
+            helps.update(_docstring_args(cls.__doc__))
+    return {k: v.replace("%", "%%") for k, v in helps.items()}
+
+
+def _docstring_args(doc: str) -> dict[str, str]:
     helps: dict[str, str] = {}
     current = None
-    for line in inspect.getdoc(config_class).splitlines():
+    for line in inspect.cleandoc(doc).splitlines():
         match = re.match(r"^    (\w+): (.*)$", line)
         if match:
             current = match.group(1)
-            helps[current] = match.group(2)
+            helps[current] = match.group(2).replace("``", "")
         elif current and line.startswith("        "):
-            helps[current] += " " + line.strip()
+            helps[current] += " " + line.strip().replace("``", "")
         else:
             current = None
-    return {k: v.replace("%", "%%") for k, v in helps.items()}
+    return helps
 
 
 def _flag_type(annotation: Any) -> tuple[type | None, bool]:
@@ -90,12 +104,22 @@ def _flag_type(annotation: Any) -> tuple[type | None, bool]:
     return str, False
 
 
-def add_deq_arguments(parser: argparse.ArgumentParser) -> None:
-    """A flag for every solver and estimator field of ``DEQConfig``; unset flags keep the preset's value."""
+def _field_annotations(config_class: type) -> dict[str, Any]:
+    annotations: dict[str, Any] = {}
+    for cls in reversed(config_class.__mro__):
+        if isinstance(cls, type) and issubclass(cls, DEQConfig):
+            annotations.update(inspect.get_annotations(cls, eval_str=True))
+    return annotations
+
+
+def add_deq_arguments(parser: argparse.ArgumentParser, config_class: type = DEQConfig) -> None:
+    """A flag for every solver and estimator field of ``config_class``, typed from its annotation (``bool``:
+    ``--name`` / ``--no-name``; ``dict``/``list``: JSON), with the docstring's text as help. Unset flags keep the
+    preset's value."""
     group = parser.add_argument_group("DEQ solver and gradient estimator (default: the preset's)")
-    annotations = inspect.get_annotations(DEQConfig, eval_str=True)
-    helps = _field_help(DEQConfig)
-    for name in DEQ_ARGUMENT_NAMES:
+    annotations = _field_annotations(config_class)
+    helps = _field_help(config_class)
+    for name in deq_argument_names(config_class):
         flag_type, is_bool = _flag_type(annotations.get(name, str))
         text = helps.get(name, f"the config field {name}")
         if is_bool:
@@ -399,6 +423,32 @@ def check_model_config(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"argument {config_error_flag(args, getattr(err, 'field', None))}: {err}")
 
 
+def check_preset_config(
+    parser: argparse.ArgumentParser,
+    preset: str,
+    overrides: dict[str, Any] | None = None,
+    flags: dict[str, str] | None = None,
+    model_type: str | None = None,
+    preset_flag: str = "--preset",
+):
+    """The config of ``preset`` with ``overrides``, built now so that a bad value is one ``error:`` line naming
+    its flag (``flags[field]``, else ``--config_overrides``, else ``preset_flag``); returns the config."""
+    from ..variants import create_config, get_variant
+
+    try:
+        variant = get_variant(preset)
+    except ValueError as err:
+        parser.error(f"argument {preset_flag}: {err}")
+    if model_type is not None and getattr(variant.config_class, "model_type", None) != model_type:
+        parser.error(f"argument {preset_flag}: {preset!r} is not a {model_type} preset")
+    try:
+        return create_config(preset, **(overrides or {}))
+    except ValueError as err:
+        field = getattr(err, "field", None)
+        flag = (flags or {}).get(field) or ("--config_overrides" if overrides else preset_flag)
+        parser.error(f"argument {flag}: {err}")
+
+
 def check_training_args(
     parser: argparse.ArgumentParser, args: argparse.Namespace, task: TrainingTask
 ) -> None:
@@ -468,8 +518,10 @@ def parse_args(
 __all__ = [
     "DEQ_ARGUMENT_NAMES",
     "add_deq_arguments",
+    "deq_argument_names",
     "add_training_arguments",
     "check_model_config",
+    "check_preset_config",
     "check_training_args",
     "config_error_flag",
     "config_overrides",
