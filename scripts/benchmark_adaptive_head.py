@@ -25,19 +25,31 @@ from torch import nn
 
 import hf_deq
 from hf_deq.models.deq_transformer.adaptive_softmax import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
+from hf_deq.training.arguments import check_preset_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq_len", type=int, default=150)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
-    parser.add_argument("--preset", default="deq-transformer-wt103")
-    return parser.parse_args(argv)
+    parser.add_argument("--batch", type=int, default=4, help="sequences per timed forward")
+    parser.add_argument("--seq_len", type=int, default=150, help="tokens per sequence")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats per head (the best is reported)"
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")
+    parser.add_argument(
+        "--torch_num_threads", type=int, default=1, help="intra-op CPU threads (torch.set_num_threads)"
+    )
+    parser.add_argument("--preset", default="deq-transformer-wt103", help="the adaptive preset to compare")
+    args = parser.parse_args(argv)
+    for name in ("batch", "seq_len", "repeats", "torch_num_threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
+    config = check_preset_config(parser, args.preset, model_type="deq_transformer")
+    if not config.adaptive_cutoffs:
+        parser.error(f"argument --preset: {args.preset} has no adaptive_cutoffs")
+    return args
 
 
 def zipf_targets(vocab_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -129,12 +141,10 @@ def measure(head: nn.Module, hidden: torch.Tensor, target: torch.Tensor, repeats
 
 def main(argv=None) -> dict[str, dict[str, float]]:
     args = parse_args(argv)
-    if args.device == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
+    if args.device == "cpu" and args.torch_num_threads:
+        torch.set_num_threads(args.torch_num_threads)
     device = torch.device(args.device)
     config = hf_deq.create_config(args.preset)
-    if not config.adaptive_cutoffs:
-        raise SystemExit(f"--preset {args.preset} has no adaptive_cutoffs")
     vocab, hidden_size = config.vocab_size, config.hidden_size
     torch.manual_seed(0)
     heads = {

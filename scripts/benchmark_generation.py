@@ -5,11 +5,11 @@ past equilibrium states are cached and each new token solves only its own state.
 ``--new_tokens`` tokens after a random ``--prompt_length``-token prompt and reports how many generated tokens agree.
 
     python scripts/benchmark_generation.py                          # deq-transformer-small, 64 + 200 tokens
-    python scripts/benchmark_generation.py --preset deq-transformer-char --num_threads 1
+    python scripts/benchmark_generation.py --preset deq-transformer-char --torch_num_threads 1
     python scripts/benchmark_generation.py --model_name_or_path runs/shakespeare --prompt_length 64
     python scripts/benchmark_generation.py --count_parameters      # parameter count of every preset
 
-On a shared CPU, ``--num_threads 1`` avoids the OpenMP stalls that make tiny per-token operations slow when
+On a shared CPU, ``--torch_num_threads 1`` avoids the OpenMP stalls that make tiny per-token operations slow when
 the other cores are busy.
 """
 
@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import hf_deq
+from hf_deq.training.arguments import check_preset_config
 from hf_deq.variants import get_variant
 
 
@@ -30,13 +31,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="deq-transformer-small")
+    parser.add_argument(
+        "--preset", default="deq-transformer-small", help="the preset (random weights) to time"
+    )
     parser.add_argument(
         "--model_name_or_path", default=None, help="a trained model instead of a random preset"
     )
-    parser.add_argument("--prompt_length", type=int, default=64)
-    parser.add_argument("--new_tokens", type=int, default=200)
-    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--prompt_length", type=int, default=64, help="tokens of the random prompt")
+    parser.add_argument("--new_tokens", type=int, default=200, help="tokens generated per run")
+    parser.add_argument("--batch_size", type=int, default=1, help="prompts generated at once")
     parser.add_argument("--solver_tol", type=float, default=None, help="override the model's solver_tol")
     parser.add_argument(
         "--config_overrides",
@@ -44,13 +47,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="JSON config fields, e.g. '{\"vocab_size\": 32000}'",
     )
-    parser.add_argument("--num_threads", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--torch_num_threads", type=int, default=None, help="intra-op CPU threads (torch.set_num_threads)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the prompt")
     parser.add_argument("--skip_uncached", action="store_true", help="time the cached path only")
     parser.add_argument(
         "--count_parameters", action="store_true", help="print every preset's parameter count"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("prompt_length", "new_tokens", "batch_size", "torch_num_threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
+    if args.model_name_or_path is None and not args.count_parameters:
+        overrides = dict(args.config_overrides or {})
+        if args.solver_tol is not None:
+            overrides["solver_tol"] = args.solver_tol
+        config = check_preset_config(
+            parser, args.preset, overrides, {"solver_tol": "--solver_tol"}, model_type="deq_transformer"
+        )
+        if args.prompt_length + args.new_tokens > config.max_position_embeddings:
+            parser.error(
+                f"argument --new_tokens: prompt_length + new_tokens = {args.prompt_length + args.new_tokens} "
+                f"exceeds max_position_embeddings={config.max_position_embeddings} of --preset {args.preset}"
+            )
+    return args
 
 
 def preset_parameter_counts(include_test: bool = True) -> dict[str, int]:
@@ -88,8 +109,8 @@ def main(argv=None) -> dict:
         for name, count in preset_parameter_counts().items():
             print(f"{name:34s} {count:>13,d} parameters")
         return {}
-    if args.num_threads is not None:
-        torch.set_num_threads(args.num_threads)
+    if args.torch_num_threads is not None:
+        torch.set_num_threads(args.torch_num_threads)
     torch.manual_seed(args.seed)
     overrides = dict(args.config_overrides or {})
     if args.solver_tol is not None:

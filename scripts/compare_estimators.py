@@ -4,14 +4,14 @@ accuracy, wall time, forward/backward time per step and memory. Writes ``compare
 table), ``compare_estimators.png`` (accuracy against training wall time) and ``compare_estimators.json`` into
 ``--output_dir``.
 
-Every flag that is not listed below goes to ``scripts/train_mdeq_classifier.py`` unchanged (each run goes
-through its ``main``), e.g.::
+Every flag that is not listed below is a flag of ``scripts/train_mdeq_classifier.py`` (the shared training loop
+``hf_deq.training`` with the ``image-classification`` task), passed on unchanged, e.g.::
 
     python scripts/compare_estimators.py --output_dir outputs/compare-digits -- \\
         --preset mdeq-tiny-digits --num_train_epochs 8 --seed 0 --torch_num_threads 1
 
 By default each run is a fresh process (``python scripts/train_mdeq_classifier.py ...``), so that its peak
-memory is its own and no state leaks between runs; ``--in_process`` calls ``main`` in this process instead.
+memory is its own and no state leaks between runs; ``--in_process`` trains in this process instead.
 Timings are training time only (no evaluation, no start-up): compare them between runs of one invocation, on one
 machine.
 """
@@ -26,11 +26,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SCRIPTS = Path(__file__).resolve().parent
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
+from hf_deq.tasks import get_task
+from hf_deq.training import build_dataloaders, train
+from hf_deq.training import parse_args as parse_training_args
 
-import train_mdeq_classifier as train  # noqa: E402  (the training loop this script reuses)
+SCRIPTS = Path(__file__).resolve().parent
+TRAIN_SCRIPT = "train_mdeq_classifier.py"
+TASK = get_task("image-classification")
+
+
+def training_args(argv: list[str]):
+    """``argv`` parsed as ``train_mdeq_classifier.py`` does."""
+    return parse_training_args(TASK, argv, script=TRAIN_SCRIPT)
+
 
 #: The estimators of the phantom-gradient paper and their flags (DESIGN.md section 6 recipes).
 RECIPES: dict[str, list[str]] = {
@@ -67,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     for reserved in ("--output_dir", "--grad_estimator", "--resume_from_checkpoint"):
         if reserved in passthrough:
             parser.error(f"{reserved} is set per run by this script")
-    train.parse_args(passthrough)  # fail early on a bad training flag
+    training_args(passthrough)  # fail early on a bad training flag
     return args, passthrough
 
 
@@ -83,11 +91,9 @@ def run_one(name: str, passthrough: list[str], output_dir: Path, in_process: boo
         "--disable_tqdm",
     ]
     if in_process:
-        results = train.main(argv)
+        results = train(TASK, training_args(argv))
     else:
-        subprocess.run(
-            [sys.executable, str(SCRIPTS / "train_mdeq_classifier.py"), *argv], check=True, env=os.environ
-        )
+        subprocess.run([sys.executable, str(SCRIPTS / TRAIN_SCRIPT), *argv], check=True, env=os.environ)
         results = json.loads((run_dir / "all_results.json").read_text())
         results["history"] = json.loads((run_dir / "history.json").read_text())
     results["saved_activations_mb"] = saved_activations_mb(argv)
@@ -99,11 +105,11 @@ def saved_activations_mb(argv: list[str]) -> float:
     the memory that grows with the unrolled steps of UPG and stays O(1) for implicit / NPG."""
     import torch
 
-    args = train.parse_args(argv)
+    args = training_args([*argv, "--overwrite_output_dir"])
     torch.manual_seed(args.seed)
-    data, image_column, label_column, label_names = train.load_datasets(args)
-    model, processor = train.build_model_and_processor(args, label_names)
-    train_dl, _ = train.get_dataloaders(args, data, image_column, label_column, processor)
+    raw = TASK.load_raw(args)
+    model, processor = TASK.build_model(args, raw, None)
+    train_dl, _ = build_dataloaders(args, TASK.load_data(args, raw, processor))
     batch = next(iter(train_dl))
     params = {p.data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
@@ -144,7 +150,7 @@ def markdown_table(results: dict[str, dict], reference: str, tolerance: float) -
             reach = "not reached" if t is None else f"{t:.0f} s ({t / ref['train_runtime']:.2f}x)"
         rows.append(
             f"| {LABELS.get(name, name)} | {100 * r['eval_accuracy']:.2f}% | {100 * best:.2f}% | "
-            f"{r['train_time_per_epoch']:.1f} | {1000 * r['forward_time_per_step']:.0f} | "
+            f"{r['train_runtime'] / max(r['epoch'], 1e-9):.1f} | {1000 * r['forward_time_per_step']:.0f} | "
             f"{1000 * r['backward_time_per_step']:.0f} | {r['saved_activations_mb']:.1f} | "
             f"{r['peak_memory_mb']:.0f} | {reach} |"
         )
@@ -193,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             flush=True,
         )
     table = markdown_table(results, args.reference, args.tolerance)
-    train_args = train.parse_args(passthrough)
+    train_args = training_args(passthrough)
     title = f"{train_args.preset or train_args.model_name_or_path} on {train_args.dataset_name or train_args.train_dir}"
     (output_dir / "compare_estimators.md").write_text(f"### {title}\n\n{table}")
     (output_dir / "compare_estimators.json").write_text(json.dumps(results, indent=2))

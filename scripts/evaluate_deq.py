@@ -14,8 +14,9 @@ the budget can be changed after training without touching the weights.
     python scripts/evaluate_deq.py --model_name_or_path runs/ts --budgets 4,12,30 \\
         -- --train_file ../shared/data/tinyshakespeare/input.txt --block_size 64
 
-The data flags after ``--`` (or any flag this script does not know) go to the model family's training script
-(``train_mdeq_classifier.py`` / ``train_deq_lm.py``), which loads and splits the data exactly as in training:
+The data flags after ``--`` (or any flag this script does not know) are those of the model family's training
+script (``train_mdeq_classifier.py`` / ``train_deq_lm.py``): its task (``hf_deq.tasks``) loads and splits the
+data exactly as in training:
 the same ``--dataset_name`` (default: the built-in data), ``--max_eval_samples``, ``--per_device_eval_batch_size``,
 ``--block_size``, ... The evaluation split is the one training evaluated on. Runs under ``accelerate launch``
 too (the split is sharded and gathered, each example counted once). Prints a table and, with ``--output_file``,
@@ -26,28 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import Accelerator
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForImageClassification,
-    AutoTokenizer,
-)
+from transformers import AutoConfig
 
-import hf_deq  # noqa: F401  (registers the model families with the Auto classes)
 from hf_deq.deq import available_solvers
-from hf_deq.training_utils import load_packaged_metric
-
-SCRIPTS = Path(__file__).resolve().parent
-#: model_type -> the training script whose data pipeline and evaluation loop are reused
-FAMILY_SCRIPTS = {"mdeq": "train_mdeq_classifier", "deq_transformer": "train_deq_lm"}
+from hf_deq.tasks import get_task
+from hf_deq.training import build_dataloaders, evaluate
+from hf_deq.training import parse_args as parse_training_args
 
 
 def _int_list(text: str) -> list[int]:
@@ -108,69 +98,40 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, passthrough
 
 
-def load_family_script(model_type: str):
-    """The training script of ``model_type`` as a module (scripts/ is not a package)."""
-    if model_type not in FAMILY_SCRIPTS:
-        raise SystemExit(f"model_type {model_type!r} is not an hf_deq model; known: {sorted(FAMILY_SCRIPTS)}")
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    return __import__(FAMILY_SCRIPTS[model_type])
-
-
 def build_evaluation(args: argparse.Namespace, passthrough: list[str], accelerator: Accelerator):
-    """``(model, eval_dataloader, run_eval)``: the family's data pipeline and evaluation loop; ``run_eval()``
-    returns the family's metrics with common names (``metric``, ``metric_name``, ``loss``, solver stats)."""
+    """``(model, run_eval)``: the saved model, and its family's evaluation of the data the flags name;
+    ``run_eval(prepared_model)`` returns the metric with common names (``metric``, ``metric_name``, ``loss``,
+    solver stats, ``num_examples``)."""
+    import torch
+
     config = AutoConfig.from_pretrained(args.model_name_or_path)
-    script = load_family_script(config.model_type)
+    try:
+        task = get_task(config.model_type)
+    except ValueError:
+        raise SystemExit(f"model_type {config.model_type!r} is not an hf_deq model") from None
     family_argv = [*passthrough, "--model_name_or_path", args.model_name_or_path]
-    if "--output_dir" not in passthrough:  # the LM script requires one; nothing is written there
-        family_argv += ["--output_dir", str(Path(tempfile.gettempdir()) / "hf_deq-evaluate-unused")]
-    train_args = script.parse_args(family_argv)
-    threads = getattr(train_args, "torch_num_threads", None) or getattr(train_args, "num_threads", None)
-    if threads:
-        torch.set_num_threads(threads)
-    if config.model_type == "mdeq":
-        with accelerator.main_process_first():
-            data, image_column, label_column, label_names = script.load_datasets(train_args)
-            metric = load_packaged_metric("accuracy")
-        model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path)
-        if model.config.num_labels != len(label_names):
-            raise SystemExit(
-                f"the model has {model.config.num_labels} labels but the dataset {len(label_names)} "
-                f"({label_names[:10]}...): evaluate on the data the model was trained for"
-            )
-        processor = hf_deq.MDEQImageProcessor.for_saved_model(args.model_name_or_path, model.config)
-        _, eval_dl = script.get_dataloaders(train_args, data, image_column, label_column, processor)
-
-        def run_eval(prepared) -> dict[str, Any]:
-            out = script.evaluate_model(prepared, eval_dl, accelerator, metric)
-            return {
-                "metric_name": "accuracy",
-                "metric": out["accuracy"],
-                "loss": out["loss"],
-                "solver_nstep": out["solver_nstep"],
-                "solver_residual": out["solver_residual"],
-                "num_examples": out["num_examples"],
-            }
-
-    else:
-        raw = script.load_raw_datasets(train_args)
-        tokenizer = AutoTokenizer.from_pretrained(train_args.tokenizer_name or args.model_name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path)
-        _, eval_dl = script.get_dataloaders(accelerator, train_args, tokenizer, raw)
-
-        def run_eval(prepared) -> dict[str, Any]:
-            out = script.evaluate(prepared, eval_dl, accelerator)
-            return {
-                "metric_name": "perplexity",
-                "metric": out["perplexity"],
-                "loss": out["eval_loss"],
-                "solver_nstep": out["eval_solver_nstep"],
-                "solver_residual": out["eval_solver_residual"],
-                "num_examples": out["eval_num_examples"],
-            }
-
+    train_args = parse_training_args(task, family_argv, script=f"{Path(__file__).name} --")
+    if train_args.torch_num_threads:
+        torch.set_num_threads(train_args.torch_num_threads)
+    with accelerator.main_process_first():
+        raw = task.load_raw(train_args)
+    model, processing_class = task.load_pretrained(train_args, raw)
+    with accelerator.main_process_first():
+        data = task.load_data(train_args, raw, processing_class)
+    _, eval_dl = build_dataloaders(train_args, data)
     eval_dl = accelerator.prepare(eval_dl)
+
+    def run_eval(prepared) -> dict[str, Any]:
+        out = evaluate(prepared, eval_dl, accelerator, task)
+        return {
+            "metric_name": task.metric_name,
+            "metric": out[f"eval_{task.metric_name}"],
+            "loss": out["eval_loss"],
+            "solver_nstep": out["eval_solver_nstep"],
+            "solver_residual": out["eval_solver_residual"],
+            "num_examples": out["eval_num_examples"],
+        }
+
     return model, run_eval
 
 

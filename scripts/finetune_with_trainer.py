@@ -23,9 +23,7 @@ people without hf_deq load it (``hf_deq.hub.push_model_dir``), instead of ``Trai
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,10 +36,10 @@ from transformers import (
 )
 
 import hf_deq
+from hf_deq.data.images import load_image_datasets
 from hf_deq.hub import check_hub_args, push_from_args
-from hf_deq.training_utils import holds_a_model, load_packaged_metric
-
-SCRIPTS = Path(__file__).resolve().parent
+from hf_deq.training import holds_a_model, load_packaged_metric
+from hf_deq.training.arguments import check_preset_config
 
 
 @dataclass
@@ -76,25 +74,21 @@ class DataArguments:
         default="digits",
         metadata={"help": "'digits' (built in) or an HF image dataset id, e.g. uoft-cs/cifar10"},
     )
-    dataset_config_name: str | None = field(default=None)
-    max_train_samples: int | None = field(default=None)
-    max_eval_samples: int | None = field(default=None)
+    dataset_config_name: str | None = field(default=None, metadata={"help": "the dataset's configuration"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "truncate the training set"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "truncate the evaluation set"})
 
 
 def load_data(data_args: DataArguments, seed: int):
     """``train_mdeq_classifier.py``'s datasets: ``(DatasetDict(train, validation), image column, label column,
     label names)``."""
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    import train_mdeq_classifier as recipe
-
-    argv = ["--dataset_name", data_args.dataset_name, "--seed", str(seed)]
-    if data_args.dataset_config_name:
-        argv += ["--dataset_config_name", data_args.dataset_config_name]
-    for name in ("max_train_samples", "max_eval_samples"):
-        if getattr(data_args, name) is not None:
-            argv += [f"--{name}", str(getattr(data_args, name))]
-    return recipe.load_datasets(recipe.parse_args(argv))
+    return load_image_datasets(
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
+        seed=seed,
+    )
 
 
 def build_model(model_args: ModelArguments, label_names: list[str]):
@@ -137,10 +131,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if holds_a_model(training_args.output_dir) and training_args.resume_from_checkpoint is None:
-        raise SystemExit(
-            f"--output_dir {training_args.output_dir} already holds a model; choose another folder (nothing "
-            "was overwritten)"
+        parser.error(
+            f"argument --output_dir: {training_args.output_dir} already holds a model; choose another folder "
+            "(nothing was overwritten)"
         )
+    if (
+        model_args.model_name_or_path is None
+    ):  # a bad value is one error line naming its flag, before any data
+        overrides = model_args.deq_overrides()
+        check_preset_config(parser, model_args.preset, overrides, {k: f"--{k}" for k in overrides}, "mdeq")
     push = training_args.push_to_hub
     hub_args = argparse.Namespace(
         push_to_hub=push,
@@ -149,7 +148,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         hub_private_repo=bool(training_args.hub_private_repo),
         hub_token=training_args.hub_token,
     )
-    check_hub_args(hub_args)  # a malformed --hub_model_id stops here, before training
+    try:
+        check_hub_args(hub_args)  # a malformed --hub_model_id stops here, before training
+    except SystemExit as err:
+        parser.error(f"argument {err}")
     training_args.push_to_hub = False  # published below by hf_deq (model card + remote code), not by Trainer
     data, image_column, label_column, label_names = load_data(data_args, training_args.seed)
     model, processor = build_model(model_args, label_names)

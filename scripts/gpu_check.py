@@ -19,7 +19,8 @@ import time
 import torch
 
 import hf_deq
-from hf_deq.training_utils import solver_stats
+from hf_deq.training import solver_stats
+from hf_deq.training.arguments import check_preset_config
 
 ESTIMATORS = ("implicit", "upg", "npg", "one_step", "unrolled")
 
@@ -28,19 +29,44 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--mdeq_preset", default="mdeq-tiny-cifar10")
-    parser.add_argument("--lm_preset", default="deq-transformer-small")
-    parser.add_argument("--image_batch", type=int, default=128)
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--lm_batch", type=int, default=16)
-    parser.add_argument("--seq_len", type=int, default=256)
+    parser.add_argument("--mdeq_preset", default="mdeq-tiny-cifar10", help="the MDEQ preset timed")
+    parser.add_argument(
+        "--lm_preset", default="deq-transformer-small", help="the DEQ-Transformer preset timed"
+    )
+    parser.add_argument("--image_batch", type=int, default=128, help="images per MDEQ step")
+    parser.add_argument("--image_size", type=int, default=32, help="side of the random images")
+    parser.add_argument("--lm_batch", type=int, default=16, help="sequences per LM step")
+    parser.add_argument("--seq_len", type=int, default=256, help="tokens per LM sequence")
     parser.add_argument(
         "--steps", type=int, default=5, help="timed steps per estimator (after 2 warm-up steps)"
     )
-    parser.add_argument("--estimators", default=",".join(ESTIMATORS))
-    parser.add_argument("--mixed_precision", default="bf16", choices=["no", "bf16", "fp16"])
-    parser.add_argument("--families", default="mdeq,lm")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--estimators", default=",".join(ESTIMATORS), help="comma-separated gradient estimators to time"
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        default="bf16",
+        choices=["no", "bf16", "fp16"],
+        help="autocast dtype of the steps",
+    )
+    parser.add_argument("--families", default="mdeq,lm", help="comma-separated families: mdeq, lm")
+    args = parser.parse_args(argv)
+    for name in ("image_batch", "image_size", "lm_batch", "seq_len", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
+    for flag, value, allowed in (
+        ("--estimators", args.estimators, hf_deq.available_grad_estimators()),
+        ("--families", args.families, ["mdeq", "lm"]),
+    ):
+        unknown = [v for v in value.split(",") if v not in allowed]
+        if unknown:
+            parser.error(f"argument {flag}: unknown {unknown}; choose from {allowed}")
+    for flag, preset, model_type in (
+        ("--mdeq_preset", args.mdeq_preset, "mdeq"),
+        ("--lm_preset", args.lm_preset, "deq_transformer"),
+    ):
+        check_preset_config(parser, preset, model_type=model_type, preset_flag=flag)
+    return args
 
 
 def make_batch(family: str, config, args, device) -> tuple[dict, int]:

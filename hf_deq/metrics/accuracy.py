@@ -1,5 +1,5 @@
 """Accuracy as an ``evaluate`` metric module shipped with hf_deq, so that it loads offline by path:
-``evaluate.load(hf_deq.training_utils.packaged_metric_path("accuracy"))`` (``evaluate.load("accuracy")`` fetches
+``evaluate.load(hf_deq.training.packaged_metric_path("accuracy"))`` (``evaluate.load("accuracy")`` fetches
 the module from the Hub). Same inputs and output as the Hub's ``accuracy``; needs no scikit-learn."""
 
 import datasets

@@ -1,11 +1,11 @@
-"""Tokenizers trained by ``hf_deq.text_utils`` (what ``train_deq_lm.py --train_tokenizer`` uses)."""
+"""Tokenizers trained by ``hf_deq.data.tokenizers`` (what ``train_deq_lm.py --train_tokenizer`` uses)."""
 
 from __future__ import annotations
 
 import pytest
 from transformers import AutoTokenizer
 
-from hf_deq.text_utils import TOKENIZER_KINDS, train_tokenizer, train_word_tokenizer
+from hf_deq.data.tokenizers import TOKENIZER_KINDS, train_tokenizer, train_word_tokenizer
 
 TEXT = ["the cat sat on the mat\n", "the dog sat\n", "a cat\n"]
 

@@ -8,7 +8,7 @@ from transformers import AutoModel, AutoModelForCausalLM, DataCollatorForLanguag
 
 import hf_deq
 from hf_deq import DEQTransformerConfig, DEQTransformerForCausalLM, DEQTransformerModel
-from hf_deq.text_utils import train_char_tokenizer
+from hf_deq.data.tokenizers import train_char_tokenizer
 
 TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"

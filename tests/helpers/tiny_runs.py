@@ -109,10 +109,33 @@ def lm_args(output_dir: Path, text_file: Path, *extra: str, steps: int = 4) -> l
         "--max_train_steps", str(steps),
         "--logging_steps", "1",
         "--solver_on_failure", "ignore",
-        "--num_threads", "1",
+        "--torch_num_threads", "1",
         "--output_dir", str(output_dir),
         *extra,
     ]  # fmt: skip
+
+
+#: the model families the shared training loop is tested with
+FAMILIES = ("mdeq", "lm")
+FAMILY_SCRIPTS = {"mdeq": "train_mdeq_classifier", "lm": "train_deq_lm"}
+
+
+def family_args(family: str, output_dir: Path, tmp_path: Path, *extra: str, steps: int = 4) -> list[str]:
+    """``mdeq_args`` or ``lm_args`` (on ``small_text_file(tmp_path)``)."""
+    if family == "mdeq":
+        return mdeq_args(output_dir, *extra, steps=steps)
+    return lm_args(output_dir, small_text_file(tmp_path), "--disable_tqdm", *extra, steps=steps)
+
+
+def patch_training_loss(monkeypatch, family: str, wrap) -> None:
+    """Replace the family's loss function by ``wrap(original)``."""
+    if family == "mdeq":
+        cls = hf_deq.MDEQForImageClassification
+        monkeypatch.setattr(cls, "_classification_loss", wrap(cls._classification_loss))
+    else:
+        from hf_deq.models.deq_transformer import modeling_deq_transformer as modeling
+
+        monkeypatch.setattr(modeling, "causal_lm_loss", wrap(modeling.causal_lm_loss))
 
 
 def script_env() -> dict[str, str]:

@@ -1,5 +1,6 @@
 """``--config FILE`` of the training scripts and the recipes in ``scripts/configs/``: every recipe parses with its
-script, the command line overrides it, bad files give clear errors naming the key and the value, and the
+script, the command line overrides it, bad files give one clear ``error:`` line (exit status 2) naming the key and
+the value, and the
 WikiText-103 recipe runs end to end (scaled down) through the real ``load_dataset`` call, the word tokenizer and
 the adaptive embeddings."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -79,16 +81,20 @@ def test_the_command_line_overrides_the_config(tmp_path):
         ('{"learning_rate": 0.1,}', r"not valid JSON"),
     ],
 )
-def test_bad_config_files_are_refused_clearly(tmp_path, content, message):
+def test_bad_config_files_are_refused_clearly(tmp_path, content, message, capsys):
     path = tmp_path / "bad.json"
     path.write_text(content)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SystemExit) as exit_info:
         load_script("train_mdeq_classifier").parse_args(["--config", str(path)])
+    assert exit_info.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert re.search(message, line), line
 
 
-def test_a_missing_config_file_is_named(tmp_path):
-    with pytest.raises(ValueError, match=r"--config .*nowhere\.json: no such file"):
+def test_a_missing_config_file_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
         load_script("train_deq_lm").parse_args(["--config", str(tmp_path / "nowhere.json")])
+    assert re.search(r"error: --config .*nowhere\.json: no such file", capsys.readouterr().err)
 
 
 def test_the_wikitext_recipe_runs_scaled_down(tmp_path, fresh_accelerate_state, monkeypatch):
@@ -126,7 +132,7 @@ def test_the_wikitext_recipe_runs_scaled_down(tmp_path, fresh_accelerate_state, 
             "--checkpointing_steps", "100",
             "--mixed_precision", "no",
             "--solver_on_failure", "ignore",
-            "--num_threads", "1",
+            "--torch_num_threads", "1",
             "--output_dir", str(out),
         ]
     )  # fmt: skip
@@ -151,7 +157,7 @@ def test_an_adaptive_preset_with_too_small_a_vocabulary_says_what_to_pass(tmp_pa
         "--block_size",
         "16",
     ]
-    common += ["--max_train_steps", "1", "--max_eval_samples", "8", "--num_threads", "1"]
+    common += ["--max_train_steps", "1", "--max_eval_samples", "8", "--torch_num_threads", "1"]
     common += ["--solver_on_failure", "ignore"]
     small_vocabulary = ["--train_tokenizer", "word", "--tokenizer_vocab_size", "40"]
     with pytest.raises(SystemExit, match=r"adaptive_cutoffs=\[10, 30, 60\].*the tokenizer has 40\..*null"):

@@ -48,7 +48,7 @@ def test_lm_evaluation_matches_training(tmp_path, fresh_accelerate_state):
     out = tmp_path / "lm"
     trained = load_script("train_deq_lm").main(lm_args(out, text, steps=2))
     data = ["--train_file", str(text), "--block_size", "16", "--max_eval_samples", "16"]
-    data += ["--per_device_eval_batch_size", "8", "--num_threads", "1"]
+    data += ["--per_device_eval_batch_size", "8", "--torch_num_threads", "1"]
     (row,) = load_script("evaluate_deq").main(["--model_name_or_path", str(out), "--", *data])
     assert row["metric_name"] == "perplexity" and row["num_examples"] == 16
     assert row["loss"] == pytest.approx(trained["eval_loss"], rel=1e-5)

@@ -18,7 +18,7 @@ COMMON += ["--per_device_eval_batch_size", "16", "--report_to", "none", "--use_c
 COMMON += ["--solver_on_failure", "ignore"]
 
 
-def test_finetune_a_saved_model_with_another_estimator(tmp_path, fresh_accelerate_state):
+def test_finetune_a_saved_model_with_another_estimator(tmp_path, fresh_accelerate_state, capsys):
     start = tmp_path / "start"
     hf_deq.create_model("test_mdeq_tiny", num_labels=10, solver_on_failure="ignore").save_pretrained(start)
     script = load_script("finetune_with_trainer")
@@ -37,11 +37,12 @@ def test_finetune_a_saved_model_with_another_estimator(tmp_path, fresh_accelerat
     before = hf_deq.MDEQForImageClassification.from_pretrained(start).state_dict()
     assert any(not torch.equal(model.state_dict()[k], before[k]) for k in moved)  # the weights were trained
 
-    with pytest.raises(SystemExit, match="already holds a model"):
+    with pytest.raises(SystemExit) as exit_info:
         script.main(["--output_dir", str(out), "--max_steps", "1", *COMMON])
+    assert exit_info.value.code == 2 and "already holds a model" in capsys.readouterr().err
 
 
-def test_push_to_hub_publishes_with_hf_deq_not_trainer(tmp_path, fresh_accelerate_state, monkeypatch):
+def test_push_to_hub_publishes_with_hf_deq_not_trainer(tmp_path, fresh_accelerate_state, monkeypatch, capsys):
     """``--push_to_hub`` goes through ``hf_deq.hub`` (card + remote code) once, at the end; ``Trainer`` itself
     never contacts the Hub (this session is offline: it would fail)."""
     script = load_script("finetune_with_trainer")
@@ -56,6 +57,7 @@ def test_push_to_hub_publishes_with_hf_deq_not_trainer(tmp_path, fresh_accelerat
     assert (args.hub_model_id, args.hub_private_repo, model_dir) == ("someone/mdeq-digits", True, str(out))
     assert args.preset == "test_mdeq_tiny" and args.max_steps == 1 and (out / "all_results.json").is_file()
     bad = ["--preset", "test_mdeq_tiny", "--output_dir", str(tmp_path / "other"), "--max_steps", "1", *COMMON]
-    with pytest.raises(SystemExit, match="hub_model_id"):
+    with pytest.raises(SystemExit) as exit_info:
         script.main([*bad, "--push_to_hub", "--hub_model_id", "a/b/c"])
+    assert exit_info.value.code == 2 and "error: argument --hub_model_id" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()  # refused before training

@@ -1,10 +1,11 @@
-"""Crash safety.
+"""Crash safety and exact resumes of the shared training loop, for both families.
 
 A training script killed with SIGKILL right after a checkpoint resumes with ``--resume_from_checkpoint latest``
 and then reproduces, step for step, the losses of an uninterrupted run with the same seed (CPU, deterministic
-algorithms, one thread), and ends with the very same weights. Checkpoints are written to ``<name>.tmp`` and
-renamed, so a crash while saving leaves the previous checkpoint intact and a leftover ``step_N.tmp`` is never
-picked by ``latest``. The scripts refuse an ``--output_dir`` that already holds a model unless
+algorithms, one thread; dropout, augmentation and the unrolled warm-up in play), and ends with the very same
+weights. Checkpoints are written to ``<name>.tmp`` and renamed, so a crash while saving leaves the previous
+checkpoint intact and a leftover ``step_N.tmp`` is never picked by ``latest``; a folder without
+``trainer_state.json`` is refused. The scripts refuse an ``--output_dir`` that already holds a model unless
 ``--overwrite_output_dir``."""
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from safetensors.torch import load_file
 from script_loading import load_script
 from tiny_runs import (
     DETERMINISTIC_LAUNCHER,
+    FAMILIES,
+    FAMILY_SCRIPTS,
+    LM_SCRIPT,
     MDEQ_SCRIPT,
     REPO,
-    lm_args,
+    family_args,
     mdeq_args,
     read_log,
     run_checked,
@@ -34,34 +38,51 @@ from tiny_runs import (
     step_losses,
 )
 
-from hf_deq.training_utils import list_checkpoints, resolve_checkpoint, save_checkpoint_atomically
+from hf_deq.training import CheckpointError, list_checkpoints, resolve_checkpoint, save_checkpoint_atomically
 
 TOTAL_STEPS = 32
 
 
-def _crash_args(output_dir: Path, log: Path, *extra: str) -> list[str]:
-    """128 digits in batches of 8: 16 steps per epoch, 2 epochs; dropout and random crops draw from the RNG,
-    so an exact resume needs the RNG, sampler and optimizer states of the checkpoint."""
-    return [
-        sys.executable, "-c", DETERMINISTIC_LAUNCHER, str(MDEQ_SCRIPT),
-        "--preset", "test_mdeq_tiny",
-        "--dataset_name", "digits",
-        "--max_train_samples", "128",
-        "--max_eval_samples", "24",
-        "--per_device_train_batch_size", "8",
-        "--per_device_eval_batch_size", "24",
+def _crash_args(family: str, output_dir: Path, log: Path, text: Path, *extra: str) -> list[str]:
+    """16 steps per epoch, 2 epochs; dropout (and random crops for images) draw from the RNG, the first 6 steps
+    are the unrolled warm-up (so the resume from step 4 starts inside it): an exact resume needs the per-step
+    seeds, the sampler, the optimizer and the estimator schedule to line up."""
+    common = [
         "--max_train_steps", str(TOTAL_STEPS),
         "--checkpointing_steps", "4",
-        "--config_overrides", '{"dropout": 0.1}',
-        "--augment", "crop",
+        "--unrolled_warmup_steps", "6", "--unrolled_warmup_depth", "2",
         "--solver_on_failure", "ignore",
         "--seed", "5",
         "--torch_num_threads", "1",
         "--disable_tqdm",
         "--output_dir", str(output_dir),
         "--log_file", str(log),
-        *extra,
     ]  # fmt: skip
+    if family == "mdeq":
+        data = [
+            "--preset", "test_mdeq_tiny",
+            "--dataset_name", "digits",
+            "--max_train_samples", "128",
+            "--max_eval_samples", "24",
+            "--per_device_train_batch_size", "8",
+            "--per_device_eval_batch_size", "24",
+            "--config_overrides", '{"dropout": 0.1}',
+            "--augment", "crop",
+        ]  # fmt: skip
+    else:
+        data = [
+            "--preset", "test_deq_transformer_tiny",
+            "--train_file", str(text),
+            "--train_tokenizer", "char",
+            "--block_size", "16",
+            "--max_train_samples", "64",
+            "--per_device_train_batch_size", "4",
+            "--max_eval_samples", "8",
+            "--per_device_eval_batch_size", "8",
+            "--config_overrides", '{"hidden_dropout": 0.1}',
+        ]  # fmt: skip
+    script = MDEQ_SCRIPT if family == "mdeq" else LM_SCRIPT
+    return [sys.executable, "-c", DETERMINISTIC_LAUNCHER, str(script), *data, *common, *extra]
 
 
 def _kill_after_first_checkpoint(cmd: list[str], output_dir: Path, timeout: float = 240) -> Path:
@@ -93,14 +114,20 @@ def _kill_after_first_checkpoint(cmd: list[str], output_dir: Path, timeout: floa
 
 
 @pytest.mark.slow
-def test_sigkill_after_a_checkpoint_then_resume_reproduces_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sigkill_after_a_checkpoint_then_resume_reproduces_the_uninterrupted_run(family, tmp_path):
     reference, victim = tmp_path / "reference", tmp_path / "victim"
     ref_log, killed_log, resumed_log = (tmp_path / f"{n}.jsonl" for n in ("reference", "killed", "resumed"))
-    run_checked(_crash_args(reference, ref_log), script_env(), timeout=300)
+    text = small_text_file(tmp_path)
+
+    def args(output_dir: Path, log: Path, *extra: str) -> list[str]:
+        return _crash_args(family, output_dir, log, text, *extra)
+
+    run_checked(args(reference, ref_log), script_env(), timeout=300)
     expected = step_losses(read_log(ref_log))
     assert sorted(expected) == list(range(1, TOTAL_STEPS + 1))
 
-    checkpoint = _kill_after_first_checkpoint(_crash_args(victim, killed_log), victim)
+    checkpoint = _kill_after_first_checkpoint(args(victim, killed_log), victim)
     saved_step = int(checkpoint.name.split("_")[1])
     assert saved_step < TOTAL_STEPS and not (victim / "all_results.json").exists(), (
         "the run was not cut short"
@@ -119,7 +146,7 @@ def test_sigkill_after_a_checkpoint_then_resume_reproduces_the_uninterrupted_run
 
     latest = list_checkpoints(victim)[-1]
     proc = run_checked(
-        _crash_args(victim, resumed_log, "--resume_from_checkpoint", "latest"), script_env(), timeout=300
+        args(victim, resumed_log, "--resume_from_checkpoint", "latest"), script_env(), timeout=300
     )
     assert f"Resumed from checkpoint: {latest}" in proc.stdout
     resumed = step_losses(read_log(resumed_log))
@@ -132,9 +159,8 @@ def test_sigkill_after_a_checkpoint_then_resume_reproduces_the_uninterrupted_run
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
     results = json.loads((victim / "all_results.json").read_text())
     assert results["train_steps"] == TOTAL_STEPS
-    assert (
-        results["eval_accuracy"] == json.loads((reference / "all_results.json").read_text())["eval_accuracy"]
-    )
+    assert results["eval_loss"] == json.loads((reference / "all_results.json").read_text())["eval_loss"]
+    assert json.loads((victim / "config.json").read_text())["grad_estimator"] == "upg"  # after the warm-up
     end = [r for r in read_log(resumed_log) if r.get("event") == "end"]
     assert (
         end[0]["parameters_sha256"]
@@ -188,30 +214,46 @@ def test_a_crash_while_saving_never_corrupts_the_last_checkpoint(tmp_path):
 def test_latest_ignores_temporary_and_foreign_folders(tmp_path):
     for name in ("step_3", "step_10", "epoch_1", "step_12.tmp", "step_20.tmp", "step_x", "steps_30", "notes"):
         (tmp_path / name).mkdir()
+        (tmp_path / name / "trainer_state.json").write_text("{}")
     (tmp_path / "step_40").write_text("a file, not a checkpoint folder")
     assert [p.name for p in list_checkpoints(tmp_path)] == ["epoch_1", "step_3", "step_10"]
     assert resolve_checkpoint("latest", tmp_path).name == "step_10"
     only_tmp = tmp_path / "only_tmp"
     (only_tmp / "step_5.tmp").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
         resolve_checkpoint("latest", only_tmp)
-    with pytest.raises(SystemExit, match="no such checkpoint folder"):
+    with pytest.raises(CheckpointError, match="no such checkpoint folder"):
         resolve_checkpoint(str(tmp_path / "step_99"), tmp_path)
+
+
+def test_a_checkpoint_without_its_state_file_is_refused_not_guessed_from_its_name(tmp_path, capsys):
+    """``trainer_state.json`` is the resume contract: a folder named like a checkpoint but without it is refused
+    (its position, loss sums and skipped-step count are unknown), at parse time, naming the flag."""
+    (tmp_path / "step_8").mkdir()
+    (tmp_path / "step_8" / "model.safetensors").write_text("weights only")
+    with pytest.raises(CheckpointError, match="has no trainer_state.json"):
+        resolve_checkpoint("latest", tmp_path)
+    for family in FAMILIES:
+        with pytest.raises(SystemExit) as exit_info:
+            load_script(FAMILY_SCRIPTS[family]).parse_args(
+                family_args(family, tmp_path, tmp_path, "--resume_from_checkpoint", "latest")
+            )
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "error: argument --resume_from_checkpoint:" in err and "has no trainer_state.json" in err
 
 
 # -- output directory guard ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("marker", ["config.json", "model.safetensors", "all_results.json"])
-def test_scripts_refuse_an_output_dir_that_holds_a_model(tmp_path, fresh_accelerate_state, marker):
+def test_scripts_refuse_an_output_dir_that_holds_a_model(tmp_path, fresh_accelerate_state, marker, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / marker).write_text("{}")
-    with pytest.raises(SystemExit, match="already holds a model; pass --overwrite_output_dir"):
-        load_script("train_mdeq_classifier").main(mdeq_args(out))
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(True)
-    with pytest.raises(SystemExit, match="already holds a model; pass --overwrite_output_dir"):
-        load_script("train_deq_lm").main(lm_args(out, small_text_file(tmp_path)))
+    for family in FAMILIES:
+        with pytest.raises(SystemExit) as exit_info:
+            load_script(FAMILY_SCRIPTS[family]).main(family_args(family, out, tmp_path))
+        assert exit_info.value.code == 2
+        assert "already holds a model; pass --overwrite_output_dir" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [marker]  # nothing written
 
 

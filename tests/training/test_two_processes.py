@@ -1,11 +1,12 @@
-"""Each training script as a real 2-process CPU job.
+"""The shared training loop as a real 2-process CPU job, for both families.
 
 ``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2`` (gloo). Other spellings silently
 start one process, so the test asserts that two ran: ``all_results.json`` says ``num_processes == 2`` and each rank
 wrote its own per-step log (``--log_file``; rank 1 writes ``<log_file>.rank1``) with different losses (different
 data shards). Both ranks end with identical weights (the SHA-256 of the parameters and of the whole state dict,
 written by every rank at the end), and evaluation gathers the whole split exactly once (``eval_num_examples`` in
-``all_results.json`` equals the split size, chosen so that the last batch is padded across ranks)."""
+``all_results.json`` equals the split size, chosen so that the last batch is padded across ranks; for the
+classifier the gathered accuracy is the saved model's, recomputed in one process)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,17 @@ import pytest
 import torch
 from script_loading import load_script
 from tiny_runs import (
+    FAMILIES,
     LM_SCRIPT,
     MDEQ_SCRIPT,
+    family_args,
     free_port,
-    lm_args,
-    mdeq_args,
     read_log,
     run_checked,
     script_env,
-    small_text_file,
 )
+
+from hf_deq.tasks.image_classification import load_images
 
 STEPS = 3
 
@@ -63,55 +65,54 @@ def _check_ranks(log: Path, results: dict) -> list[dict]:
 
 
 def _saved_parameters_sha256(model) -> str:
-    from hf_deq.training_utils import state_fingerprint
+    from hf_deq.training import state_fingerprint
 
     return state_fingerprint(model)["parameters_sha256"]
 
 
-@pytest.mark.slow
-def test_mdeq_script_as_a_two_process_job(tmp_path, fresh_accelerate_state):
-    out, log = tmp_path / "out", tmp_path / "steps.jsonl"
-    args = mdeq_args(out, "--log_file", str(log), steps=STEPS)
-    # 37 evaluation images in batches of 8 per rank: the last round is padded with repeated samples.
-    args = [*args, "--max_eval_samples", "37", "--per_device_eval_batch_size", "8", "--solver_tol", "0"]
-    args[args.index("--per_device_train_batch_size") + 1] = "8"
-    _launch(MDEQ_SCRIPT, args)
-    results = json.loads((out / "all_results.json").read_text())
-    rank0 = _check_ranks(log, results)
-    assert results["eval_num_examples"] == results["eval_samples"] == 37
-    assert results["train_steps"] == STEPS
+def _saved_model(family: str, out: Path):
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification
 
-    # The gathered accuracy is that of the saved model over the 37 images, each counted once (tol=0: every
-    # sample runs exactly solver_eval_max_iter iterations, whatever the batch it is in).
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    auto = AutoModelForImageClassification if family == "mdeq" else AutoModelForCausalLM
+    return auto.from_pretrained(out).eval()
+
+
+def _mdeq_accuracy_of_saved_model(model, out: Path, args: list[str]) -> tuple[int, int]:
+    """(correct, total) of the saved model over the evaluation split, computed here in one process."""
+    from transformers import AutoImageProcessor
 
     script = load_script("train_mdeq_classifier")
-    parsed = script.parse_args(args)
-    data, image_column, label_column, _ = script.load_datasets(parsed)
-    model = AutoModelForImageClassification.from_pretrained(out).eval()
-    assert _saved_parameters_sha256(model) == rank0[-1]["parameters_sha256"]  # the saved model is the ranks'
+    data, image_column, label_column, _ = load_images(script.parse_args([*args, "--overwrite_output_dir"]))
     processor = AutoImageProcessor.from_pretrained(out)
     pixels = processor(list(data["validation"][image_column]), return_tensors="pt")["pixel_values"]
     labels = torch.tensor(list(data["validation"][label_column]))
     with torch.no_grad():
         predictions = model(pixel_values=pixels).logits.argmax(-1)
-    assert len(labels) == 37
-    assert round(results["eval_accuracy"] * 37) == int((predictions == labels).sum())
+    return int((predictions == labels).sum()), len(labels)
 
 
 @pytest.mark.slow
-def test_lm_script_as_a_two_process_job(tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_script_as_a_two_process_job(family, tmp_path, fresh_accelerate_state):
     out, log = tmp_path / "out", tmp_path / "steps.jsonl"
-    text = small_text_file(tmp_path)
-    # 7 validation blocks in batches of 2 per rank: the last round is padded.
-    args = lm_args(out, text, "--log_file", str(log), "--max_eval_samples", "7", steps=STEPS)
-    args[args.index("--per_device_eval_batch_size") + 1] = "2"
-    _launch(LM_SCRIPT, args)
+    args = family_args(family, out, tmp_path, "--log_file", str(log), steps=STEPS)
+    if family == "mdeq":
+        # 37 evaluation images in batches of 8 per rank: the last round is padded with repeated samples; tol=0:
+        # every sample runs exactly solver_eval_max_iter iterations, whatever the batch it is in.
+        args = [*args, "--max_eval_samples", "37", "--per_device_eval_batch_size", "8", "--solver_tol", "0"]
+        args[args.index("--per_device_train_batch_size") + 1] = "8"
+        split = 37
+    else:
+        # 7 validation blocks in batches of 2 per rank: the last round is padded.
+        args = [*args, "--max_eval_samples", "7", "--per_device_eval_batch_size", "2"]
+        split = 7
+    _launch(MDEQ_SCRIPT if family == "mdeq" else LM_SCRIPT, args)
     results = json.loads((out / "all_results.json").read_text())
     rank0 = _check_ranks(log, results)
-    assert results["eval_num_examples"] == 7
+    assert results["eval_num_examples"] == split
     assert results["train_steps"] == STEPS and results["skipped_nonfinite_steps"] == 0
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(out)
+    model = _saved_model(family, out)
     assert _saved_parameters_sha256(model) == rank0[-1]["parameters_sha256"]  # the saved model is the ranks'
+    if family == "mdeq":  # the gathered accuracy is that of the saved model, each image counted once
+        correct, total = _mdeq_accuracy_of_saved_model(model, out, args)
+        assert total == split and round(results["eval_accuracy"] * split) == correct

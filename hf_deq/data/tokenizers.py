@@ -1,6 +1,6 @@
-"""Text helpers for the language-model scripts: tokenizers trained with ``tokenizers`` on the training text and
-wrapped as ``PreTrainedTokenizerFast`` (saved next to a model, reloaded by ``AutoTokenizer``), a built-in corpus
-that needs no download, and splitting / chunking of text datasets. Independent of any model family."""
+"""Tokenizers trained with ``tokenizers`` on the training text and wrapped as ``PreTrainedTokenizerFast`` (saved
+next to a model, reloaded by ``AutoTokenizer``): character, word (Transformer-XL style) and byte-level BPE.
+Independent of any model family."""
 
 from __future__ import annotations
 
@@ -13,14 +13,6 @@ PAD_TOKEN = "<pad>"
 TOKENIZER_KINDS = ("char", "word", "bpe")
 #: what the word tokenizer counts: runs of non-space characters, and each line break
 _WORD_OR_NEWLINE = re.compile(r"[^\s]+|\n")
-
-
-def builtin_corpus() -> list[str]:
-    """English text that ships with Python (``pydoc_data.topics``, ~65k words), as lines with their line breaks."""
-    from pydoc_data.topics import topics
-
-    text = "\n".join(topics[key] for key in sorted(topics))
-    return text.splitlines(keepends=True)
 
 
 def train_char_tokenizer(texts: Iterable[str]):
@@ -132,42 +124,11 @@ def _batched(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
         yield batch
 
 
-def tail_split_index(lengths: Iterable[int], tail_fraction: float) -> int:
-    """Index of the first row of the last ``tail_fraction`` of the text (by characters): rows before it are
-    the head (training), rows from it on the tail (validation)."""
-    if not 0 < tail_fraction < 1:
-        raise ValueError(f"tail_fraction must be in (0, 1), got {tail_fraction!r}")
-    lengths = list(lengths)
-    target = (1.0 - tail_fraction) * sum(lengths)
-    seen = 0
-    for i, n in enumerate(lengths):
-        if seen >= target:
-            return max(i, 1)
-        seen += n
-    return max(len(lengths) - 1, 1)
-
-
-def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
-    """``datasets.map(batched=True)`` helper: concatenate the token lists of a batch and cut them into blocks of
-    ``block_size`` (the remainder of the batch is dropped); ``labels`` are a copy of ``input_ids``."""
-    keys = [k for k in examples if k in ("input_ids", "attention_mask")]
-    concatenated = {k: [t for row in examples[k] for t in row] for k in keys}
-    total = (len(concatenated["input_ids"]) // block_size) * block_size
-    result = {
-        k: [v[i : i + block_size] for i in range(0, total, block_size)] for k, v in concatenated.items()
-    }
-    result["labels"] = [list(block) for block in result["input_ids"]]
-    return result
-
-
 __all__ = [
     "EOS_TOKEN",
     "PAD_TOKEN",
     "TOKENIZER_KINDS",
     "UNK_TOKEN",
-    "builtin_corpus",
-    "group_texts",
-    "tail_split_index",
     "train_bpe_tokenizer",
     "train_word_tokenizer",
     "train_char_tokenizer",

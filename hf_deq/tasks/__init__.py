@@ -1,0 +1,8 @@
+"""The training tasks of the model families, registered with ``hf_deq.training.register_task``:
+``image-classification`` (MDEQ) and ``causal-lm`` (DEQ-Transformer). A new family adds its module here."""
+
+from ..training.task import available_tasks, get_task, register_task
+from .causal_lm import CausalLMTask
+from .image_classification import ImageClassificationTask
+
+__all__ = ["CausalLMTask", "ImageClassificationTask", "available_tasks", "get_task", "register_task"]

@@ -1,0 +1,226 @@
+"""Causal language modelling with a DEQ-Transformer: a Hub text dataset, local text files or the built-in
+corpus; a tokenizer trained on the training text (or a saved one); blocks of ``--block_size`` tokens;
+perplexity."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..data.text import load_text_datasets, text_dataset_name, tokenize_into_blocks
+from ..data.tokenizers import TOKENIZER_KINDS, train_tokenizer
+from ..training.arguments import config_overrides
+from ..training.task import TaskData, TrainingTask, register_task
+
+#: where a checkpoint keeps the run's processing class (the loop writes it there)
+CHECKPOINT_PROCESSOR_DIR = "processing_class"
+
+
+def load_text(args: argparse.Namespace):
+    """The raw ``train`` / ``validation`` text of the data flags."""
+    return load_text_datasets(
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_file=args.train_file,
+        validation_file=args.validation_file,
+        text_column_name=args.text_column_name,
+        validation_split_percentage=args.validation_split_percentage,
+    )
+
+
+def load_or_train_tokenizer(args: argparse.Namespace, raw, checkpoint: Path | None = None):
+    """``--tokenizer_name``; or the tokenizer saved with the checkpoint being resumed / the model; or one of
+    ``--train_tokenizer`` (default ``char``) trained on the training text."""
+    from transformers import AutoTokenizer
+
+    if args.tokenizer_name is not None:
+        return AutoTokenizer.from_pretrained(args.tokenizer_name)
+    saved = checkpoint / CHECKPOINT_PROCESSOR_DIR if checkpoint else None
+    for candidate in (saved, args.model_name_or_path):
+        if candidate is not None and (Path(candidate) / "tokenizer_config.json").exists():
+            return AutoTokenizer.from_pretrained(candidate)
+    kind = args.train_tokenizer or "char"
+    return train_tokenizer(kind, raw["train"][args.text_column_name], vocab_size=args.tokenizer_vocab_size)
+
+
+def build_language_model(args: argparse.Namespace, tokenizer):
+    """The DEQ-Transformer LM (from ``--preset`` or ``--model_name_or_path``, every config override applied),
+    sized to ``tokenizer`` and ``--block_size``."""
+    from transformers import AutoModelForCausalLM
+
+    import hf_deq
+
+    overrides = config_overrides(args)
+    if args.model_name_or_path is not None:
+        model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **overrides)
+        if model.config.vocab_size < len(tokenizer):
+            raise SystemExit(
+                f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}"
+            )
+    else:
+        fields = {**overrides, "vocab_size": len(tokenizer)}
+        base = hf_deq.create_config(args.preset)
+        fields.setdefault("max_position_embeddings", max(base.max_position_embeddings, args.block_size))
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            fields.setdefault(name, getattr(tokenizer, name))
+        cutoffs = fields.get("adaptive_cutoffs", base.adaptive_cutoffs)
+        if cutoffs and len(tokenizer) <= max(cutoffs):
+            raise SystemExit(
+                f"--preset {args.preset} uses adaptive embeddings with adaptive_cutoffs={cutoffs} (made for a "
+                f"vocabulary of {base.vocab_size:,} tokens), but the tokenizer has {len(tokenizer):,}. Pass cutoffs "
+                "that fit, e.g. --config_overrides '{\"adaptive_cutoffs\": [1000, 4000]}', or a plain embedding "
+                "with --config_overrides '{\"adaptive_cutoffs\": null}'."
+            )
+        model = hf_deq.create_model(args.preset, **fields)
+    if args.block_size > model.config.max_position_embeddings:
+        raise SystemExit(
+            f"--block_size {args.block_size} exceeds the model's max_position_embeddings "
+            f"{model.config.max_position_embeddings}"
+        )
+    return model
+
+
+def _unwrap(model):
+    while hasattr(model, "module"):  # DDP and similar wrappers
+        model = model.module
+    return model
+
+
+def per_example_nll(model, batch: dict, outputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(summed next-token NLL, number of predicted tokens)`` of each sequence. From the logits when the model
+    returns them; an adaptive-softmax model returns ``logits=None`` given labels, so its head's exact ``nll``
+    is applied to the last hidden state (``hidden_states[-1]``, what the head reads)."""
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    if outputs.logits is not None:
+        logits = outputs.logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    else:
+        hidden = outputs.hidden_states[-1][:, :-1]
+        head = _unwrap(model).get_output_embeddings()
+        nll = head.nll(hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)).view(labels.shape)
+    nll = torch.where(mask, nll.float(), torch.zeros_like(nll, dtype=torch.float32))
+    return nll.sum(dim=1), mask.sum(dim=1).float()
+
+
+@register_task
+class CausalLMTask(TrainingTask):
+    name = "causal-lm"
+    model_type = "deq_transformer"
+    project_name = "train_deq_lm"
+    metric_name = "perplexity"
+    default_preset = "deq-transformer-char"
+    dataset_help = "a datasets Hub id, e.g. Salesforce/wikitext (default: the built-in corpus, no download)"
+    defaults = {
+        "learning_rate": 1e-3,
+        "adam_beta2": 0.99,
+        "max_grad_norm": 1.0,
+        "lr_scheduler_type": "cosine_with_min_lr",
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "logging_steps": 50,
+    }
+    forward_kwargs = {"use_cache": False}
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        data = parser.add_argument_group("text data and tokenizer")
+        data.add_argument("--train_file", default=None, help="a local text file (one example per line)")
+        data.add_argument("--validation_file", default=None, help="a local text file")
+        data.add_argument("--text_column_name", default="text", help="the dataset's text column")
+        data.add_argument(
+            "--validation_split_percentage",
+            type=float,
+            default=10.0,
+            help="without a validation split or file, the last this-many percent of the training text (by "
+            "characters, in order) are the validation set",
+        )
+        data.add_argument("--block_size", type=int, default=128, help="tokens per training sequence")
+        data.add_argument(
+            "--preprocessing_num_workers", type=int, default=None, help="processes of the tokenising map"
+        )
+        data.add_argument("--tokenizer_name", default=None, help="a saved tokenizer (path or Hub id)")
+        data.add_argument(
+            "--train_tokenizer", choices=TOKENIZER_KINDS, default=None, help="train one on the training text"
+        )
+        data.add_argument(
+            "--tokenizer_vocab_size",
+            type=int,
+            default=None,
+            help="vocabulary of a trained tokenizer: bpe (default 8000) or word (default: every training word)",
+        )
+
+    def check_args(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        if args.dataset_name is None and args.train_file is None and args.validation_file is not None:
+            parser.error("argument --validation_file: needs --train_file")
+        if args.dataset_name is not None and args.train_file is not None:
+            parser.error("argument --train_file: pass --dataset_name or --train_file, not both")
+        if args.tokenizer_name is not None and args.train_tokenizer is not None:
+            parser.error("argument --train_tokenizer: pass --tokenizer_name or --train_tokenizer, not both")
+        if args.block_size < 2:
+            parser.error(f"argument --block_size: must be at least 2, got {args.block_size}")
+        if not 0 < args.validation_split_percentage < 100:
+            parser.error("argument --validation_split_percentage: must be in (0, 100)")
+
+    def load_raw(self, args: argparse.Namespace) -> Any:
+        try:
+            return load_text(args)
+        except ValueError as err:
+            raise SystemExit(str(err)) from err
+
+    def build_model(self, args: argparse.Namespace, raw: Any, checkpoint: Path | None):
+        tokenizer = load_or_train_tokenizer(args, raw, checkpoint)
+        return build_language_model(args, tokenizer), tokenizer
+
+    def load_pretrained(self, args: argparse.Namespace, raw: Any):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or args.model_name_or_path)
+        return AutoModelForCausalLM.from_pretrained(args.model_name_or_path), tokenizer
+
+    def load_data(self, args: argparse.Namespace, raw: Any, processing_class: Any) -> TaskData:
+        from transformers import default_data_collator
+
+        try:
+            train, validation = tokenize_into_blocks(
+                raw,
+                processing_class,
+                args.block_size,
+                args.text_column_name,
+                args.preprocessing_num_workers,
+                args.max_train_samples,
+                args.max_eval_samples,
+            )
+        except ValueError as err:
+            raise SystemExit(str(err)) from err
+        return TaskData(
+            train=train,
+            validation=validation,
+            collate_fn=default_data_collator,
+            dataset_name=text_dataset_name(args.dataset_name, args.train_file),
+            dataset_config_name=args.dataset_config_name,
+        )
+
+    def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        outputs = model(**batch, use_cache=False, output_hidden_states=True)
+        loss_sum, num_items = per_example_nll(model, batch, outputs)
+        return {
+            "loss_sum": loss_sum,
+            "num_items": num_items,
+            "solver_nstep": outputs.solver_nstep.float(),
+            "solver_residual": outputs.solver_residual.float(),
+        }
+
+    def compute_metrics(self, values: dict[str, torch.Tensor], eval_loss: float) -> dict[str, float]:
+        try:
+            return {"perplexity": math.exp(eval_loss)}
+        except OverflowError:
+            return {"perplexity": math.inf}
+
+
+__all__ = ["CausalLMTask", "build_language_model", "load_or_train_tokenizer", "load_text", "per_example_nll"]

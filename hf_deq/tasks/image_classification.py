@@ -1,0 +1,168 @@
+"""Image classification with an MDEQ: digits (default, nothing downloaded), HF image datasets or image folders;
+accuracy; random crop / flip augmentation."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.images import (
+    AUGMENTATIONS,
+    DIGITS_SPLIT_SEED,
+    augment_batch,
+    collate_images,
+    image_dataset_name,
+    load_image_datasets,
+    with_image_transform,
+)
+from ..training.arguments import config_overrides
+from ..training.evaluation import load_packaged_metric
+from ..training.task import TaskData, TrainingTask, register_task
+
+
+def load_images(args: argparse.Namespace):
+    """``(DatasetDict(train, validation), image column, label column, label names)`` of the data flags."""
+    return load_image_datasets(
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        train_dir=args.train_dir,
+        validation_dir=args.validation_dir,
+        image_column_name=args.image_column_name,
+        label_column_name=args.label_column_name,
+        train_val_split=args.train_val_split,
+        split_seed=args.split_seed,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        seed=args.seed,
+    )
+
+
+def build_classifier(args: argparse.Namespace, label_names: list[str]):
+    """The MDEQ classifier (from ``--preset`` or ``--model_name_or_path``, every config override applied, the
+    dataset's labels) and its image processor."""
+    from transformers import AutoModelForImageClassification
+
+    from ..models.mdeq import MDEQImageProcessor
+    from ..variants import create_config, get_variant
+
+    labels = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
+    overrides = config_overrides(args)
+    if args.model_name_or_path is not None:
+        model = AutoModelForImageClassification.from_pretrained(
+            args.model_name_or_path, **overrides, **labels, ignore_mismatched_sizes=True
+        )
+        return model, MDEQImageProcessor.for_saved_model(args.model_name_or_path, model.config)
+    config = create_config(args.preset, **{**overrides, **labels})
+    return get_variant(args.preset).model_class(config), MDEQImageProcessor.from_model_config(config)
+
+
+@register_task
+class ImageClassificationTask(TrainingTask):
+    name = "image-classification"
+    model_type = "mdeq"
+    project_name = "mdeq_classifier"
+    metric_name = "accuracy"
+    default_preset = "mdeq-tiny-digits"
+    dataset_help = (
+        "'digits' (default when no --train_dir: scikit-learn's 8x8 digits, no download) or an HF dataset id "
+        "loaded with datasets.load_dataset, e.g. uoft-cs/cifar10"
+    )
+    defaults = {
+        "learning_rate": 2e-3,
+        "weight_decay": 1e-4,
+        "num_train_epochs": 8,
+        "per_device_train_batch_size": 32,
+        "per_device_eval_batch_size": 128,
+    }
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        data = parser.add_argument_group("image data")
+        data.add_argument(
+            "--train_dir", default=None, help="local image folder (imagefolder layout) to train on"
+        )
+        data.add_argument("--validation_dir", default=None, help="local image folder to evaluate on")
+        data.add_argument("--image_column_name", default=None, help="default: the first Image feature")
+        data.add_argument("--label_column_name", default=None, help="default: the first ClassLabel feature")
+        data.add_argument(
+            "--train_val_split",
+            type=float,
+            default=0.2,
+            help="evaluation fraction split off train when needed",
+        )
+        data.add_argument("--split_seed", type=int, default=DIGITS_SPLIT_SEED, help="seed of that split")
+        data.add_argument(
+            "--augment",
+            choices=AUGMENTATIONS,
+            default="none",
+            help="training augmentation: random crop after padding by image_size/8 (and horizontal flip)",
+        )
+
+    def check_args(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        if args.dataset_name is None and args.train_dir is None:
+            args.dataset_name = "digits"
+        if not 0 < args.train_val_split < 1:
+            parser.error(f"argument --train_val_split: must be in (0, 1), got {args.train_val_split}")
+
+    def load_raw(self, args: argparse.Namespace) -> Any:
+        return load_images(args)
+
+    def build_model(self, args: argparse.Namespace, raw: Any, checkpoint: Path | None):
+        _, _, _, label_names = raw
+        return build_classifier(args, label_names)
+
+    def load_pretrained(self, args: argparse.Namespace, raw: Any):
+        from transformers import AutoModelForImageClassification
+
+        from ..models.mdeq import MDEQImageProcessor
+
+        label_names = raw[3]
+        model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path)
+        if model.config.num_labels != len(label_names):
+            raise SystemExit(
+                f"the model has {model.config.num_labels} labels but the dataset {len(label_names)} "
+                f"({label_names[:10]}...): evaluate on the data the model was trained for"
+            )
+        return model, MDEQImageProcessor.for_saved_model(args.model_name_or_path, model.config)
+
+    def load_data(self, args: argparse.Namespace, raw: Any, processing_class: Any) -> TaskData:
+        data, image_column, label_column, label_names = raw
+        self.metric = load_packaged_metric("accuracy")
+        return TaskData(
+            train=with_image_transform(data["train"], processing_class, image_column, label_column),
+            validation=with_image_transform(data["validation"], processing_class, image_column, label_column),
+            collate_fn=collate_images,
+            dataset_name=image_dataset_name(args.dataset_name, args.train_dir),
+            dataset_config_name=args.dataset_config_name,
+            info={"label_names": label_names},
+        )
+
+    def prepare_train_batch(self, batch: dict, args: argparse.Namespace) -> dict:
+        """``--augment``, drawn here (not in the dataloader, which fetches ahead) from the per-step seed."""
+        if args.augment != "none":
+            batch["pixel_values"] = augment_batch(batch["pixel_values"], args.augment)
+        return batch
+
+    def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        outputs = model(**batch)
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), batch["labels"], reduction="none")
+        return {
+            "loss_sum": loss,
+            "num_items": torch.ones_like(loss),
+            "predictions": outputs.logits.argmax(dim=-1),
+            "references": batch["labels"],
+            "solver_nstep": outputs.solver_nstep.float(),
+            "solver_residual": outputs.solver_residual.float(),
+        }
+
+    def compute_metrics(self, values: dict[str, torch.Tensor], eval_loss: float) -> dict[str, float]:
+        metric = getattr(self, "metric", None) or load_packaged_metric("accuracy")
+        result = metric.compute(
+            predictions=values["predictions"].numpy(), references=values["references"].numpy()
+        )
+        return {"accuracy": float(result["accuracy"])}
+
+
+__all__ = ["ImageClassificationTask", "build_classifier", "load_images"]

@@ -1,0 +1,76 @@
+"""The one training layer of hf_deq: an Accelerate loop that every model family plugs into with a
+``TrainingTask``. It imports no model family.
+
+- ``arguments``: the shared flag vocabulary, ``--config FILE`` recipes, parse-time checks;
+- ``accelerator``: the ``Accelerator``, threads, seeding (also per step), logging;
+- ``checkpoints`` / ``state``: atomic checkpoints and the ``TrainingState`` they carry;
+- ``step``: the guarded optimiser step (non-finite skip, buffer rollback, clipping);
+- ``optimizer``: parameter groups with one weight-decay rule, optimiser and schedule builders;
+- ``evaluation``: fixed ``eval_*`` keys, every example gathered once;
+- ``tracking``: trackers, progress bar, ``--log_file``, weight fingerprints;
+- ``schedule``: the unrolled warm-up ``EstimatorSchedule``;
+- ``task``: the ``TrainingTask`` base class and its registry;
+- ``loop``: ``train(task, args)``.
+"""
+
+from .arguments import (
+    DEQ_ARGUMENT_NAMES,
+    add_deq_arguments,
+    add_training_arguments,
+    deq_overrides,
+    parse_args,
+    read_config_file,
+)
+from .checkpoints import (
+    CheckpointError,
+    holds_a_model,
+    list_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint_atomically,
+)
+from .evaluation import EVAL_KEYS, evaluate, load_packaged_metric, packaged_metric_path, solver_stats
+from .loop import build_dataloaders, num_parameters, train
+from .optimizer import build_optimizer, build_scheduler, parameter_groups
+from .schedule import EstimatorSchedule
+from .state import TrainingState
+from .step import BufferRollback, GuardedStep, NonFiniteStepGuard, gradients_are_finite
+from .task import TaskData, TrainingTask, available_tasks, get_task, register_task
+from .tracking import log_step, state_fingerprint
+
+__all__ = [
+    "DEQ_ARGUMENT_NAMES",
+    "EVAL_KEYS",
+    "BufferRollback",
+    "CheckpointError",
+    "EstimatorSchedule",
+    "GuardedStep",
+    "NonFiniteStepGuard",
+    "TaskData",
+    "TrainingState",
+    "TrainingTask",
+    "add_deq_arguments",
+    "add_training_arguments",
+    "available_tasks",
+    "build_dataloaders",
+    "build_optimizer",
+    "build_scheduler",
+    "deq_overrides",
+    "evaluate",
+    "get_task",
+    "gradients_are_finite",
+    "holds_a_model",
+    "list_checkpoints",
+    "load_packaged_metric",
+    "log_step",
+    "num_parameters",
+    "packaged_metric_path",
+    "parameter_groups",
+    "parse_args",
+    "read_config_file",
+    "register_task",
+    "resolve_checkpoint",
+    "save_checkpoint_atomically",
+    "solver_stats",
+    "state_fingerprint",
+    "train",
+]

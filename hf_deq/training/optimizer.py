@@ -1,0 +1,56 @@
+"""Parameter groups with one weight-decay rule, and the optimiser and learning-rate schedule builders."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+#: weight-norm parametrisations keep the gain ``g`` as ``...original0`` (shaped like the kernel, so ``ndim`` > 1)
+WEIGHT_NORM_GAIN_SUFFIX = "original0"
+
+
+def decays(name: str, param: torch.nn.Parameter) -> bool:
+    """The weight-decay rule of every task: decay the matrices and kernels (``ndim >= 2``: linear, convolution
+    and embedding weights, weight-norm directions); never biases, norm scales or weight-norm gains."""
+    return param.ndim >= 2 and not name.endswith(WEIGHT_NORM_GAIN_SUFFIX)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """``[decayed, not decayed]`` trainable parameters (tied parameters once: ``named_parameters`` dedups)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if decays(name, param) else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """``--optimizer`` (AdamW or SGD) over ``parameter_groups``."""
+    groups = parameter_groups(model, args.weight_decay)
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum, nesterov=args.nesterov)
+    return torch.optim.AdamW(
+        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
+    )
+
+
+def build_scheduler(args: argparse.Namespace, optimizer, max_train_steps: int, num_processes: int):
+    """``--lr_scheduler_type`` over ``max_train_steps`` optimizer steps. Accelerate steps a prepared scheduler
+    once per process, hence the factor."""
+    from transformers import get_scheduler
+
+    kwargs = {"min_lr_rate": args.min_lr_ratio} if args.lr_scheduler_type == "cosine_with_min_lr" else {}
+    return get_scheduler(
+        args.lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=args.num_warmup_steps * num_processes,
+        num_training_steps=max_train_steps * num_processes,
+        scheduler_specific_kwargs=kwargs,
+    )
+
+
+__all__ = ["build_optimizer", "build_scheduler", "decays", "parameter_groups"]

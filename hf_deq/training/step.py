@@ -1,0 +1,181 @@
+"""One guarded optimiser step: forward, a non-finite check decided alike on every rank, backward, a gradient
+check, clipping, the update; a refused step is skipped (its buffer updates rolled back), counted, and the run
+stops after ``max_nonfinite_steps`` refused steps in a row."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class NonFiniteStepGuard:
+    """Counts refused steps and stops the run after ``max_in_a_row`` of them in a row (the last good checkpoint
+    is kept: nothing is saved after a bad step).
+
+    A step is bad when its loss is not finite (``check_loss``, before backward) or when its loss is finite but a
+    gradient is not (``check_gradients``: a diverging backward solve of ``implicit``, bf16 overflow in the
+    Neumann/unrolled products). Under fp16 loss scaling the scaler already skips and rescales on inf gradients
+    (and must see them to lower the scale): ``inspect_gradients=False`` then."""
+
+    def __init__(self, max_in_a_row: int = 10, inspect_gradients: bool = True) -> None:
+        self.max_in_a_row = max_in_a_row
+        self.inspect_gradients = inspect_gradients
+        self.skipped = 0
+        self.skipped_for_gradients = 0
+        self.in_a_row = 0
+
+    def _refuse(self, what: str) -> bool:
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.in_a_row >= self.max_in_a_row:
+            raise RuntimeError(
+                f"{self.in_a_row} training steps in a row had a non-finite {what}; stopping. The last good "
+                "checkpoint is kept; lower the learning rate, add Jacobian regularisation or use bf16-safe settings."
+            )
+        return False
+
+    def check_loss(self, loss: torch.Tensor | bool) -> bool:
+        """True when the step may go on to backward; False when it must be skipped (and is counted)."""
+        finite = loss if isinstance(loss, bool) else bool(torch.isfinite(loss.detach()).all())
+        return True if finite else self._refuse("loss")
+
+    def check_gradients(self, parameters: Iterable[torch.nn.Parameter] | bool) -> bool:
+        """True when every gradient is finite (the run of bad steps ends); False when the step must be skipped
+        (and is counted). ``parameters`` may be the decision itself (a bool gathered over the ranks)."""
+        if not self.inspect_gradients:
+            finite = True
+        elif isinstance(parameters, bool):
+            finite = parameters
+        else:
+            finite = gradients_are_finite(parameters)
+        if finite:
+            self.in_a_row = 0
+            return True
+        self.skipped_for_gradients += 1
+        return self._refuse("gradient")
+
+
+def gradients_are_finite(parameters: Iterable[torch.nn.Parameter]) -> bool:
+    """Whether every ``.grad`` is free of NaN/inf (one device sync)."""
+    flags = [torch.isfinite(p.grad).all() for p in parameters if p.grad is not None]
+    if not flags:
+        return True
+    return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
+
+
+class BufferRollback:
+    """Undo what a skipped step's forward pass did to the model's buffers (training-mode BatchNorm updates its
+    running statistics before the loss is known to be non-finite). ``save()`` before the forward, ``restore()``
+    when the step is skipped; a model without buffers costs nothing."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.buffers = [b for b in model.buffers() if b is not None]
+        self.saved: list[torch.Tensor] = []
+
+    def save(self) -> None:
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for buffer, saved in zip(self.buffers, self.saved):
+            buffer.copy_(saved)
+
+
+@dataclass
+class StepResult:
+    outputs: Any
+    loss: float  # this rank's loss (NaN or inf when not finite)
+    skipped: bool
+    forward_time: float
+    backward_time: float
+    total_time: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class GuardedStep:
+    """``step(batch)``: one micro-batch of ``accelerator.accumulate``; on the last micro-batch of an update,
+    clipping, ``optimizer.step()`` and ``lr_scheduler.step()``. The scheduler steps on skipped updates too, so that
+    the learning rate is a function of the step count. With several processes the finite/non-finite decision is
+    gathered (min over ranks), so every rank takes the same branch."""
+
+    def __init__(
+        self,
+        accelerator,
+        model: torch.nn.Module,
+        optimizer,
+        lr_scheduler,
+        max_grad_norm: float | None,
+        max_nonfinite_steps: int,
+        forward: Callable[[torch.nn.Module, dict], Any],
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.accelerator, self.model, self.optimizer, self.lr_scheduler = (
+            accelerator,
+            model,
+            optimizer,
+            lr_scheduler,
+        )
+        self.max_grad_norm = max_grad_norm
+        self.forward = forward
+        self.guard = NonFiniteStepGuard(max_nonfinite_steps, inspect_gradients=accelerator.scaler is None)
+        self.rollback = BufferRollback(model)
+        self.log = log
+
+    def all_ranks(self, flag: bool) -> bool:
+        """``flag`` of every rank, and-ed (identity on one process)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.gather(value).min() > 0)
+
+    def __call__(self, batch: dict, step: int) -> StepResult:
+        accelerator, device = self.accelerator, self.accelerator.device
+        with accelerator.accumulate(self.model):
+            _sync(device)
+            t0 = time.perf_counter()
+            self.rollback.save()
+            outputs = self.forward(self.model, batch)
+            loss = outputs.loss
+            _sync(device)
+            t1 = time.perf_counter()
+            ok = self.guard.check_loss(self.all_ranks(bool(torch.isfinite(loss.detach()).all())))
+            t2 = t1
+            if ok:
+                accelerator.backward(loss)
+                _sync(device)
+                t2 = time.perf_counter()
+                if accelerator.sync_gradients:
+                    finite = True  # fp16: the gradient scaler decides
+                    if self.guard.inspect_gradients:
+                        finite = self.all_ranks(gradients_are_finite(self.model.parameters()))
+                    ok = self.guard.check_gradients(finite)
+                    if ok:
+                        if self.max_grad_norm:
+                            accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+                        self.optimizer.step()
+                    else:
+                        self.log(f"step {step + 1}: non-finite gradient, step skipped")
+            else:
+                self.log(f"step {step + 1}: non-finite loss, step skipped")
+            if not ok:
+                self.rollback.restore()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad()
+            _sync(device)
+            t3 = time.perf_counter()
+        return StepResult(outputs, float(loss.detach()), not ok, t1 - t0, t2 - t1, t3 - t0)
+
+    @property
+    def skipped(self) -> int:
+        return self.guard.skipped
+
+
+__all__ = ["BufferRollback", "GuardedStep", "NonFiniteStepGuard", "StepResult", "gradients_are_finite"]

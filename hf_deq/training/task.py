@@ -1,0 +1,118 @@
+"""What a model family plugs into the one training loop: a ``TrainingTask`` (its data flags and defaults, its
+data, how its model and processing class are built, per-batch preparation, its per-example evaluation loss and
+metric), registered by name with ``register_task`` and found with ``get_task``."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass
+class TaskData:
+    """A task's data for one run: the training and evaluation datasets (rows the collator takes), the collator,
+    and what the run trained on (``dataset_name``: a Hub id, a built-in name or a local file/folder's base
+    name)."""
+
+    train: Any
+    validation: Any
+    collate_fn: Any
+    dataset_name: str
+    dataset_config_name: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingTask:
+    """Base class of the tasks. Subclasses set the class attributes and implement ``load_data``,
+    ``build_model`` and ``eval_step``; the rest has defaults."""
+
+    #: registry name, e.g. ``"image-classification"``
+    name: ClassVar[str] = ""
+    #: ``model_type`` of the configs this task trains (presets of another family are refused)
+    model_type: ClassVar[str] = ""
+    #: tracker project name (TensorBoard writes into ``<output_dir>/<project_name>``)
+    project_name: ClassVar[str] = "hf_deq"
+    #: the task's metric: ``eval_<metric_name>`` in the results
+    metric_name: ClassVar[str] = ""
+    default_preset: ClassVar[str | None] = None
+    dataset_help: ClassVar[str] = "a datasets Hub id"
+    #: flag defaults of this task (``parser.set_defaults``)
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: keyword arguments of every training forward
+    forward_kwargs: ClassVar[dict[str, Any]] = {}
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The task's own data flags."""
+
+    def check_args(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        """Checks of the task's flags that need no data (``parser.error`` on a bad value)."""
+
+    def load_raw(self, args: argparse.Namespace) -> Any:
+        """The raw data (run on the main process first): what ``build_model`` and ``load_data`` start from."""
+        raise NotImplementedError
+
+    def build_model(self, args: argparse.Namespace, raw: Any, checkpoint: Path | None) -> tuple[Any, Any]:
+        """``(model, processing_class)``: from ``--preset`` or ``--model_name_or_path`` with every config
+        override, fitted to the data (labels, vocabulary); ``checkpoint`` is the one being resumed, if any."""
+        raise NotImplementedError
+
+    def load_pretrained(self, args: argparse.Namespace, raw: Any) -> tuple[Any, Any]:
+        """``(model, processing_class)`` exactly as saved in ``--model_name_or_path`` (for evaluation), refusing
+        a model that does not fit the data."""
+        raise NotImplementedError
+
+    def load_data(self, args: argparse.Namespace, raw: Any, processing_class: Any) -> TaskData:
+        """The datasets the loop trains and evaluates on (run on the main process first)."""
+        raise NotImplementedError
+
+    def prepare_train_batch(self, batch: dict, args: argparse.Namespace) -> dict:
+        """Per-batch preparation before the training forward (e.g. augmentation); drawn from the per-step
+        seeded global RNG."""
+        return batch
+
+    def training_forward(self, model, batch: dict):
+        return model(**batch, **self.forward_kwargs)
+
+    def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-example tensors of one evaluation batch: ``loss_sum`` (summed loss of each example),
+        ``num_items`` (what it is summed over), ``solver_nstep``, ``solver_residual``, and what
+        ``compute_metrics`` needs."""
+        raise NotImplementedError
+
+    def compute_metrics(self, values: dict[str, torch.Tensor], eval_loss: float) -> dict[str, float]:
+        """``{metric_name: value}`` from the gathered per-example values of the whole split."""
+        raise NotImplementedError
+
+
+_TASKS: dict[str, type[TrainingTask]] = {}
+
+
+def register_task(task_class: type[TrainingTask]) -> type[TrainingTask]:
+    """Register a task class under its ``name`` (usable as a class decorator)."""
+    if not task_class.name:
+        raise ValueError(f"{task_class.__name__}.name is empty")
+    if _TASKS.get(task_class.name, task_class) is not task_class:
+        raise ValueError(f"a training task named {task_class.name!r} is already registered")
+    _TASKS[task_class.name] = task_class
+    return task_class
+
+
+def available_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> TrainingTask:
+    """A new instance of the task registered as ``name``, or of the one training ``model_type == name``."""
+    if name not in _TASKS:
+        by_type = [cls for cls in _TASKS.values() if cls.model_type == name]
+        if by_type:
+            return by_type[0]()
+        raise ValueError(f"unknown training task {name!r}; available: {available_tasks()}")
+    return _TASKS[name]()
+
+
+__all__ = ["TaskData", "TrainingTask", "available_tasks", "get_task", "register_task"]

@@ -1,0 +1,110 @@
+"""The shared flag vocabulary: the DEQ flags are derived from the config's solver and estimator groups (a new
+field, a bool one included, gets its flag), every flag has a help text, both training scripts share every flag
+but their data flags, and a config error is reported under the flag that set the field."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from script_loading import load_script
+
+from hf_deq import DEQConfig
+from hf_deq.tasks import get_task
+from hf_deq.training import DEQ_ARGUMENT_NAMES, add_deq_arguments, add_training_arguments, read_config_file
+from hf_deq.training.arguments import config_error_flag, deq_argument_names
+
+
+def _parser(task_name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser, get_task(task_name))
+    return parser
+
+
+def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest != "help"}
+
+
+def test_the_deq_flags_are_the_configs_solver_and_estimator_fields():
+    assert DEQ_ARGUMENT_NAMES == (*DEQConfig.SOLVER_FIELDS, *DEQConfig.GRAD_FIELDS, "jacobian_reg_weight")
+    parser = argparse.ArgumentParser()
+    add_deq_arguments(parser)
+    flags = _flags(parser)
+    assert set(DEQ_ARGUMENT_NAMES) <= set(flags)
+    assert flags["solver_max_iter"].type is int and flags["solver_tol"].type is float
+    assert "anderson" in flags["solver"].choices and "gmres" not in flags["solver"].choices
+    assert "gmres" in flags["grad_solver"].choices and "upg" in flags["grad_estimator"].choices
+    assert "lambda of UPG/NPG" in flags["grad_damping"].help  # the config docstring's text
+    args = parser.parse_args(["--solver_kwargs", '{"memory": 3}', "--solver_eval_max_iter", "4"])
+    assert args.solver_kwargs == {"memory": 3} and args.solver_eval_max_iter == 4 and args.grad_steps is None
+
+
+def test_a_new_bool_field_in_a_group_gets_a_switch_flag(tmp_path):
+    class CompiledConfig(DEQConfig):
+        """A config with one more estimator field.
+
+        Args:
+            compile_cell: compile the cell with torch.compile.
+        """
+
+        compile_cell: bool = False
+        GRAD_FIELDS = (*DEQConfig.GRAD_FIELDS, "compile_cell")
+
+    assert "compile_cell" in deq_argument_names(CompiledConfig)
+    parser = argparse.ArgumentParser()
+    add_deq_arguments(parser, CompiledConfig)
+    assert parser.parse_args([]).compile_cell is None  # unset: the preset's value
+    assert parser.parse_args(["--compile_cell"]).compile_cell is True
+    assert parser.parse_args(["--no-compile_cell"]).compile_cell is False
+    assert _flags(parser)["compile_cell"].help == "compile the cell with torch.compile."
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text('{"compile_cell": true}')
+    assert read_config_file(parser, recipe, "x.py") == {"compile_cell": True}
+    recipe.write_text('{"compile_cell": "yes"}')
+    with pytest.raises(ValueError, match="'compile_cell' is a switch, so it takes true or false"):
+        read_config_file(parser, recipe, "x.py")
+
+
+@pytest.mark.parametrize("task_name", ["image-classification", "causal-lm"])
+def test_every_flag_has_a_help_text(task_name):
+    missing = [dest for dest, action in _flags(_parser(task_name)).items() if not action.help]
+    assert not missing, missing
+
+
+def test_both_training_scripts_share_every_flag_but_their_data_flags():
+    image, text = _flags(_parser("image-classification")), _flags(_parser("causal-lm"))
+    image_only = {"train_dir", "validation_dir", "image_column_name", "label_column_name", "train_val_split"}
+    image_only |= {"split_seed", "augment"}
+    text_only = {
+        "train_file",
+        "validation_file",
+        "text_column_name",
+        "validation_split_percentage",
+        "block_size",
+    }
+    text_only |= {"preprocessing_num_workers", "tokenizer_name", "train_tokenizer", "tokenizer_vocab_size"}
+    assert set(image) - set(text) == image_only and set(text) - set(image) == text_only
+    for name in ("torch_num_threads", "output_dir", "mixed_precision", "report_to", "max_grad_norm"):
+        assert image[name].help == text[name].help and image[name].type is text[name].type, name
+    assert "num_threads" not in image and "num_threads" not in text
+
+
+def test_a_config_error_is_reported_under_the_flag_that_set_the_field():
+    args = argparse.Namespace(
+        solver_max_iter=-1, config_overrides={"dropout": 2.0}, model_name_or_path=None, preset="p"
+    )
+    assert config_error_flag(args, "solver_max_iter") == "--solver_max_iter"
+    assert config_error_flag(args, "dropout") == "--config_overrides"
+    assert config_error_flag(args, None) == "--config_overrides"
+    args.config_overrides = None
+    assert config_error_flag(args, "num_labels") == "--preset"
+    args.model_name_or_path = "saved"
+    assert config_error_flag(args, "num_labels") == "--model_name_or_path"
+
+
+def test_the_output_dir_is_optional_and_means_the_same_in_both_scripts(tmp_path):
+    for script in ("train_mdeq_classifier", "train_deq_lm"):
+        args = load_script(script).parse_args([])
+        assert args.output_dir is None and args.resume_checkpoint is None  # nothing is written without it
+        args = load_script(script).parse_args(["--output_dir", str(tmp_path / script)])
+        assert args.output_dir == str(tmp_path / script) and not args.overwrite_output_dir

@@ -1,0 +1,170 @@
+"""The shared loop's guard against non-finite steps, for both families.
+
+A step whose loss or gradient is not finite is skipped (weights, optimizer state and buffers such as BatchNorm
+statistics untouched), counted in the per-step log and in ``all_results.json``, and training goes on; after
+``--max_nonfinite_steps`` such steps in a row the run stops with a clear message, the last checkpoint stays what
+it was and no final model is written. A skipped batch still counts as a step, so the run's position (and a
+resume from it) is the same as without the skip."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from script_loading import load_script
+from tiny_runs import FAMILIES, FAMILY_SCRIPTS, family_args, patch_training_loss, read_log
+
+import hf_deq
+
+
+def _nan_from(call: int):
+    """A loss-function wrapper: every training call from the ``call``-th on returns NaN."""
+
+    def wrap(original):
+        counter = {"n": 0}
+
+        def wrapped(*args, **kwargs):
+            loss = original(*args, **kwargs)
+            counter["n"] += 1
+            return loss * math.nan if counter["n"] >= call and torch.is_grad_enabled() else loss
+
+        return wrapped
+
+    return wrap
+
+
+def _on_second_call(change):
+    """A loss-function wrapper: its second call, if it is a training call (grad enabled), returns ``change``."""
+
+    def wrap(original):
+        counter = {"n": 0}
+
+        def wrapped(*args, **kwargs):
+            loss = original(*args, **kwargs)
+            counter["n"] += 1
+            return change(loss) if counter["n"] == 2 and torch.is_grad_enabled() else loss
+
+        return wrapped
+
+    return wrap
+
+
+class _NaNGradient(torch.autograd.Function):
+    """Identity forward (the loss stays finite), NaN backward: what a diverging backward solve looks like."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.nan
+
+
+def _assert_finite_model(path, batchnorm_steps: int | None = None) -> None:
+    weights = load_file(path)
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    tracked = weights.get("mdeq.stem.norm1.num_batches_tracked")
+    if tracked is not None and batchnorm_steps is not None:
+        assert int(tracked) == batchnorm_steps  # the skipped forward's BatchNorm update was rolled back
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("bad", ["loss", "gradient"])
+def test_a_nonfinite_step_is_skipped_counted_and_rolled_back(
+    family, bad, tmp_path, fresh_accelerate_state, monkeypatch
+):
+    change = (lambda x: x * math.nan) if bad == "loss" else _NaNGradient.apply
+    patch_training_loss(monkeypatch, family, _on_second_call(change))
+    out, log = tmp_path / "run", tmp_path / "steps.jsonl"
+    extra = ["--log_file", str(log), "--max_nonfinite_steps", "2"]
+    if bad == "loss":
+        extra.append("--with_tracking")  # the trackers see the run too
+    results = load_script(FAMILY_SCRIPTS[family]).main(family_args(family, out, tmp_path, *extra, steps=4))
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["skipped_nonfinite_steps"] == 1 == results["skipped_nonfinite_steps"]
+    assert (
+        saved["train_steps"] == 4 and math.isfinite(saved["train_loss"]) and math.isfinite(saved["eval_loss"])
+    )
+    records = [r for r in read_log(log) if "step" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # the skipped batch still counts as a step
+    assert [r["skipped_nonfinite_steps"] for r in records] == [0, 1, 1, 1]
+    if bad == "loss":
+        assert math.isnan(records[1]["loss"]) and all(
+            math.isfinite(r["loss"]) for r in records if r["step"] != 2
+        )
+        project = load_script(FAMILY_SCRIPTS[family]).TASK.project_name
+        assert list((out / project).glob("**/events.out.tfevents.*")), "no TensorBoard events"
+    else:
+        assert all(math.isfinite(r["loss"]) for r in records)  # the loss itself was finite throughout
+    _assert_finite_model(out / "model.safetensors", batchnorm_steps=3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nonfinite_steps_in_a_row_stop_the_run_keeping_the_last_checkpoint(
+    family, tmp_path, fresh_accelerate_state, monkeypatch
+):
+    """Losses are finite for steps 1-2, NaN from step 3 on: steps 3 and 4 are skipped (``step_4`` is still written,
+    with the unchanged weights of step 2), step 5 stops the run; no final model is written."""
+    patch_training_loss(monkeypatch, family, _nan_from(3))
+    out, log = tmp_path / "run", tmp_path / "steps.jsonl"
+    extra = ["--checkpointing_steps", "2", "--max_nonfinite_steps", "3", "--log_file", str(log)]
+    with pytest.raises(RuntimeError, match=r"3 training steps in a row had a non-finite loss; stopping"):
+        load_script(FAMILY_SCRIPTS[family]).main(family_args(family, out, tmp_path, *extra, steps=8))
+    records = read_log(log)
+    assert [r["skipped_nonfinite_steps"] for r in records] == [0, 0, 1, 2]  # step 5 raised before its line
+    assert all(math.isfinite(r["loss"]) for r in records[:2]) and all(
+        math.isnan(r["loss"]) for r in records[2:]
+    )
+    assert not (out / "model.safetensors").exists() and not (out / "all_results.json").exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("step_")) == ["step_2", "step_4"]
+    assert not list(out.glob("*.tmp"))
+    a, b = load_file(out / "step_2" / "model.safetensors"), load_file(out / "step_4" / "model.safetensors")
+    for key in a:
+        assert torch.isfinite(a[key]).all(), key
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)  # skipped steps changed nothing
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_absurd_learning_rate_stops_cleanly(family, tmp_path, fresh_accelerate_state):
+    """A real divergence, nothing patched: AdamW with lr=1e30 makes the weights overflow, every later loss is
+    NaN; the run stops after 2 of them with the clear message; the step-1 checkpoint is complete."""
+    out, log = tmp_path / "run", tmp_path / "steps.jsonl"
+    extra = ["--learning_rate", "1e30", "--lr_scheduler_type", "constant", "--checkpointing_steps", "1"]
+    extra += ["--max_nonfinite_steps", "2", "--log_file", str(log), "--max_grad_norm", "0"]
+    with pytest.raises(RuntimeError, match="non-finite (loss|gradient); stopping"):
+        load_script(FAMILY_SCRIPTS[family]).main(family_args(family, out, tmp_path, *extra, steps=6))
+    records = read_log(log)
+    assert math.isfinite(records[0]["loss"]) and records[-1]["skipped_nonfinite_steps"] >= 1
+    assert (out / "step_1" / "model.safetensors").is_file() and not list(out.glob("*.tmp"))
+    for checkpoint in out.glob("step_*"):  # a skipped step must not leave NaN BatchNorm statistics behind
+        for key, value in load_file(checkpoint / "model.safetensors").items():
+            if "running_" in key:
+                assert torch.isfinite(value).all(), (checkpoint.name, key)
+    assert not (out / "all_results.json").exists()
+
+
+def test_step_guard_refuses_non_finite_gradients_and_counts_runs_of_bad_steps():
+    from hf_deq.training import NonFiniteStepGuard, gradients_are_finite
+
+    guard = NonFiniteStepGuard(max_in_a_row=4)
+    weight = torch.nn.Parameter(torch.ones(3))
+    for bad in (False, True, False, True, True):
+        weight.grad = torch.full((3,), math.nan if bad else 1.0)
+        assert guard.check_loss(torch.tensor(1.0))  # the loss is finite every time
+        assert guard.check_gradients([weight]) is not bad
+    assert (guard.skipped, guard.skipped_for_gradients, guard.in_a_row) == (3, 3, 2)
+    assert not guard.check_loss(torch.tensor(math.inf))  # a bad loss continues the run of bad steps ...
+    assert guard.in_a_row == 3 and guard.skipped == 4
+    weight.grad = torch.tensor([1.0, math.inf, 1.0])
+    with pytest.raises(RuntimeError, match="4 training steps in a row had a non-finite gradient; stopping"):
+        guard.check_gradients([weight])
+    weight.grad = None
+    assert gradients_are_finite([weight])  # parameters without a gradient are fine
+    scaled = NonFiniteStepGuard(inspect_gradients=False)  # fp16: the scaler decides
+    weight.grad = torch.full((3,), math.nan)
+    assert scaled.check_gradients([weight]) and scaled.skipped == 0
+    assert hf_deq.training.NonFiniteStepGuard is NonFiniteStepGuard
