@@ -102,10 +102,11 @@ class DEQConfig(PreTrainedConfig):
 
     Non-convergence: every output reports each sample's ``solver_residual`` and ``solver_nstep``. A sample that
     misses ``solver_tol`` within its budget counts as a failed solve (``hf_deq.deq.failed_samples``) only when its
-    residual is not finite, is above ``1000 * solver_tol``, or is above ``10 * solver_tol`` while the second half
-    of the budget brought no improvement (its best iterate came within the first half of the evaluations: the
-    solve stalled or diverged). A failed solve is warned about once per layer, raised as ``DEQConvergenceError``
-    or ignored, by ``solver_on_failure``; a solve that was still converging when its budget ran out (a small
+    residual is not finite; or is above ``1000 * solver_tol`` (with ``solver_stop_mode="rel"``: or above 0.5,
+    where the zero initial state has 1); or is above ``100 * solver_tol`` while the second half of the budget
+    brought no improvement (its best iterate came within the first half of the evaluations: the solve stalled,
+    oscillated or diverged). A failed solve is warned about once per layer, raised as ``DEQConvergenceError`` or
+    ignored, by ``solver_on_failure``; a solve that was still converging when its budget ran out (a small
     training budget, as phantom-gradient recipes use) is only reported.
 
     Args:
