@@ -38,7 +38,7 @@ else:
     _HF_LAYER_ERROR = None
 
 if _HF_LAYER_ERROR is None:
-    from .configuration_deq import DEQConfig, DEQConfigError
+    from .configuration_deq import DEQConfig, DEQConfigError, MisspelledConfigFieldError
     from .modeling_deq import DEQModelMixin
     from .modeling_outputs import DEQCausalLMOutput, DEQImageClassifierOutput, DEQModelOutput
     from .models import deq_transformer as _deq_transformer
@@ -54,6 +54,7 @@ if _HF_LAYER_ERROR is None:
         "DEQImageClassifierOutput",
         "DEQModelMixin",
         "DEQModelOutput",
+        "MisspelledConfigFieldError",
         "create_config",
         "create_model",
         "list_variants",

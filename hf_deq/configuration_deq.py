@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
+from collections.abc import Mapping
 from typing import Any
 
-from transformers import PreTrainedConfig
+from transformers import GenerationConfig, PreTrainedConfig
 
 from .deq import available_grad_estimators, available_solvers, get_solver, normalize_name
-from .deq.core import FAILURE_MODES, GRAD_CONFIG_FIELDS
+from .deq.core import FAILURE_MODES, GRAD_CONFIG_FIELDS, grad_estimator_from_fields
 from .deq.solvers import SOLVERS
 from .deq.solvers.base import STOP_MODES
 
@@ -19,6 +22,59 @@ class DEQConfigError(ValueError):
     def __init__(self, config_name: str, field: str, value: Any, allowed: str) -> None:
         self.field, self.value, self.allowed = field, value, allowed
         super().__init__(f"{config_name}.{field}={value!r} is invalid: expected {allowed}")
+
+
+class MisspelledConfigFieldError(DEQConfigError):
+    """A keyword that is not a field of the config but a near-miss of one (``solver_maxiter`` for
+    ``solver_max_iter``). ``field`` is the keyword as given, ``suggestion`` the field it probably meant."""
+
+    def __init__(self, config_name: str, field: str, value: Any, suggestion: str) -> None:
+        self.field, self.value, self.suggestion = field, value, suggestion
+        self.allowed = f"a field of {config_name}, such as {suggestion!r}"
+        ValueError.__init__(
+            self,
+            f"{config_name} has no field {field!r} (given {field}={value!r}); did you mean {suggestion!r}?",
+        )
+
+
+#: How close (``difflib`` ratio) an unknown keyword must be to a field to be taken for a misspelling of it:
+#: ``solver_maxiter`` / ``solver_max_iter`` is 0.97, ``grad_step`` / ``grad_steps`` 0.95, while unrelated
+#: transformers keys stay below (``sep_token_id`` / ``pad_token_id`` is 0.83).
+MISSPELLING_CUTOFF = 0.85
+
+#: Keys that ``PreTrainedConfig`` consumes or stores without declaring them as fields.
+_TRANSFORMERS_KEYS = frozenset(
+    {
+        "torch_dtype",
+        "name_or_path",
+        "output_attentions",
+        "attn_implementation",
+        "experts_implementation",
+        "per_layer_config",
+        "rope_scaling",
+        "num_labels",
+        "return_unused_kwargs",
+        "gguf_file",
+    }
+)
+
+
+def _field_names(config_class: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(config_class)]
+
+
+def reject_misspelled_fields(config_class: type, keys: Mapping[str, Any]) -> None:
+    """Raise ``MisspelledConfigFieldError`` for the first key of ``keys`` that is no field of ``config_class``
+    but is difflib-close (``MISSPELLING_CUTOFF``) to one. Other unknown keys are left alone: transformers
+    stores them as attributes (constructor) or returns them as unused (``from_pretrained``)."""
+    fields = _field_names(config_class)
+    known = set(fields) | _TRANSFORMERS_KEYS
+    for key, value in keys.items():
+        if not isinstance(key, str) or key in known or key.startswith("_") or hasattr(config_class, key):
+            continue
+        match = difflib.get_close_matches(key, fields, n=1, cutoff=MISSPELLING_CUTOFF)
+        if match and key not in GenerationConfig._get_default_generation_params():
+            raise MisspelledConfigFieldError(config_class.__name__, key, value, match[0])
 
 
 def _is_int(value: Any) -> bool:
@@ -36,6 +92,23 @@ def _is_finite_number(value: Any) -> bool:
 class DEQConfig(PreTrainedConfig):
     """Base config of DEQ models: the solver and the gradient estimator are plain fields.
 
+    The fields below (``DEQ_FIELDS``) are run-time knobs, like ``use_cache`` in transformers: an edit of
+    ``model.config`` (``model.config.solver_eval_max_iter = 3``) takes effect at the model's next forward, and an
+    invalid value raises ``DEQConfigError`` naming the field at that forward, before anything is computed;
+    ``save_pretrained`` refuses to write an invalid config. A keyword that is no field but a near-miss of one
+    (``solver_maxiter``), given to the constructor, ``create_config`` / ``create_model`` or ``from_pretrained``,
+    raises ``MisspelledConfigFieldError`` (a ``DEQConfigError``) naming the field it probably meant; other unknown
+    keys are kept as attributes (constructor) or returned unused (``from_pretrained``), as in transformers.
+
+    Non-convergence: every output reports each sample's ``solver_residual`` and ``solver_nstep``. A sample that
+    misses ``solver_tol`` within its budget counts as a failed solve (``hf_deq.deq.failed_samples``) only when its
+    residual is not finite; or is above ``1000 * solver_tol`` (with ``solver_stop_mode="rel"``: or above 0.5,
+    where the zero initial state has 1); or is above ``100 * solver_tol`` while the second half of the budget
+    brought no improvement (its best iterate came within the first half of the evaluations: the solve stalled,
+    oscillated or diverged). A failed solve is warned about once per layer, raised as ``DEQConvergenceError`` or
+    ignored, by ``solver_on_failure``; a solve that was still converging when its budget ran out (a small
+    training budget, as phantom-gradient recipes use) is only reported.
+
     Args:
         solver: forward solver, one of ``available_solvers()`` (``"anderson"``, ``"broyden"``, ``"fixed_point"``).
         solver_kwargs: hyperparameters of the solver, e.g. ``{"memory": 5}``.
@@ -43,7 +116,7 @@ class DEQConfig(PreTrainedConfig):
         solver_eval_max_iter: forward budget in eval mode (``None``: ``solver_max_iter``).
         solver_tol: stop when every sample's residual is below this.
         solver_stop_mode: ``"rel"`` (``||f(z)-z|| / ||f(z)||``) or ``"abs"``.
-        solver_on_failure: ``"warn"`` (once), ``"raise"`` or ``"ignore"`` when the solver misses ``solver_tol``.
+        solver_on_failure: ``"warn"`` (once), ``"raise"`` or ``"ignore"`` when a solve fails (see above).
         grad_estimator: ``"implicit"``, ``"upg"``, ``"npg"``, ``"one_step"``, ``"unrolled"`` or a registered name.
         grad_steps: ``k`` of UPG/NPG, unrolled steps of ``"unrolled"``.
         grad_damping: ``lambda`` of UPG/NPG, in ``(0, 1]``.
@@ -71,8 +144,30 @@ class DEQConfig(PreTrainedConfig):
     jacobian_reg_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
+        reject_misspelled_fields(type(self), kwargs)  # kwargs holds only the keys that are not fields
         super().__post_init__(**kwargs)
         self.validate_deq_fields()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        """``PreTrainedConfig.from_dict`` where keyword arguments (``from_pretrained(path, solver_max_iter=5)``)
+        that name fields of this config are passed to the constructor, so they are validated like any field
+        (``DEQConfigError``), and a near-miss of a field (``solver_maxiter``) raises
+        ``MisspelledConfigFieldError``; other keys stay unused, as in transformers."""
+        own = set(_field_names(cls)) - set(_field_names(PreTrainedConfig))
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
+        reject_misspelled_fields(cls, kwargs)
+        return super().from_dict({**config_dict, **overrides}, **kwargs)
+
+    def check_fields(self) -> None:
+        """Raise ``DEQConfigError`` naming the first invalid field: every field is checked as when this config
+        is built (or loaded) from its saved form, e.g. after fields were assigned directly."""
+        type(self).from_dict(self.to_dict())
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
+        """``PreTrainedConfig.save_pretrained`` that refuses (``DEQConfigError``) to write an invalid config."""
+        self.check_fields()
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
     # Field names of the solver / estimator groups, for set_solver / set_grad_estimator.
     SOLVER_FIELDS = (
@@ -85,6 +180,8 @@ class DEQConfig(PreTrainedConfig):
         "solver_on_failure",
     )
     GRAD_FIELDS = ("grad_estimator", *GRAD_CONFIG_FIELDS.values())
+    #: Every field read at run time: a change to one of them takes effect at the model's next forward.
+    DEQ_FIELDS = (*SOLVER_FIELDS, *GRAD_FIELDS, "jacobian_reg_weight")
 
     def _error(self, field: str, allowed: str) -> DEQConfigError:
         return DEQConfigError(type(self).__name__, field, getattr(self, field), allowed)
@@ -131,8 +228,16 @@ class DEQConfig(PreTrainedConfig):
             raise self._error("grad_max_iter", "an integer >= 1")
         if not _is_finite_number(self.grad_tol) or not self.grad_tol >= 0:
             raise self._error("grad_tol", "a finite number >= 0")
+        try:  # a registered estimator's own checks of its hyperparameters
+            grad_estimator_from_fields(
+                self.grad_estimator, **{f: getattr(self, f) for f in self.GRAD_FIELDS[1:]}
+            )
+        except (TypeError, ValueError) as err:
+            raise self._error(
+                "grad_estimator", f"an estimator whose hyperparameters accept the grad_* fields ({err})"
+            ) from err
         if not _is_finite_number(self.jacobian_reg_weight) or not self.jacobian_reg_weight >= 0:
             raise self._error("jacobian_reg_weight", "a finite number >= 0")
 
 
-__all__ = ["DEQConfig", "DEQConfigError"]
+__all__ = ["DEQConfig", "DEQConfigError", "MisspelledConfigFieldError", "reject_misspelled_fields"]

@@ -1,17 +1,32 @@
-"""What every hf_deq ``PreTrainedModel`` shares: changing the solver and the estimator at run time, safetensors-only
-loading, and ``push_to_hub`` with hf_deq's model card and remote code."""
+"""What every hf_deq ``PreTrainedModel`` shares: the config's solver and estimator fields as run-time knobs,
+safetensors-only loading, and ``push_to_hub`` with hf_deq's model card and remote code."""
 
 from __future__ import annotations
 
 import copy
 import importlib
 import json
+import operator
 import os
 from typing import Any
 
 from .configuration_deq import DEQConfig
 from .deq import DEQFixedPoint, get_solver
 from .deq.core import GRAD_CONFIG_FIELDS
+
+_deq_fields_of_dict = operator.itemgetter(*DEQConfig.DEQ_FIELDS)
+_deq_fields_of_config = operator.attrgetter(*DEQConfig.DEQ_FIELDS)
+
+
+def _deq_field_values(config: DEQConfig) -> tuple:
+    """The run-time DEQ fields of ``config`` as one tuple, read at every forward. They are plain instance
+    attributes, so they are read from the instance dict at C speed (``PreTrainedConfig.__getattribute__`` is
+    Python code, ~1 us per attribute); a config that keeps one elsewhere is read attribute by attribute."""
+    try:
+        return _deq_fields_of_dict(object.__getattribute__(config, "__dict__"))
+    except KeyError:
+        return _deq_fields_of_config(config)
+
 
 #: weight files that are Python pickles: loading one can run arbitrary code
 PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -57,7 +72,12 @@ def _refuse_pickled_weights(path: Any, subfolder: str = "") -> None:
 
 
 class DEQModelMixin:
-    """Mixin for ``PreTrainedModel`` subclasses holding ``DEQFixedPoint`` layers built with ``from_config``."""
+    """Mixin for ``PreTrainedModel`` subclasses holding ``DEQFixedPoint`` layers built with ``from_config``.
+
+    The DEQ fields of ``model.config`` (``DEQConfig.DEQ_FIELDS``: solver, budgets, tolerance, estimator, ...) are
+    run-time knobs, like ``use_cache`` in transformers: a model whose forward starts with
+    ``self._sync_deq_config()`` applies an edit of them at its next forward, or raises ``DEQConfigError`` naming
+    the field before computing anything. ``set_solver`` / ``set_grad_estimator`` are validated shortcuts."""
 
     config: DEQConfig
 
@@ -135,8 +155,39 @@ class DEQModelMixin:
             **options,
         )
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained`` that refuses (``DEQConfigError``, nothing written) to save a model
+        whose config holds an invalid value, e.g. one assigned directly to ``model.config``."""
+        self.config.check_fields()
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def deq_layers(self) -> list[DEQFixedPoint]:
         return [m for m in self.modules() if isinstance(m, DEQFixedPoint)]
+
+    def post_init(self) -> None:
+        super().post_init()
+        self._remember_deq_fields()
+
+    def _remember_deq_fields(self) -> None:
+        """Record the DEQ field values the layers now run with, on this model and its DEQ submodels."""
+        values = copy.deepcopy(_deq_field_values(self.config))  # a copy: solver_kwargs may be edited in place
+        for module in self.modules():
+            if isinstance(module, DEQModelMixin):
+                module._deq_fields_applied = values
+
+    def _sync_deq_config(self) -> None:
+        """Apply edits of ``self.config``'s DEQ fields to the DEQ layers; called first in ``forward``.
+
+        With an unchanged config this is one tuple comparison. After an edit, the config's DEQ fields are
+        validated (``DEQConfigError`` naming the field, before any computation) and every layer is rebuilt from
+        them, once."""
+        values = _deq_field_values(self.config)
+        if values == self.__dict__.get("_deq_fields_applied"):
+            return
+        self.config.validate_deq_fields()
+        for layer in self.deq_layers():
+            layer.reconfigure(self.config)
+        self._remember_deq_fields()
 
     def _apply_deq_fields(self, fields: dict[str, Any]) -> None:
         """Validate ``fields`` on a copy of the config, then write them and rebuild every DEQ layer."""
@@ -146,11 +197,12 @@ class DEQModelMixin:
                 raise TypeError(f"{type(self.config).__name__} has no field {key!r}")
             setattr(trial, key, value)
         trial.validate_deq_fields()
-        DEQFixedPoint.from_config(trial)  # the engine's own checks (e.g. unknown solver hyperparameters)
+        DEQFixedPoint.from_config(trial)  # the engine's own checks, should a registered class add any
         for key, value in fields.items():
             setattr(self.config, key, value)
         for layer in self.deq_layers():
             layer.reconfigure(self.config)
+        self._remember_deq_fields()
 
     def set_grad_estimator(self, name: str, **fields: Any) -> None:
         """Switch the gradient estimator, e.g. ``set_grad_estimator("npg", grad_steps=8, grad_damping=0.5)``
@@ -172,7 +224,12 @@ class DEQModelMixin:
         hyper = {k: v for k, v in fields.items() if k not in DEQConfig.SOLVER_FIELDS}
         updates.update({k: v for k, v in fields.items() if k in DEQConfig.SOLVER_FIELDS})
         if hyper:
-            get_solver(name, **hyper)  # an unknown hyperparameter is a TypeError, like any unexpected keyword
+            try:
+                get_solver(name, **hyper)
+            except TypeError:
+                raise  # an unknown hyperparameter, like any unexpected keyword
+            except ValueError:
+                pass  # a bad value or solver name: the config check below names the field
         if hyper or "solver_kwargs" not in updates:
             updates["solver_kwargs"] = {**(updates.get("solver_kwargs") or {}), **hyper} or None
         self._apply_deq_fields(updates)

@@ -1,6 +1,6 @@
 """The DEQ engine: fixed-point solvers, gradient estimators and the equilibrium layer. Pure PyTorch."""
 
-from .core import DEQConvergenceError, DEQFixedPoint, grad_estimator_from_fields
+from .core import DEQConvergenceError, DEQFixedPoint, failed_samples, grad_estimator_from_fields
 from .dropout import VariationalDropout, new_dropout_masks
 from .grad import (
     GradientEstimator,
@@ -52,6 +52,7 @@ __all__ = [
     "apply_weight_norm",
     "available_grad_estimators",
     "available_solvers",
+    "failed_samples",
     "get_grad_estimator",
     "get_solver",
     "grad_estimator_from_fields",

@@ -30,7 +30,7 @@ GRAD_CONFIG_FIELDS = {
 
 
 class DEQConvergenceError(RuntimeError):
-    """Raised when the solver fails and ``on_failure="raise"``."""
+    """Raised when the solver fails (``failed_samples``) and ``on_failure="raise"``."""
 
 
 def grad_estimator_from_fields(name: str | GradientEstimator, **fields: Any) -> GradientEstimator:
@@ -46,13 +46,45 @@ def grad_estimator_from_fields(name: str | GradientEstimator, **fields: Any) -> 
     return get_grad_estimator(name, **kwargs)
 
 
+#: A sample that misses ``tol`` fails outright when its residual is above this multiple of ``tol`` ...
+FAILURE_TOL_FACTOR = 1000.0
+#: ... or, with ``stop_mode="rel"``, above this relative residual (the zero initial state has 1): ``f(z) - z`` half
+#: as large as ``f(z)`` is no fixed point at any tolerance (a map that grows without bound ends here, ~(a-1)/a) ...
+NO_PROGRESS_REL_RESIDUAL = 0.5
+#: ... or when it is above this multiple of ``tol`` and the solve stalled (see ``failed_samples``).
+STALL_TOL_FACTOR = 100.0
+
+
+def failed_samples(result: SolverResult) -> Tensor:
+    """``(B,)`` mask of the samples whose solve failed, as opposed to a solve that merely ran out of budget.
+
+    A sample fails when it missed ``tol`` and its (best) residual is
+    - not finite (no finite iterate), or
+    - above ``FAILURE_TOL_FACTOR * tol`` (far from the tolerance; with ``stop_mode="rel"`` also above
+      ``NO_PROGRESS_REL_RESIDUAL``), or
+    - above ``STALL_TOL_FACTOR * tol`` while its best iterate was reached within the first half of the
+      ``nfev`` evaluations (``2 * nstep <= nfev``): the second half of the budget made no progress, the solve
+      stalled, oscillated or diverged.
+    A sample below those bounds, or still improving when the budget ran out (the usual case of a small training
+    budget, e.g. 8 Broyden steps with phantom gradients), has not failed: its residual is reported in the
+    result, and nothing is warned.
+    """
+    residual = result.residual
+    far = FAILURE_TOL_FACTOR * result.tol
+    if result.stop_mode == "rel":
+        far = min(far, NO_PROGRESS_REL_RESIDUAL)
+    stalled = (2 * result.nstep <= result.nfev) & (residual > STALL_TOL_FACTOR * result.tol)
+    return ~result.converged & (~torch.isfinite(residual) | (residual > far) | stalled)
+
+
 class DEQFixedPoint(nn.Module):
     """The equilibrium layer ``z* = f(z*)``.
 
     ``forward(fn, z0)`` returns ``(z, SolverResult)``. With autograd on, the solve runs without a graph and
     the gradient estimator attaches the gradient to ``z*``; otherwise only the solve runs. In eval mode
     ``eval_max_iter`` (default ``max_iter``) bounds the solve. A solve that misses ``tol`` is reported per
-    sample in the result and, by ``on_failure``, warned about once, raised, or ignored.
+    sample in the result; one that fails (``failed_samples``: diverged, stalled or far above ``tol``) is, by
+    ``on_failure``, warned about once, raised, or ignored.
 
     Args:
         solver: forward solver, a name from ``available_solvers()`` or a ``Solver``.
@@ -177,14 +209,20 @@ class DEQFixedPoint(nn.Module):
         )
 
     def _check_failure(self, result: SolverResult) -> None:
+        """Warn once, raise or ignore (``on_failure``) when ``failed_samples(result)`` holds any sample."""
         if self.on_failure == "ignore" or bool(result.converged.all()):
             return
-        bad = int((~result.converged).sum())
-        worst = float(result.residual.max())
+        failed = failed_samples(result)
+        if not bool(failed.any()):
+            return  # missed tol within the budget, but still converging: reported in the result only
+        bad = int(failed.sum())
+        worst = float(result.residual[failed].max())
         message = (
             f"DEQ solver {type(self.solver).__name__} did not reach {self.stop_mode} residual {self.tol:g} for "
-            f"{bad}/{result.converged.numel()} samples within its budget (worst residual {worst:.3g}); the best "
-            "iterate was kept. Raise max_iter, use another solver, or regularise the model."
+            f"{bad}/{result.converged.numel()} samples: the solve failed (worst residual {worst:.3g}; not "
+            f"finite, above {FAILURE_TOL_FACTOR:g}x tol, or stalled above {STALL_TOL_FACTOR:g}x tol, see "
+            "hf_deq.deq.failed_samples); the best iterate was kept. Raise max_iter, use another solver, or "
+            "regularise the model (Jacobian regularisation)."
         )
         if self.on_failure == "raise":
             raise DEQConvergenceError(message)

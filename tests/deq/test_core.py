@@ -23,6 +23,7 @@ from hf_deq.deq import (
     UnrolledPhantomGradient,
     available_grad_estimators,
     available_solvers,
+    failed_samples,
     get_grad_estimator,
     get_solver,
     grad_estimator_from_fields,
@@ -206,6 +207,73 @@ def test_on_failure_raise_and_ignore():
     assert not record
     assert not bool(result.converged.any())
     assert issubclass(DEQConvergenceError, RuntimeError)
+
+
+# ----------------------------------------------------------------------------- which missed solves count as failed
+def _affine(scale, batch: int = 3, dim: int = 6):
+    """``f(z) = scale * z + x``, per sample when ``scale`` is a ``(B,)`` tensor: fixed-point iteration converges
+    geometrically for ``|scale| < 1``, oscillates with a growing amplitude for ``scale = -2``, grows for 3."""
+    x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(7), dtype=DT)
+    scale = torch.as_tensor(scale, dtype=DT).reshape(-1, 1)
+    return lambda z: scale * z + x
+
+
+def _deq_warnings(record) -> list:
+    return [w for w in record if issubclass(w.category, RuntimeWarning) and "DEQ solver" in str(w.message)]
+
+
+def _solve(fn, on_failure="warn", **kwargs):
+    deq = DEQFixedPoint(kwargs.pop("solver", "fixed_point"), on_failure=on_failure, **kwargs)
+    with warnings.catch_warnings(record=True) as record, torch.no_grad():
+        warnings.simplefilter("always")
+        for _ in range(3):
+            _, result = deq(fn, torch.zeros(3, 6, dtype=DT))
+    return result, _deq_warnings(record)
+
+
+def test_a_budget_limited_solve_that_still_converges_is_reported_not_warned_nor_raised():
+    """0.8-contraction, 8 evaluations: relative residual ~0.05 = 500x tol, still falling at the last step."""
+    for on_failure in ("warn", "raise"):
+        result, found = _solve(_affine(0.8), on_failure, max_iter=8, tol=1e-4)
+        assert not found
+        assert not bool(result.converged.any()) and bool((result.residual > 100 * 1e-4).all())
+        assert bool((result.nstep == result.nfev).all())  # its best iterate is its last
+        assert not bool(failed_samples(result).any())
+    result, found = _solve(_affine(0.8), max_iter=8, tol=1e-5)  # the same solve, 5000x its tolerance: failed
+    assert bool(failed_samples(result).all()) and len(found) == 1
+
+
+@pytest.mark.parametrize("scale", [-2.0, 3.0])
+def test_a_diverging_solve_fails_warns_once_and_raises_when_asked(scale):
+    result, found = _solve(_affine(scale), max_iter=12, tol=1e-3)
+    assert bool(failed_samples(result).all())
+    assert len(found) == 1, [str(w.message) for w in found]
+    message = str(found[0].message)
+    assert "did not reach rel residual 0.001 for 3/3 samples: the solve failed" in message
+    assert "Raise max_iter" in message and "warned once" in message
+    with pytest.raises(DEQConvergenceError, match="the solve failed"):
+        _solve(_affine(scale), "raise", max_iter=12, tol=1e-3)
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden", "fixed_point"])
+def test_an_overflowing_solve_fails(solver):
+    result, found = _solve(lambda z: 1e20 * z + 1.0, solver=solver, max_iter=12, tol=1e-6)
+    assert bool(failed_samples(result).all()) and len(found) == 1
+
+
+def test_a_stalled_residual_far_above_tol_fails_one_near_tol_does_not():
+    """``f(z) = z + c`` has no fixed point: the absolute residual stays ``||c|| = 0.12`` from the first step on."""
+    c = torch.full((3, 6), 0.05, dtype=DT)
+    result, found = _solve(lambda z: z + c, solver="anderson", max_iter=10, tol=1e-3, stop_mode="abs")
+    assert bool((result.nstep == 1).all()) and bool(failed_samples(result).all()) and len(found) == 1
+    result, found = _solve(lambda z: z + c, solver="anderson", max_iter=10, tol=1e-2, stop_mode="abs")
+    assert not bool(result.converged.any()) and not bool(failed_samples(result).any()) and not found
+
+
+def test_failure_is_judged_per_sample():
+    result, found = _solve(_affine(torch.tensor([0.8, -2.0, 0.8])), max_iter=8, tol=1e-4)
+    assert failed_samples(result).tolist() == [False, True, False]
+    assert len(found) == 1 and "for 1/3 samples" in str(found[0].message)
 
 
 def test_jacobian_regularization_matches_frobenius_norm():

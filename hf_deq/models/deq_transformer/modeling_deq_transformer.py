@@ -313,6 +313,7 @@ class DEQTransformerModel(DEQTransformerPreTrainedModel):
         keyword arguments from ``generate``/``Trainer`` (``cache_position``, ``output_attentions``, ...) are
         accepted and ignored.
         """
+        self._sync_deq_config()
         cache = _pick_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")

@@ -391,6 +391,7 @@ class MDEQModel(MDEQPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> DEQModelOutput | tuple:
+        self._sync_deq_config()
         self._check_pixel_values(pixel_values)
         pixel_values = pixel_values.to(self.stem.conv1.weight.dtype)  # e.g. float64 images, float32 model
         return_dict = return_dict if return_dict is not None else self.config.return_dict
