@@ -2,7 +2,7 @@
 
 They ship in transformers' source distribution on PyPI, not in its wheel. ``common_testers()`` downloads the sdist of
 the installed version once (``pip download --no-deps --no-binary :all:``), extracts the two modules into a cache
-(``$HF_DEQ_TEST_CACHE`` or ``~/.cache/hf_deq/transformers-tests/<version>/transformers_tests/``), writes stand-ins
+(``$HF_DEQ_TEST_CACHE`` or ``~/.cache/hf_deq``, under ``transformers-tests/<version>-<layout>/``), writes stand-ins
 of our own for the modules they import that the sdist lacks, and imports them; no transformers test code is kept
 in this repository. Where that fails (no network, no pip, an API change), the calling test module is skipped with
 the reason.
@@ -10,6 +10,7 @@ the reason.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import shutil
@@ -71,7 +72,8 @@ def cache_root() -> Path:
         if override
         else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf_deq"
     )
-    return base / "transformers-tests" / transformers.__version__
+    layout = hashlib.sha1(repr((FETCHED, STAND_INS)).encode()).hexdigest()[:8]  # new stand-ins: a new folder
+    return base / "transformers-tests" / f"{transformers.__version__}-{layout}"
 
 
 def _download_sdist(dest: Path) -> Path:
@@ -135,13 +137,23 @@ def fetch() -> Path:
     return root
 
 
+#: why the fetch failed in this process (the next test module skips at once instead of asking pip again)
+_fetch_error: dict[Path, str] = {}
+
+
 def common_testers() -> tuple[ModuleType, ModuleType]:
     """``(test_modeling_common, test_configuration_common)`` of the installed transformers version; skips the
     calling test module with the reason where they cannot be fetched or imported."""
+    key = cache_root()
     try:
-        root = fetch()
+        root = fetch() if key not in _fetch_error else None
     except (RuntimeError, OSError, tarfile.TarError) as err:
-        pytest.skip(f"transformers' common model tests could not be fetched: {err}", allow_module_level=True)
+        _fetch_error[key], root = str(err), None
+    if root is None:
+        reason = _fetch_error[key]
+        pytest.skip(
+            f"transformers' common model tests could not be fetched: {reason}", allow_module_level=True
+        )
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     try:

@@ -122,7 +122,9 @@ class DEQTransformerModelTest(DEQTransformerTesterBase):
             assert len(model(input_ids=ids).hidden_states) == 2
             assert model(input_ids=ids, output_hidden_states=False).hidden_states is None
 
-    @pytest.mark.skipif(CACHE_FIELD != "cache", reason="this transformers still names the cache past_key_values")
+    @pytest.mark.skipif(
+        CACHE_FIELD != "cache", reason="this transformers still names the cache past_key_values"
+    )
     def test_the_old_cache_name_warns_like_transformers_models(self):
         config = self.get_config()
         model = DEQTransformerForCausalLM(config).eval()
