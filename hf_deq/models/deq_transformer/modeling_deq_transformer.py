@@ -19,6 +19,8 @@ softmax tied to it (``adaptive_softmax.py``), as in the DEQ paper's WikiText-103
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -204,6 +206,8 @@ class DEQTransformerPreTrainedModel(DEQModelMixin, PreTrainedModel):
 def _pick_cache(cache, past_key_values):
     if cache is not None and past_key_values is not None:
         raise ValueError("pass the key/value cache as `cache` or as `past_key_values`, not both")
+    if past_key_values is not None and CACHE_FIELD == "cache":  # transformers' own models warn the same way
+        warnings.warn("`past_key_values` is deprecated; use `cache`", FutureWarning, stacklevel=3)
     cache = cache if cache is not None else past_key_values
     if cache is not None and not isinstance(cache, Cache):
         raise TypeError(
@@ -336,6 +340,8 @@ class DEQTransformerModel(DEQTransformerPreTrainedModel):
                 raise ValueError("inputs_embeds contain NaN or infinite values")
             embeds = inputs_embeds.to(next(self.embed_tokens.parameters()).dtype)
         batch, length, hidden = embeds.shape
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if use_cache and cache is None:
@@ -415,34 +421,45 @@ class DEQTransformerModel(DEQTransformerPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
-def _check_labels(labels: torch.Tensor, shape: tuple[int, ...], vocab_size: int) -> None:
+def _check_labels(labels: torch.Tensor, shape: tuple[int, ...], vocab_size: int, name="labels") -> None:
     if labels.shape != shape:
         raise ValueError(
-            f"labels must have shape (batch, seq_len) = {tuple(shape)} (with logits_to_keep=0), got "
+            f"{name} must have shape (batch, seq_len) = {tuple(shape)} (with logits_to_keep=0), got "
             f"{tuple(labels.shape)}"
         )
     if labels.dtype not in (torch.long, torch.int):
-        raise ValueError(f"labels must be integer token ids (torch.long), got dtype {labels.dtype}")
-    if labels.shape[1] < 2:
+        raise ValueError(f"{name} must be integer token ids (torch.long), got dtype {labels.dtype}")
+    if name == "labels" and labels.shape[1] < 2:
         raise ValueError("labels need seq_len >= 2: a sequence of one token has no next token to predict")
     bad = labels[((labels < 0) | (labels >= vocab_size)) & (labels != -100)]
     if bad.numel():
         raise ValueError(
-            f"labels contain token id {int(bad[0])}, outside the vocabulary [0, {vocab_size}); use -100 to ignore "
+            f"{name} contain token id {int(bad[0])}, outside the vocabulary [0, {vocab_size}); use -100 to ignore "
             "a position"
         )
 
 
+def _next_token_pairs(inputs: torch.Tensor, labels, shift_labels, vocab_size: int):
+    """``(inputs, targets)`` flattened position by position: ``inputs[:, t]`` predicts ``labels[:, t + 1]``, or
+    ``shift_labels[:, t]``, targets the caller already shifted (sequence/context-parallel training shards them)."""
+    if shift_labels is not None:
+        _check_labels(shift_labels, inputs.shape[:2], vocab_size, name="shift_labels")
+        return inputs.reshape(-1, inputs.shape[-1]), shift_labels.to(inputs.device).reshape(-1)
+    _check_labels(labels, inputs.shape[:2], vocab_size)
+    return inputs[:, :-1].reshape(-1, inputs.shape[-1]), labels[:, 1:].to(inputs.device).reshape(-1)
+
+
 def causal_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Next-token cross entropy: ``logits[:, t]`` predicts ``labels[:, t + 1]``; ``-100`` labels are ignored.
-    With ``num_items_in_batch`` (``Trainer`` with gradient accumulation) the sum is divided by it."""
-    _check_labels(labels, logits.shape[:2], logits.shape[-1])
-    shift_logits = (
-        logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.shape[-1])
-    )
-    shift_labels = labels[:, 1:].to(logits.device).reshape(-1)
+    """Next-token cross entropy: ``logits[:, t]`` predicts ``labels[:, t + 1]`` (or ``shift_labels[:, t]``, which
+    replace ``labels`` when given); ``-100`` labels are ignored. With ``num_items_in_batch`` (``Trainer`` with
+    gradient accumulation) the sum is divided by it."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    shift_logits, shift_labels = _next_token_pairs(logits, labels, shift_labels, logits.shape[-1])
     if num_items_in_batch is None:
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
@@ -454,16 +471,15 @@ def causal_lm_loss(
 def adaptive_causal_lm_loss(
     head: ProjectedAdaptiveLogSoftmax,
     hidden_states: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     num_items_in_batch: int | torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``causal_lm_loss`` of the log-probabilities ``head.log_prob(hidden_states)``, computed without them (the
     head softmax at every position, a tail cluster only where the next token is in it): the mean negative
     log-likelihood over the positions whose label is not ``-100`` (NaN when there is none, like
     ``F.cross_entropy``), or the sum divided by ``num_items_in_batch``."""
-    _check_labels(labels, hidden_states.shape[:2], head.vocab_size)
-    shift_hidden = hidden_states[:, :-1].reshape(-1, hidden_states.shape[-1])
-    shift_labels = labels[:, 1:].to(hidden_states.device).reshape(-1)
+    shift_hidden, shift_labels = _next_token_pairs(hidden_states, labels, shift_labels, head.vocab_size)
     total = head.nll(shift_hidden, shift_labels, ignore_index=-100).sum()
     if num_items_in_batch is None:
         return total / (shift_labels != -100).sum()
@@ -552,16 +568,19 @@ class DEQTransformerForCausalLM(DEQTransformerPreTrainedModel, GenerationMixin):
             return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
-        if labels is not None:
+        shift_labels = kwargs.get("shift_labels")  # pre-shifted targets (sequence/context parallelism)
+        with_targets = labels is not None or shift_labels is not None
+        if with_targets:
             logits_to_keep = 0
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = loss = None
         if not self.config.use_adaptive_embeddings:
             logits = self.lm_head(hidden_states[:, keep, :])
-            if labels is not None:
-                loss = causal_lm_loss(logits, labels, num_items_in_batch)
-        elif labels is not None:
-            loss = adaptive_causal_lm_loss(self.lm_head, hidden_states, labels, num_items_in_batch)
+            if with_targets:
+                loss = causal_lm_loss(logits, labels, num_items_in_batch, shift_labels)
+        elif with_targets:
+            head = self.lm_head
+            loss = adaptive_causal_lm_loss(head, hidden_states, labels, num_items_in_batch, shift_labels)
         else:
             logits = self.lm_head.log_prob(hidden_states[:, keep, :])
         if loss is not None:

@@ -464,6 +464,8 @@ class MDEQForImageClassification(MDEQPreTrainedModel):
         **kwargs,
     ) -> DEQImageClassifierOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         outputs = self.mdeq(pixel_values, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = None

@@ -23,6 +23,7 @@ from transformers import (
 import hf_deq
 from hf_deq import DEQTransformerConfig, DEQTransformerForCausalLM
 from hf_deq.data.tokenizers import train_bpe_tokenizer, train_char_tokenizer
+from hf_deq.modeling_outputs import CACHE_FIELD
 
 TINY = "test_deq_transformer_tiny"
 REPO = Path(__file__).resolve().parents[3]
@@ -93,6 +94,45 @@ class DEQTransformerModelTest(DEQTransformerTesterBase):
             out.logits[:, :-1].reshape(-1, config.vocab_size), labels[:, 1:].reshape(-1)
         )
         torch.testing.assert_close(out.loss, expected)
+
+    def test_shift_labels_replace_labels(self):
+        config = self.get_config()
+        torch.manual_seed(0)
+        model = DEQTransformerForCausalLM(config).eval()
+        ids = random_ids(config, 2, 7)
+        shifted = random_ids(config, 2, 7, seed=5)
+        shifted[1, 2] = -100
+        with torch.no_grad():
+            out = model(input_ids=ids, labels=ids, shift_labels=shifted)  # labels are ignored then
+            alone = model(input_ids=ids, shift_labels=shifted)
+        expected = F.cross_entropy(out.logits.reshape(-1, config.vocab_size), shifted.reshape(-1))
+        torch.testing.assert_close(out.loss, expected)
+        torch.testing.assert_close(alone.loss, expected)
+        with pytest.raises(ValueError, match="shift_labels must have shape"):
+            model(input_ids=ids, shift_labels=shifted[:, :-1])
+
+    def test_config_output_hidden_states_is_read_at_forward(self):
+        config = self.get_config()
+        torch.manual_seed(0)
+        model = DEQTransformerForCausalLM(config).eval()
+        ids = random_ids(config, 2, 5)
+        with torch.no_grad():
+            assert model(input_ids=ids).hidden_states is None
+            model.config.output_hidden_states = True
+            assert len(model(input_ids=ids).hidden_states) == 2
+            assert model(input_ids=ids, output_hidden_states=False).hidden_states is None
+
+    @pytest.mark.skipif(
+        CACHE_FIELD != "cache", reason="this transformers still names the cache past_key_values"
+    )
+    def test_the_old_cache_name_warns_like_transformers_models(self):
+        config = self.get_config()
+        model = DEQTransformerForCausalLM(config).eval()
+        ids = random_ids(config, 1, 4)
+        with torch.no_grad():
+            cache = model(input_ids=ids[:, :3]).cache
+            with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
+                model(input_ids=ids[:, 3:], past_key_values=cache)
 
     def test_a_float64_model_keeps_a_float64_loss(self):
         config = self.get_config()

@@ -91,6 +91,8 @@ class MDEQModelTest(DEQModelTesterMixin):
             assert len(out.hidden_states) == 3
         with torch.no_grad():
             assert model(pixel_values=pixel_inputs(config)).hidden_states is None  # only when asked
+            model.config.output_hidden_states = True  # or when the config asks
+            assert len(model(pixel_values=pixel_inputs(config)).hidden_states) == 3
 
     def test_classifier_reads_the_base_model_pooled_features(self):
         config = tiny_config()
