@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from .configuration_deq import DEQConfig
-from .deq import DEQFixedPoint, get_solver
+from .deq import DEQFixedPoint, get_solver, remove_norm
 from .deq.core import GRAD_CONFIG_FIELDS
 
 _deq_fields_of_dict = operator.itemgetter(*DEQConfig.DEQ_FIELDS)
@@ -160,6 +160,17 @@ class DEQModelMixin:
         whose config holds an invalid value, e.g. one assigned directly to ``model.config``."""
         self.config.check_fields()
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def remove_weight_norm(self) -> None:
+        """Bake every weight-normalised weight ``w = g * v / ||v||`` into a plain parameter (the model computes the
+        same function) and set ``config.weight_norm = False``, so that a saved copy reloads without it.
+
+        Call it before adding LoRA adapters (``peft``) to a model with weight norm: the frozen base weights need no
+        re-normalisation, and peft's ``merge_and_unload`` adds the adapters to plain weights only (it would leave a
+        weight-normalised layer unchanged)."""
+        remove_norm(self)
+        if hasattr(self.config, "weight_norm"):
+            self.config.weight_norm = False
 
     def deq_layers(self) -> list[DEQFixedPoint]:
         return [m for m in self.modules() if isinstance(m, DEQFixedPoint)]

@@ -20,20 +20,22 @@ softmax tied to it (``adaptive_softmax.py``), as in the DEQ paper's WikiText-103
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.utils import parametrize
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.loss.loss_utils import ForCausalLMLoss, fixed_cross_entropy
 
 from ...deq import DEQFixedPoint, VariationalDropout, apply_weight_norm
 from ...modeling_deq import DEQModelMixin
 from ...modeling_outputs import CACHE_FIELD, DEQCausalLMOutput, DEQModelOutput
+from ...modeling_utils import accumulation_share, add_jacobian_loss, init_weight_norm_
 from .adaptive_softmax import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from .configuration_deq_transformer import DEQTransformerConfig
 
@@ -171,13 +173,7 @@ class DEQTransformerPreTrainedModel(DEQModelMixin, PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
-            if parametrize.is_parametrized(module, "weight"):  # weight norm: w = g * v / ||v||
-                g = module.parametrizations.weight.original0
-                v = module.parametrizations.weight.original1
-                init.normal_(v, mean=0.0, std=std)
-                init.copy_(g, torch.linalg.vector_norm(v, dim=tuple(range(1, v.dim())), keepdim=True))
-            else:
-                init.normal_(module.weight, mean=0.0, std=std)
+            init_weight_norm_(module, partial(init.normal_, mean=0.0, std=std))
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -452,20 +448,24 @@ def _next_token_pairs(inputs: torch.Tensor, labels, shift_labels, vocab_size: in
 def causal_lm_loss(
     logits: torch.Tensor,
     labels: torch.Tensor | None,
+    vocab_size: int,
     num_items_in_batch: int | torch.Tensor | None = None,
+    ignore_index: int = -100,
     shift_labels: torch.Tensor | None = None,
+    **kwargs,
 ) -> torch.Tensor:
     """Next-token cross entropy: ``logits[:, t]`` predicts ``labels[:, t + 1]`` (or ``shift_labels[:, t]``, which
-    replace ``labels`` when given); ``-100`` labels are ignored. With ``num_items_in_batch`` (``Trainer`` with
-    gradient accumulation) the sum is divided by it."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    shift_logits, shift_labels = _next_token_pairs(logits, labels, shift_labels, logits.shape[-1])
-    if num_items_in_batch is None:
-        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
-    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
-    if isinstance(num_items_in_batch, torch.Tensor):
-        num_items_in_batch = num_items_in_batch.to(total.device)
-    return total / num_items_in_batch
+    replace ``labels`` when given); ``ignore_index`` labels are ignored; with ``num_items_in_batch`` (``Trainer``
+    with gradient accumulation) the sum is divided by it.
+
+    This is transformers' ``ForCausalLMLoss`` (``model.loss_function`` of transformers' causal LMs), computed in
+    float32 at least; float64 logits keep a float64 loss, which ``ForCausalLMLoss`` would compute in float32."""
+    if logits.dtype != torch.float64:
+        return ForCausalLMLoss(
+            logits, labels, vocab_size, num_items_in_batch, ignore_index, shift_labels=shift_labels, **kwargs
+        )
+    shift_logits, targets = _next_token_pairs(logits, labels, shift_labels, vocab_size)
+    return fixed_cross_entropy(shift_logits, targets, num_items_in_batch, ignore_index)
 
 
 def adaptive_causal_lm_loss(
@@ -491,8 +491,9 @@ def adaptive_causal_lm_loss(
 class DEQTransformerForCausalLM(DEQTransformerPreTrainedModel, GenerationMixin):
     """DEQ-Transformer with a language-modelling head (tied to the token embedding by default).
 
-    ``loss`` (when ``labels`` are given) is the next-token cross entropy plus ``jacobian_reg_weight`` times the
-    Jacobian regularisation term in training. Every output carries ``solver_nstep`` and ``solver_residual``
+    ``loss`` (when ``labels`` are given) is the next-token cross entropy (``self.loss_function``, by default
+    ``causal_lm_loss``: transformers' ``ForCausalLMLoss``) plus ``jacobian_reg_weight`` times the Jacobian
+    regularisation term in training. Every output carries ``solver_nstep`` and ``solver_residual``
     (shape ``(batch,)``).
 
     With adaptive embeddings (``config.adaptive_cutoffs``) the head is a ``ProjectedAdaptiveLogSoftmax`` whose
@@ -534,6 +535,18 @@ class DEQTransformerForCausalLM(DEQTransformerPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value: nn.Embedding | AdaptiveEmbedding) -> None:
         self.model.set_input_embeddings(value)
 
+    @property
+    def loss_function(self):
+        """The loss of ``logits`` and ``labels``, called as transformers' causal LMs call theirs (``logits=``,
+        ``labels=``, ``vocab_size=``, ``num_items_in_batch=``); assigning ``model.loss_function = fn`` replaces it.
+        By default ``causal_lm_loss``. With adaptive embeddings the loss is ``adaptive_causal_lm_loss`` of the
+        hidden states instead (the full logits are never formed)."""
+        return self.__dict__.get("_loss_function", causal_lm_loss)
+
+    @loss_function.setter
+    def loss_function(self, value) -> None:
+        self._loss_function = value
+
     def get_output_embeddings(self) -> nn.Linear | ProjectedAdaptiveLogSoftmax:
         return self.lm_head
 
@@ -574,18 +587,33 @@ class DEQTransformerForCausalLM(DEQTransformerPreTrainedModel, GenerationMixin):
             logits_to_keep = 0
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = loss = None
+        if labels is not None:
+            _check_labels(labels, hidden_states.shape[:2], self.config.vocab_size)
         if not self.config.use_adaptive_embeddings:
             logits = self.lm_head(hidden_states[:, keep, :])
             if with_targets:
-                loss = causal_lm_loss(logits, labels, num_items_in_batch, shift_labels)
+                if shift_labels is not None:
+                    _check_labels(
+                        shift_labels, hidden_states.shape[:2], self.config.vocab_size, "shift_labels"
+                    )
+                loss = self.loss_function(
+                    logits=logits,
+                    labels=labels,
+                    vocab_size=self.config.vocab_size,
+                    num_items_in_batch=num_items_in_batch,
+                    shift_labels=shift_labels,
+                )
         elif with_targets:
             head = self.lm_head
             loss = adaptive_causal_lm_loss(head, hidden_states, labels, num_items_in_batch, shift_labels)
         else:
             logits = self.lm_head.log_prob(hidden_states[:, keep, :])
         if loss is not None:
-            if outputs.jacobian_loss is not None and self.config.jacobian_reg_weight > 0:
-                loss = loss + self.config.jacobian_reg_weight * outputs.jacobian_loss
+            share = None
+            if num_items_in_batch is not None:
+                targets = shift_labels if shift_labels is not None else labels[:, 1:]
+                share = accumulation_share(targets.ne(-100).sum(), num_items_in_batch)
+            loss = add_jacobian_loss(loss, outputs.jacobian_loss, self.config.jacobian_reg_weight, share)
         output = DEQCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -596,12 +624,6 @@ class DEQTransformerForCausalLM(DEQTransformerPreTrainedModel, GenerationMixin):
             **{CACHE_FIELD: outputs.get(CACHE_FIELD)},
         )
         return output if return_dict is not False else output.to_tuple()
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Distinct trainable parameters (tied weights counted once)."""
-    seen = {id(p): p.numel() for p in model.parameters() if p.requires_grad}
-    return int(sum(seen.values()))
 
 
 __all__ = [

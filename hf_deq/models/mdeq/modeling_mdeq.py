@@ -9,17 +9,18 @@ then multiscale fusion. The state is packed into one ``(B, D)`` tensor for the s
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from ...deq import DEQFixedPoint, StateSpec, VariationalDropout, apply_weight_norm, pack_state, unpack_state
 from ...modeling_deq import DEQModelMixin
 from ...modeling_outputs import DEQImageClassifierOutput, DEQModelOutput
+from ...modeling_utils import accumulation_share, add_jacobian_loss, init_weight_norm_
 from .configuration_mdeq import MDEQConfig
 
 
@@ -300,13 +301,7 @@ class MDEQPreTrainedModel(DEQModelMixin, PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Conv2d):
-            if parametrize.is_parametrized(module, "weight"):  # weight norm: w = g * v / ||v||
-                g = module.parametrizations.weight.original0
-                v = module.parametrizations.weight.original1
-                init.kaiming_normal_(v, mode="fan_out", nonlinearity="relu")
-                init.copy_(g, torch.linalg.vector_norm(v.detach().flatten(1), dim=1).view_as(g))
-            else:
-                init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            init_weight_norm_(module, partial(init.kaiming_normal_, mode="fan_out", nonlinearity="relu"))
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
@@ -420,9 +415,11 @@ class MDEQModel(MDEQPreTrainedModel):
 class MDEQForImageClassification(MDEQPreTrainedModel):
     """``MDEQModel`` plus a linear classifier on its pooled features.
 
-    With ``labels`` the loss is cross-entropy (regression for ``num_labels == 1``, BCE for multi-label, following
-    ``config.problem_type`` as transformers' classifiers do), plus ``jacobian_reg_weight * jacobian_loss`` in
-    training when the Jacobian regularisation is on. ``solver_nstep`` and ``solver_residual`` are in every output.
+    With ``labels`` the loss is ``self.loss_function`` (transformers' ``ForSequenceClassificationLoss``, on float32
+    logits): cross-entropy, regression for ``num_labels == 1``, BCE for multi-label, following
+    ``config.problem_type`` as transformers' classifiers do; with ``num_items_in_batch`` (``Trainer`` with gradient
+    accumulation) the sum over this batch divided by it; plus ``jacobian_reg_weight * jacobian_loss`` in training
+    when the Jacobian regularisation is on. ``solver_nstep`` and ``solver_residual`` are in every output.
     """
 
     def __init__(self, config: MDEQConfig) -> None:
@@ -442,18 +439,17 @@ class MDEQForImageClassification(MDEQPreTrainedModel):
             else:
                 config.problem_type = "multi_label_classification"
         _check_labels(labels, logits, config.problem_type)
-        if config.problem_type == "regression":
-            return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
-        if config.problem_type == "multi_label_classification":
-            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        labels = labels.view(-1)
-        bad = labels[((labels < 0) | (labels >= self.num_labels)) & (labels != -100)]
-        if bad.numel():
-            raise ValueError(
-                f"label {int(bad[0])} is out of range: labels must be in [0, {self.num_labels - 1}] "
-                f"(config.num_labels={self.num_labels}) or -100 to ignore a sample"
-            )
-        return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+        if config.problem_type != "single_label_classification":
+            labels = labels.float()
+        else:
+            labels = labels.view(-1)
+            bad = labels[((labels < 0) | (labels >= self.num_labels)) & (labels != -100)]
+            if bad.numel():
+                raise ValueError(
+                    f"label {int(bad[0])} is out of range: labels must be in [0, {self.num_labels - 1}] "
+                    f"(config.num_labels={self.num_labels}) or -100 to ignore a sample"
+                )
+        return self.loss_function(labels=labels, pooled_logits=logits.float(), config=config)
 
     def forward(
         self,
@@ -461,6 +457,7 @@ class MDEQForImageClassification(MDEQPreTrainedModel):
         labels: Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: int | Tensor | None = None,
         **kwargs,
     ) -> DEQImageClassifierOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -468,11 +465,16 @@ class MDEQForImageClassification(MDEQPreTrainedModel):
             output_hidden_states = self.config.output_hidden_states
         outputs = self.mdeq(pixel_values, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
-        loss = None
+        loss = share = None
         if labels is not None:
-            loss = self._classification_loss(logits, labels.to(logits.device))
-            if outputs.jacobian_loss is not None and self.config.jacobian_reg_weight > 0:
-                loss = loss + self.config.jacobian_reg_weight * outputs.jacobian_loss
+            labels = labels.to(logits.device)
+            loss = self._classification_loss(logits, labels)
+            if num_items_in_batch is not None:  # Trainer, gradient accumulation: sum / num_items_in_batch
+                single = self.config.problem_type == "single_label_classification"
+                num_items = labels.ne(-100).sum() if single else labels.numel()
+                share = accumulation_share(num_items, num_items_in_batch)
+                loss = loss * share
+            loss = add_jacobian_loss(loss, outputs.jacobian_loss, self.config.jacobian_reg_weight, share)
         output = DEQImageClassifierOutput(
             loss=loss,
             logits=logits,
