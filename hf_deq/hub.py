@@ -657,7 +657,7 @@ def _is_hub_dataset(name: Any) -> bool:
 DEQ_FIELDS = (
     "solver", "solver_kwargs", "solver_max_iter", "solver_eval_max_iter", "solver_tol", "solver_stop_mode",
     "solver_on_failure", "grad_estimator", "grad_steps", "grad_damping", "grad_solver", "grad_max_iter", "grad_tol",
-    "jacobian_reg_weight",
+    "jacobian_reg_weight", "compile_cell",
 )  # fmt: skip
 _CONFIG_NOISE = {
     "architectures", "auto_map", "model_type", "transformers_version", "dtype", "torch_dtype", "id2label", "label2id",
