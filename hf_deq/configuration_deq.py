@@ -124,6 +124,8 @@ class DEQConfig(PreTrainedConfig):
         grad_max_iter: backward budget of ``"implicit"`` (``J^T v`` products).
         grad_tol: backward tolerance of ``"implicit"``.
         jacobian_reg_weight: weight of the Jacobian regularisation term added to the loss (0 = off).
+        compile_cell: evaluate the cell ``f`` through ``torch.compile`` in the solve and in the backward
+            (compiled once per input shape; ``DEQFixedPoint(compile_cell=True)``).
     """
 
     model_type = ""
@@ -135,6 +137,7 @@ class DEQConfig(PreTrainedConfig):
     solver_tol: float = 1e-3
     solver_stop_mode: str = "rel"
     solver_on_failure: str = "warn"
+    compile_cell: bool = False
     grad_estimator: str = "upg"
     grad_steps: int = 5
     grad_damping: float = 0.5
@@ -178,6 +181,7 @@ class DEQConfig(PreTrainedConfig):
         "solver_tol",
         "solver_stop_mode",
         "solver_on_failure",
+        "compile_cell",
     )
     GRAD_FIELDS = ("grad_estimator", *GRAD_CONFIG_FIELDS.values())
     #: Every field read at run time: a change to one of them takes effect at the model's next forward.
@@ -212,6 +216,8 @@ class DEQConfig(PreTrainedConfig):
             raise self._error("solver_stop_mode", f"one of {list(STOP_MODES)}")
         if self.solver_on_failure not in FAILURE_MODES:
             raise self._error("solver_on_failure", f"one of {list(FAILURE_MODES)}")
+        if not isinstance(self.compile_cell, bool):
+            raise self._error("compile_cell", "True or False")
         estimators = available_grad_estimators()
         if not isinstance(self.grad_estimator, str) or normalize_name(self.grad_estimator) not in estimators:
             raise self._error("grad_estimator", f"one of {estimators}")

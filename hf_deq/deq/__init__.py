@@ -1,5 +1,6 @@
 """The DEQ engine: fixed-point solvers, gradient estimators and the equilibrium layer. Pure PyTorch."""
 
+from .compile import CompiledCell
 from .core import DEQConvergenceError, DEQFixedPoint, failed_samples, grad_estimator_from_fields
 from .dropout import VariationalDropout, new_dropout_masks
 from .grad import (
@@ -34,6 +35,7 @@ __all__ = [
     "GMRES",
     "Anderson",
     "Broyden",
+    "CompiledCell",
     "DEQConvergenceError",
     "DEQFixedPoint",
     "FixedPointFn",

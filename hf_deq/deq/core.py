@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .compile import CompiledCell
 from .dropout import new_dropout_masks
 from .grad import GRAD_ESTIMATORS, GradientEstimator, get_grad_estimator
 from .norm import norm_cache
@@ -94,6 +96,9 @@ class DEQFixedPoint(nn.Module):
         solver_kwargs: hyperparameters of a solver given by name.
         jacobian_reg_weight: when > 0, training forwards also compute ``result.jacobian_loss``.
         on_failure: ``"warn"``, ``"raise"`` or ``"ignore"``.
+        compile_cell: evaluate ``f`` through ``torch.compile`` (``CompiledCell``) in the solve, in every
+            estimator's backward and in the Jacobian term; compiled once per input shape.
+        compile_kwargs: passed to ``torch.compile`` when ``compile_cell`` (e.g. ``{"mode": "max-autotune"}``).
     """
 
     def __init__(
@@ -108,6 +113,8 @@ class DEQFixedPoint(nn.Module):
         solver_kwargs: dict[str, Any] | None = None,
         jacobian_reg_weight: float = 0.0,
         on_failure: str = "warn",
+        compile_cell: bool = False,
+        compile_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_solve_args(max_iter, tol, stop_mode)
@@ -121,6 +128,12 @@ class DEQFixedPoint(nn.Module):
             or not (jacobian_reg_weight >= 0)
         ):
             raise ValueError(f"jacobian_reg_weight must be a number >= 0, got {jacobian_reg_weight!r}")
+        if not isinstance(compile_cell, bool):
+            raise ValueError(f"compile_cell must be True or False, got {compile_cell!r}")
+        if compile_kwargs is not None and not isinstance(compile_kwargs, dict):
+            raise ValueError(
+                f"compile_kwargs must be a dict of torch.compile arguments or None, got {compile_kwargs!r}"
+            )
         self.solver = solver if isinstance(solver, Solver) else get_solver(solver, **(solver_kwargs or {}))
         if self.solver.affine_only:
             raise ValueError(
@@ -135,6 +148,12 @@ class DEQFixedPoint(nn.Module):
         self.jacobian_reg_weight = float(jacobian_reg_weight)
         self.on_failure = on_failure
         self._warned = False
+        self.compile_kwargs = compile_kwargs
+        self.compiled_cell = CompiledCell(compile_kwargs) if compile_cell else None
+
+    @property
+    def compile_cell(self) -> bool:
+        return self.compiled_cell is not None
 
     @classmethod
     def from_config(cls, config: Any) -> DEQFixedPoint:
@@ -152,6 +171,7 @@ class DEQFixedPoint(nn.Module):
             solver_kwargs=dict(config.solver_kwargs or {}),
             jacobian_reg_weight=config.jacobian_reg_weight,
             on_failure=config.solver_on_failure,
+            compile_cell=config.compile_cell,
         )
 
     def reconfigure(self, config: Any) -> None:
@@ -168,33 +188,43 @@ class DEQFixedPoint(nn.Module):
             "on_failure",
         ):
             setattr(self, name, getattr(fresh, name))
+        if fresh.compile_cell != self.compile_cell:  # an unchanged flag keeps the graphs compiled so far
+            self.compiled_cell = fresh.compiled_cell
 
     def forward(self, fn: FixedPointFn, z0: Tensor) -> tuple[Tensor, SolverResult]:
         new_dropout_masks()
         grad_needed = torch.is_grad_enabled()
         estimator = self.grad_estimator
+        cell = fn if self.compiled_cell is None else self.compiled_cell.wrap(fn)
+        cache = norm_cache if self.compiled_cell is None else contextlib.nullcontext
         if grad_needed and self.training and not estimator.needs_fixed_point:
-            with norm_cache():
-                z = estimator.attach(fn, z0)
-            result = self._stats_of(fn, z.detach(), getattr(estimator, "steps", 0))
+            with cache():
+                z = estimator.attach(cell, z0)
+            result = self._stats_of(cell, z.detach(), getattr(estimator, "steps", 0), cache)
         else:
             max_iter = self.max_iter if self.training or self.eval_max_iter is None else self.eval_max_iter
-            with norm_cache():
-                result = self.solver.solve(fn, z0, max_iter=max_iter, tol=self.tol, stop_mode=self.stop_mode)
+            with cache():
+                result = self.solver.solve(
+                    cell, z0, max_iter=max_iter, tol=self.tol, stop_mode=self.stop_mode
+                )
             self._check_failure(result)
             z = result.z.to(z0.dtype)
             if grad_needed:
-                with norm_cache():
-                    z = estimator.attach(fn, z)
+                with cache():
+                    z = estimator.attach(cell, z)
         if grad_needed and self.training and self.jacobian_reg_weight > 0:
-            with norm_cache():
-                z_in = z.detach().requires_grad_()
-                result = result.replace(jacobian_loss=jacobian_frobenius_loss(fn(z_in), z_in))
+            if self.compiled_cell is not None:
+                jacobian_loss = self.compiled_cell.jacobian_loss(fn, z.detach())
+            else:
+                with norm_cache():
+                    z_in = z.detach().requires_grad_()
+                    jacobian_loss = jacobian_frobenius_loss(fn(z_in), z_in)
+            result = result.replace(jacobian_loss=jacobian_loss)
         return z, result
 
-    def _stats_of(self, fn: FixedPointFn, z: Tensor, nstep: int) -> SolverResult:
+    def _stats_of(self, fn: FixedPointFn, z: Tensor, nstep: int, cache=norm_cache) -> SolverResult:
         """Residual of a state reached without the solver (unrolled warm-up)."""
-        with torch.no_grad(), norm_cache():
+        with torch.no_grad(), cache():
             abs_res, rel_res = residual_norms(fn(z), z)
         current = rel_res if self.stop_mode == "rel" else abs_res
         return SolverResult(
@@ -234,4 +264,5 @@ class DEQFixedPoint(nn.Module):
         return (
             f"solver={self.solver!r}, grad_estimator={self.grad_estimator!r}, max_iter={self.max_iter}, "
             f"tol={self.tol:g}, stop_mode={self.stop_mode!r}, eval_max_iter={self.eval_max_iter}"
+            + (", compile_cell=True" if self.compile_cell else "")
         )

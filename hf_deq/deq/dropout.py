@@ -42,6 +42,15 @@ class VariationalDropout(nn.Module):
         shape = [1 if i in self.broadcast_dims else s for i, s in enumerate(x.shape)]
         mask = self._mask
         if (
+            torch.compiler.is_compiling()
+            and mask is not None
+            and list(mask.shape) == shape
+            and mask.device == x.device
+        ):
+            # A compiled cell reads the mask its forward's first (eager) call drew; comparing generations here
+            # would make every forward a new graph (``CompiledCell``).
+            return x * mask.to(x.dtype)
+        if (
             mask is None
             or self._generation != _GENERATION
             or list(mask.shape) != shape
