@@ -10,6 +10,7 @@ from .base import (
     FixedPointFn,
     Solver,
     call_fn,
+    check_check_every,
     difference_norms,
     no_autocast,
     residual_norms,
@@ -49,12 +50,21 @@ class Anderson(Solver):
         memory: number of past iterates kept (``m``).
         regularization: Tikhonov weight on the diagonally scaled (unit-diagonal) system.
         mixing: ``beta`` in ``(0, 1]``.
+        check_every: the host reads the stop test every this many evaluations; ``None`` (or 0): only at the
+            end of ``max_iter`` (see ``hf_deq.deq.solvers.base``).
     """
 
-    def __init__(self, memory: int = 5, regularization: float = 1e-4, mixing: float = 1.0) -> None:
+    def __init__(
+        self,
+        memory: int = 5,
+        regularization: float = 1e-4,
+        mixing: float = 1.0,
+        check_every: int | None = 1,
+    ) -> None:
         self.memory = _check_int("Anderson.memory", memory, 1)
         self.regularization = _check_float("Anderson.regularization", regularization, 0.0, float("inf"))
         self.mixing = _check_float("Anderson.mixing", mixing, 0.0, 1.0, low_open=True)
+        self.check_every = check_check_every("Anderson", check_every)
 
     def _solve(self, fn: FixedPointFn, z0: Tensor, max_iter: int, tracker: BestIterateTracker) -> None:
         batch, dim = z0.shape
@@ -80,7 +90,7 @@ class Anderson(Solver):
                     abs_res, rel_res = residual_norms(fx, z)
             # Iterates after the first are this solver's own tensors and never modified in place.
             done = tracker.update(z, abs_res, rel_res, owned=k > 0)
-            if bool(done.all()) or k == max_iter - 1:
+            if k == max_iter - 1 or tracker.should_stop(done):
                 return
             with no_autocast(x.device):
                 x = restart_nonfinite(self._step(x, k, fs, gs, gram), tracker)

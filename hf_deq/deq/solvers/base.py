@@ -3,6 +3,15 @@
 A solver finds ``z* = f(z*)`` for a batch of states ``z`` of shape ``(B, D)`` (DEQ paper, Bai et al. 2019,
 eq. 2). Every sample stops on its own: the batch stops once all samples are below ``tol``, and each sample
 reports the best (lowest-residual) iterate it saw, with the step at which it was seen.
+
+How often the host looks at the stop test is a solver hyperparameter, ``check_every``. With 1 (the default)
+the batch stops right after the first evaluation at which every sample is below ``tol``. With ``k > 1`` the
+stop test stays on the device and the host reads it only every ``k`` evaluations; with ``None`` (or 0) it
+never reads it and the whole budget runs. Between two reads the loop makes no host synchronisation and no
+data-dependent Python branch (CUDA-graph friendly). The per-sample statistics do not depend on
+``check_every``: once every sample is below ``tol`` the bookkeeping freezes on the device, so ``z``,
+``nstep``, the residuals and ``converged`` are those of the evaluation at which the batch converged; only
+``nfev`` (and ``trace``) count the extra evaluations.
 """
 
 from __future__ import annotations
@@ -66,6 +75,18 @@ def check_solve_args(max_iter: int, tol: float, stop_mode: str) -> None:
         raise ValueError(f"stop_mode must be one of {list(STOP_MODES)}, got {stop_mode!r}")
 
 
+def check_check_every(owner: str, value: object) -> int | None:
+    """Validate a solver's ``check_every``: an integer >= 1, or ``None``/0 for "only at the end"."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"{owner}.check_every must be an integer >= 1 (host reads the stop test every that many "
+            f"evaluations) or None/0 (never; run max_iter), got {value!r}"
+        )
+    return value
+
+
 def residual_norms(fz: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample absolute and relative residual of ``z`` given ``fz = f(z)``, in float32 or wider.
 
@@ -96,12 +117,24 @@ def host_sync_is_free(t: Tensor) -> bool:
 
 
 class BestIterateTracker:
-    """Keeps, per sample, the lowest-residual iterate seen so far and the step it was seen at."""
+    """Keeps, per sample, the lowest-residual iterate seen so far and the step it was seen at.
 
-    def __init__(self, z0: Tensor, stop_mode: str, tol: float, keep_trace: bool) -> None:
+    With ``check_every != 1`` (see the module docstring) it also keeps ``running``, a device flag that turns
+    off at the evaluation where every sample is below ``tol``; later evaluations then change nothing, and
+    every update is branch-free (no host read).
+    """
+
+    def __init__(
+        self, z0: Tensor, stop_mode: str, tol: float, keep_trace: bool, check_every: int | None = 1
+    ) -> None:
         batch = z0.shape[0]
         self.stop_mode = stop_mode
         self.tol = tol
+        self.check_every = check_every
+        self.sync_free = check_every != 1
+        self.running = torch.ones((), dtype=torch.bool, device=z0.device) if self.sync_free else None
+        #: True where the solver may branch on tensor values (CPU, host checked every evaluation).
+        self.may_branch = not self.sync_free and host_sync_is_free(z0)
         self.z = z0.detach().clone()
         self.abs = torch.full((batch,), float("inf"), device=z0.device)
         self.rel = torch.full((batch,), float("inf"), device=z0.device)
@@ -124,19 +157,36 @@ class BestIterateTracker:
         """
         current = rel_res if self.stop_mode == "rel" else abs_res
         improved = current < self.best
+        if self.running is not None:
+            improved = improved & self.running
         self._update_z(z.detach(), improved, owned)
         self.abs = torch.where(improved, abs_res.to(self.abs.dtype), self.abs)
         self.rel = torch.where(improved, rel_res.to(self.rel.dtype), self.rel)
         self.nstep = torch.where(improved, torch.full_like(self.nstep, self.nfev), self.nstep)
         if self.trace is not None:
             self.trace.append(current.detach().clone())
-        return self.best <= self.tol
+        done = self.best <= self.tol
+        if self.running is not None:
+            self.running = self.running & ~done.all()
+        return done
+
+    def should_stop(self, done: Tensor) -> bool:
+        """Whether the solver stops after the evaluation just recorded (``done`` is what ``update`` returned).
+
+        ``check_every == 1``: every sample is below ``tol`` (one host read). Otherwise the host reads the
+        device flag only every ``check_every`` evaluations, and never with ``None``/0.
+        """
+        if not self.sync_free:
+            return bool(done.all())
+        if not self.check_every or self.nfev % self.check_every:
+            return False
+        return not bool(self.running)
 
     def _update_z(self, z: Tensor, improved: Tensor, owned: bool) -> None:
         """``self.z`` is always writable: the tracker's own buffer or an iterate handed over by the solver.
         Merges happen in place, so no step holds more than one best-iterate buffer."""
         z = z.to(self.z.dtype)
-        if not host_sync_is_free(z):
+        if not self.may_branch:
             torch.where(improved.unsqueeze(1), z, self.z, out=self.z)  # branch-free: no synchronisation
         elif bool(improved.all()):  # the common case on CPU
             if owned:
@@ -170,6 +220,9 @@ class Solver:
     #: True for solvers that are only correct on affine maps ``f(z) = A z + b`` (e.g. GMRES). They serve the
     #: linear backward problem of implicit differentiation and are refused as forward solvers.
     affine_only: bool = False
+    #: How often the host reads the stop test (module docstring); solvers that support other values take it
+    #: as a constructor argument.
+    check_every: int | None = 1
 
     def solve(
         self,
@@ -186,7 +239,7 @@ class Solver:
         if z0.dim() != 2:
             raise ValueError(f"z0 must have shape (batch, dim), got shape {tuple(z0.shape)}")
         with torch.no_grad():
-            tracker = BestIterateTracker(z0, stop_mode, float(tol), return_trace)
+            tracker = BestIterateTracker(z0, stop_mode, float(tol), return_trace, self.check_every)
             self._solve(fn, z0.detach(), max_iter, tracker)
             return tracker.result()
 
@@ -251,7 +304,7 @@ def restart_nonfinite(z_next: Tensor, tracker: BestIterateTracker) -> Tensor:
     # On CPU, first a cheap screen: a finite per-sample sum implies finite entries, and in the common case
     # the iterate is returned as it is (no copy). A non-finite sum (a non-finite entry, or an overflowing sum
     # of huge ones) falls through to the exact per-entry test.
-    if host_sync_is_free(z_next) and bool(torch.isfinite(z_next.sum(dim=1)).all()):
+    if tracker.may_branch and bool(torch.isfinite(z_next.sum(dim=1)).all()):
         return z_next
     finite = torch.isfinite(z_next).all(dim=1, keepdim=True)
     return torch.where(finite, z_next, tracker.z.to(z_next.dtype))

@@ -11,6 +11,7 @@ from .base import (
     FixedPointFn,
     Solver,
     call_fn,
+    check_check_every,
     difference_norms,
     no_autocast,
     residual_norms,
@@ -29,11 +30,14 @@ class Broyden(Solver):
     Args:
         memory: number of rank-one updates kept.
         step_size: scale of the quasi-Newton step ``-step_size * B g``.
+        check_every: the host reads the stop test every this many evaluations; ``None`` (or 0): only at the
+            end of ``max_iter`` (see ``hf_deq.deq.solvers.base``).
     """
 
-    def __init__(self, memory: int = 20, step_size: float = 1.0) -> None:
+    def __init__(self, memory: int = 20, step_size: float = 1.0, check_every: int | None = 1) -> None:
         self.memory = _check_int("Broyden.memory", memory, 1)
         self.step_size = _check_float("Broyden.step_size", step_size, 0.0, 1.0, low_open=True)
+        self.check_every = check_check_every("Broyden", check_every)
 
     def _solve(self, fn: FixedPointFn, z0: Tensor, max_iter: int, tracker: BestIterateTracker) -> None:
         batch, dim = z0.shape
@@ -46,7 +50,7 @@ class Broyden(Solver):
         b_g = -g  # B g with B = -I
         n_updates = 0
         for _ in range(max_iter - 1):
-            if bool(done.all()):
+            if tracker.should_stop(done):
                 return
             with no_autocast(x.device):
                 # x - b_g is exactly x + (-1 * b_g), the step with step_size 1.
