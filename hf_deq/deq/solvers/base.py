@@ -106,6 +106,14 @@ def difference_norms(diff: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
     return torch.nan_to_num(abs_res, nan=inf, posinf=inf), torch.nan_to_num(rel_res, nan=inf, posinf=inf)
 
 
+def squared_norm_residuals(sq_norm: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
+    """``residual_norms`` from a precomputed ``||f(z) - z||^2`` (e.g. a Gram diagonal) and ``f(z)``."""
+    abs_res = sq_norm.sqrt()
+    rel_res = abs_res / (torch.linalg.vector_norm(fz.flatten(1), dim=1) + _EPS)
+    inf = float("inf")
+    return torch.nan_to_num(abs_res, nan=inf, posinf=inf), torch.nan_to_num(rel_res, nan=inf, posinf=inf)
+
+
 def host_sync_is_free(t: Tensor) -> bool:
     """True where reading a tensor's value on the host costs no device synchronisation (CPU tensors).
 
@@ -256,6 +264,14 @@ def no_autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
+def solver_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """``no_autocast`` where autocast is on when the solve starts, else a no-op context (entering autocast's
+    context every step costs more than some of the small steps themselves). Reusable within one solve."""
+    if torch.is_autocast_enabled(device.type):
+        return no_autocast(device)
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def small_solve_threads(device: torch.device) -> Iterator[None]:
     """Run a tiny batched LAPACK call (Anderson's or GMRES's few-by-few systems) on one CPU thread.
@@ -297,6 +313,14 @@ def evaluate(
     abs_res, rel_res = residual_norms(fz, z)
     done = tracker.update(z, abs_res, rel_res, owned=owned)
     return fz, done
+
+
+def restart_where(z_next: Tensor, finite: Tensor, tracker: BestIterateTracker) -> Tensor:
+    """Replace the samples of ``z_next`` where ``finite`` (``(B,)`` bool, known to the solver) is false by
+    their best iterate so far; without a host read unless the tracker may branch (then no copy either)."""
+    if tracker.may_branch and bool(finite.all()):
+        return z_next
+    return torch.where(finite.unsqueeze(1), z_next, tracker.z.to(z_next.dtype))
 
 
 def restart_nonfinite(z_next: Tensor, tracker: BestIterateTracker) -> Tensor:
