@@ -8,6 +8,7 @@ from torch import Tensor
 from .base import (
     BestIterateTracker,
     FixedPointFn,
+    IterateBuffers,
     Solver,
     call_fn,
     check_check_every,
@@ -87,6 +88,7 @@ class Anderson(Solver):
         reg = self.regularization + 1e-10
         guard = solver_precision(device)
         x = z0.to(work)
+        iterates = IterateBuffers(x)
         for k in range(max_iter):
             z = x.to(z0.dtype)
             fx = call_fn(fn, z, tracker)
@@ -104,7 +106,7 @@ class Anderson(Solver):
                     abs_res, rel_res = squared_norm_residuals(sq_norm, f_slot)
                 else:
                     abs_res, rel_res = residual_norms(fx, z)
-            # Iterates after the first are this solver's own tensors and never modified in place.
+            # Iterates after the first are this solver's own buffers, not written while the tracker holds them.
             done = tracker.update(z, abs_res, rel_res, owned=k > 0)
             if k == max_iter - 1 or tracker.should_stop(done):
                 return
@@ -120,9 +122,11 @@ class Anderson(Solver):
                 system[:, slot + 1, 0] = s_new
                 alpha = self._coefficients(system[:, : n + 1, : n + 1], rhs[:, : n + 1], scale[:, :n])
                 alpha = torch.where(alpha[1], alpha[0], onehot[slot, :n])
-                x_next = torch.bmm(alpha.unsqueeze(1), fs[:, :n]).squeeze(1)
+                x_next = iterates.take(tracker, x)
+                alpha = alpha.unsqueeze(1)
+                torch.bmm(alpha, fs[:, :n], out=x_next.unsqueeze(1))
                 if self.mixing != 1.0:
-                    x_next -= (1.0 - self.mixing) * torch.bmm(alpha.unsqueeze(1), gs[:, :n]).squeeze(1)
+                    x_next.unsqueeze(1).baddbmm_(alpha, gs[:, :n], alpha=-(1.0 - self.mixing))
                 # x_next mixes every stored f: it is finite where they all are (a cheap per-sample test).
                 x = restart_where(x_next, finite[:, :n].all(dim=1), tracker)
 

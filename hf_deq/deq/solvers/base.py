@@ -159,8 +159,9 @@ class BestIterateTracker:
 
         By default the improved samples of ``z`` are copied into the tracker's own buffer, so a solver may
         reuse or modify ``z`` afterwards. ``owned=True`` hands ``z`` over: the calling solver promises that
-        ``z`` is a tensor it created, shares no storage with the caller's ``z0``, and that it neither modifies
-        ``z`` nor reads it after its next evaluation has been recorded. The tracker may then keep ``z`` itself
+        ``z`` is a tensor it created, shares no storage with the caller's ``z0``, that it does not modify
+        ``z`` while the tracker holds it (``tracker.z is z``; ``IterateBuffers`` makes sure of that) and does
+        not read it after its next evaluation has been recorded. The tracker may then keep ``z`` itself
         instead of a copy, and later merge better samples into it in place.
         """
         current = rel_res if self.stop_mode == "rel" else abs_res
@@ -315,12 +316,40 @@ def evaluate(
     return fz, done
 
 
+class IterateBuffers:
+    """Preallocated ``(B, D)`` buffers that a solver writes its iterates into, in turn.
+
+    A fresh multi-megabyte tensor every step costs page faults on first touch (on CPU, a batched product
+    into a new output took twice as long as into a reused one). ``take`` returns a buffer that is neither
+    the tracker's best iterate (which the tracker may hold, see ``BestIterateTracker.update``) nor any of
+    the solver's tensors still in use.
+    """
+
+    def __init__(self, like: Tensor, count: int = 3) -> None:
+        self.buffers = [torch.empty_like(like) for _ in range(count)]
+
+    def take(self, tracker: BestIterateTracker, *in_use: Tensor) -> Tensor:
+        busy = {tracker.z.data_ptr(), *(t.data_ptr() for t in in_use)}
+        for buffer in self.buffers:
+            if buffer.data_ptr() not in busy:
+                return buffer
+        raise RuntimeError("IterateBuffers: every buffer is in use; create it with a larger count")
+
+
 def restart_where(z_next: Tensor, finite: Tensor, tracker: BestIterateTracker) -> Tensor:
-    """Replace the samples of ``z_next`` where ``finite`` (``(B,)`` bool, known to the solver) is false by
-    their best iterate so far; without a host read unless the tracker may branch (then no copy either)."""
+    """Replace, in place, the samples of ``z_next`` where ``finite`` (``(B,)`` bool, known to the solver)
+    is false by their best iterate so far; without a host read unless the tracker may branch."""
     if tracker.may_branch and bool(finite.all()):
         return z_next
-    return torch.where(finite.unsqueeze(1), z_next, tracker.z.to(z_next.dtype))
+    return torch.where(finite.unsqueeze(1), z_next, tracker.z.to(z_next.dtype), out=z_next)
+
+
+def sanitize(t: Tensor, finite: Tensor, tracker: BestIterateTracker) -> None:
+    """Zero, in place, the non-finite entries of the samples of ``t`` where ``finite`` (``(B,)``) is false,
+    so that they cannot poison products with other vectors; a no-op on CPU when every sample is finite."""
+    if tracker.may_branch and bool(finite.all()):
+        return
+    torch.nan_to_num_(t, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def restart_nonfinite(z_next: Tensor, tracker: BestIterateTracker) -> Tensor:
