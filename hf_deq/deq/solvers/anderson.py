@@ -74,8 +74,8 @@ class Anderson(Solver):
         work = torch.promote_types(z0.dtype, torch.float32)
         # Ring buffers of f(x_i) and g_i = f(x_i) - x_i (x_i = f_i - g_i need not be stored). Slots are
         # written before they are read, so they need no initialisation.
-        fs = torch.empty(batch, m, dim, dtype=work, device=device)
-        gs = torch.empty_like(fs)
+        fs = self.workspace("fs", (batch, m, dim), work, device)
+        gs = self.workspace("gs", (batch, m, dim), work, device)
         # The scaled, regularised bordered system of _coefficients, kept up to date one row and column per
         # step: with s_i = (g_i . g_i)^(-1/2) fixed once slot i is written, the entries s_i (g_i . g_j) s_j of
         # the older slots do not change.
@@ -88,7 +88,7 @@ class Anderson(Solver):
         reg = self.regularization + 1e-10
         guard = solver_precision(device)
         x = z0.to(work)
-        iterates = IterateBuffers(x)
+        iterates = IterateBuffers(self, x)
         for k in range(max_iter):
             z = x.to(z0.dtype)
             fx = call_fn(fn, z, tracker)

@@ -50,10 +50,10 @@ class Broyden(Solver):
         # Rows 0 and 1: the latest residual g and y = g - g_previous (which is which alternates, so that
         # neither is ever copied); row 2: b = B g; rows 3 + 2i and 4 + 2i: u_i and v_i. Only the first
         # 3 + 2 min(n_updates, memory) rows are ever read, and each is written first.
-        rows = torch.empty(batch, 3 + 2 * m, dim, dtype=work, device=z0.device)
-        products = torch.empty(batch, 3, dim, dtype=work, device=z0.device)  # u', v', B+ g_new
+        rows = self.workspace("rows", (batch, 3 + 2 * m, dim), work, z0.device)
+        products = self.workspace("products", (batch, 3, dim), work, z0.device)  # u', v', B+ g_new
         x = z0.to(work)
-        iterates = IterateBuffers(x)
+        iterates = IterateBuffers(self, x)
         z = x.to(z0.dtype)
         fx = call_fn(fn, z, tracker)
         g_at = 0
