@@ -439,3 +439,28 @@ def test_solve_rejects_bad_state_shape():
 def test_solver_base_is_abstract():
     with pytest.raises(NotImplementedError):
         Solver().solve(lambda z: z, torch.zeros(1, 2), max_iter=1, tol=0.0)
+
+
+@pytest.mark.parametrize("name", FORWARD_SOLVERS)
+def test_reused_solver_returns_independent_results(name, gen):
+    """A solver keeps its CPU buffers for the next solve: a result must not share memory with them, so a
+    later solve on another input leaves the earlier result as it was; copies of the solver carry no buffers."""
+    import copy
+    import pickle
+
+    dim = 6
+    w = contraction(dim, 0.7, gen)
+    x1 = torch.randn(3, dim, generator=gen, dtype=torch.float64)
+    x2 = torch.randn(3, dim, generator=gen, dtype=torch.float64)
+    solver = get_solver(name)
+    z0 = torch.zeros(3, dim, dtype=torch.float64)
+    first = solver.solve(lambda z: torch.tanh(z @ w.T + x1), z0, max_iter=40, tol=1e-10)
+    kept = first.z.clone()
+    second = solver.solve(lambda z: torch.tanh(z @ w.T + x2), z0, max_iter=40, tol=1e-10)
+    assert torch.equal(first.z, kept)
+    assert not torch.allclose(first.z, second.z)
+    fresh = get_solver(name).solve(lambda z: torch.tanh(z @ w.T + x2), z0, max_iter=40, tol=1e-10)
+    torch.testing.assert_close(second.z, fresh.z, rtol=0, atol=0)
+    for clone in (copy.deepcopy(solver), pickle.loads(pickle.dumps(solver))):
+        assert not any(isinstance(v, (dict, torch.Tensor)) for v in vars(clone).values())
+        assert repr(clone) == repr(solver)

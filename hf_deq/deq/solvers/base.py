@@ -3,6 +3,15 @@
 A solver finds ``z* = f(z*)`` for a batch of states ``z`` of shape ``(B, D)`` (DEQ paper, Bai et al. 2019,
 eq. 2). Every sample stops on its own: the batch stops once all samples are below ``tol``, and each sample
 reports the best (lowest-residual) iterate it saw, with the step at which it was seen.
+
+How often the host looks at the stop test is a solver hyperparameter, ``check_every``. With 1 (the default)
+the batch stops right after the first evaluation at which every sample is below ``tol``. With ``k > 1`` the
+stop test stays on the device and the host reads it only every ``k`` evaluations; with ``None`` (or 0) it
+never reads it and the whole budget runs. Between two reads the loop makes no host synchronisation and no
+data-dependent Python branch (CUDA-graph friendly). The per-sample statistics do not depend on
+``check_every``: once every sample is below ``tol`` the bookkeeping freezes on the device, so ``z``,
+``nstep``, the residuals and ``converged`` are those of the evaluation at which the batch converged; only
+``nfev`` (and ``trace``) count the extra evaluations.
 """
 
 from __future__ import annotations
@@ -66,6 +75,18 @@ def check_solve_args(max_iter: int, tol: float, stop_mode: str) -> None:
         raise ValueError(f"stop_mode must be one of {list(STOP_MODES)}, got {stop_mode!r}")
 
 
+def check_check_every(owner: str, value: object) -> int | None:
+    """Validate a solver's ``check_every``: an integer >= 1, or ``None``/0 for "only at the end"."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"{owner}.check_every must be an integer >= 1 (host reads the stop test every that many "
+            f"evaluations) or None/0 (never; run max_iter), got {value!r}"
+        )
+    return value
+
+
 def residual_norms(fz: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample absolute and relative residual of ``z`` given ``fz = f(z)``, in float32 or wider.
 
@@ -85,6 +106,14 @@ def difference_norms(diff: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
     return torch.nan_to_num(abs_res, nan=inf, posinf=inf), torch.nan_to_num(rel_res, nan=inf, posinf=inf)
 
 
+def squared_norm_residuals(sq_norm: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
+    """``residual_norms`` from a precomputed ``||f(z) - z||^2`` (e.g. a Gram diagonal) and ``f(z)``."""
+    abs_res = sq_norm.sqrt()
+    rel_res = abs_res / (torch.linalg.vector_norm(fz.flatten(1), dim=1) + _EPS)
+    inf = float("inf")
+    return torch.nan_to_num(abs_res, nan=inf, posinf=inf), torch.nan_to_num(rel_res, nan=inf, posinf=inf)
+
+
 def host_sync_is_free(t: Tensor) -> bool:
     """True where reading a tensor's value on the host costs no device synchronisation (CPU tensors).
 
@@ -96,12 +125,24 @@ def host_sync_is_free(t: Tensor) -> bool:
 
 
 class BestIterateTracker:
-    """Keeps, per sample, the lowest-residual iterate seen so far and the step it was seen at."""
+    """Keeps, per sample, the lowest-residual iterate seen so far and the step it was seen at.
 
-    def __init__(self, z0: Tensor, stop_mode: str, tol: float, keep_trace: bool) -> None:
+    With ``check_every != 1`` (see the module docstring) it also keeps ``running``, a device flag that turns
+    off at the evaluation where every sample is below ``tol``; later evaluations then change nothing, and
+    every update is branch-free (no host read).
+    """
+
+    def __init__(
+        self, z0: Tensor, stop_mode: str, tol: float, keep_trace: bool, check_every: int | None = 1
+    ) -> None:
         batch = z0.shape[0]
         self.stop_mode = stop_mode
         self.tol = tol
+        self.check_every = check_every
+        self.sync_free = check_every != 1
+        self.running = torch.ones((), dtype=torch.bool, device=z0.device) if self.sync_free else None
+        #: True where the solver may branch on tensor values (CPU, host checked every evaluation).
+        self.may_branch = not self.sync_free and host_sync_is_free(z0)
         self.z = z0.detach().clone()
         self.abs = torch.full((batch,), float("inf"), device=z0.device)
         self.rel = torch.full((batch,), float("inf"), device=z0.device)
@@ -118,25 +159,43 @@ class BestIterateTracker:
 
         By default the improved samples of ``z`` are copied into the tracker's own buffer, so a solver may
         reuse or modify ``z`` afterwards. ``owned=True`` hands ``z`` over: the calling solver promises that
-        ``z`` is a tensor it created, shares no storage with the caller's ``z0``, and that it neither modifies
-        ``z`` nor reads it after its next evaluation has been recorded. The tracker may then keep ``z`` itself
+        ``z`` is a tensor it created, shares no storage with the caller's ``z0``, that it does not modify
+        ``z`` while the tracker holds it (``tracker.z is z``; ``IterateBuffers`` makes sure of that) and does
+        not read it after its next evaluation has been recorded. The tracker may then keep ``z`` itself
         instead of a copy, and later merge better samples into it in place.
         """
         current = rel_res if self.stop_mode == "rel" else abs_res
         improved = current < self.best
+        if self.running is not None:
+            improved = improved & self.running
         self._update_z(z.detach(), improved, owned)
         self.abs = torch.where(improved, abs_res.to(self.abs.dtype), self.abs)
         self.rel = torch.where(improved, rel_res.to(self.rel.dtype), self.rel)
         self.nstep = torch.where(improved, torch.full_like(self.nstep, self.nfev), self.nstep)
         if self.trace is not None:
             self.trace.append(current.detach().clone())
-        return self.best <= self.tol
+        done = self.best <= self.tol
+        if self.running is not None:
+            self.running = self.running & ~done.all()
+        return done
+
+    def should_stop(self, done: Tensor) -> bool:
+        """Whether the solver stops after the evaluation just recorded (``done`` is what ``update`` returned).
+
+        ``check_every == 1``: every sample is below ``tol`` (one host read). Otherwise the host reads the
+        device flag only every ``check_every`` evaluations, and never with ``None``/0.
+        """
+        if not self.sync_free:
+            return bool(done.all())
+        if not self.check_every or self.nfev % self.check_every:
+            return False
+        return not bool(self.running)
 
     def _update_z(self, z: Tensor, improved: Tensor, owned: bool) -> None:
         """``self.z`` is always writable: the tracker's own buffer or an iterate handed over by the solver.
         Merges happen in place, so no step holds more than one best-iterate buffer."""
         z = z.to(self.z.dtype)
-        if not host_sync_is_free(z):
+        if not self.may_branch:
             torch.where(improved.unsqueeze(1), z, self.z, out=self.z)  # branch-free: no synchronisation
         elif bool(improved.all()):  # the common case on CPU
             if owned:
@@ -170,6 +229,9 @@ class Solver:
     #: True for solvers that are only correct on affine maps ``f(z) = A z + b`` (e.g. GMRES). They serve the
     #: linear backward problem of implicit differentiation and are refused as forward solvers.
     affine_only: bool = False
+    #: How often the host reads the stop test (module docstring); solvers that support other values take it
+    #: as a constructor argument.
+    check_every: int | None = 1
 
     def solve(
         self,
@@ -186,12 +248,42 @@ class Solver:
         if z0.dim() != 2:
             raise ValueError(f"z0 must have shape (batch, dim), got shape {tuple(z0.shape)}")
         with torch.no_grad():
-            tracker = BestIterateTracker(z0, stop_mode, float(tol), return_trace)
-            self._solve(fn, z0.detach(), max_iter, tracker)
+            tracker = BestIterateTracker(z0, stop_mode, float(tol), return_trace, self.check_every)
+            self.__dict__["_solving"] = self.__dict__.get("_solving", 0) + 1
+            try:
+                self._solve(fn, z0.detach(), max_iter, tracker)
+            finally:
+                self._solving -= 1
+            kept = self.__dict__.get("_workspace", {}).values()
+            if any(tracker.z.data_ptr() == buffer.data_ptr() for buffer in kept):
+                tracker.z = tracker.z.clone()  # the next solve reuses the buffer
             return tracker.result()
 
     def _solve(self, fn: FixedPointFn, z0: Tensor, max_iter: int, tracker: BestIterateTracker) -> None:
         raise NotImplementedError
+
+    def workspace(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
+        """An uninitialised buffer for the solve in progress.
+
+        On CPU it is kept on the solver for the next solve of the same shape: the CPU allocator hands every
+        large tensor fresh pages, and touching them first costs about as much as a pass over the history
+        (a new 4 MiB output made a subtraction ~4x slower). On accelerators (whose caching allocators reuse
+        memory anyway) and in a nested solve with the same solver, the buffer is new. Never returned to the
+        caller: ``solve`` copies a best iterate out of it.
+        """
+        if device.type != "cpu" or self.__dict__.get("_solving", 0) > 1:
+            return torch.empty(shape, dtype=dtype, device=device)
+        kept = self.__dict__.setdefault("_workspace", {})
+        buffer = kept.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype or buffer.device != device:
+            buffer = kept[name] = torch.empty(shape, dtype=dtype, device=device)
+        return buffer
+
+    def __getstate__(self) -> dict:
+        """Pickled and deep-copied without the workspace buffers."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_workspace", "_solving")}
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -201,6 +293,14 @@ class Solver:
 def no_autocast(device: torch.device) -> torch.autocast:
     """A context in which the solver's own linear algebra runs at the state's precision, not autocast's."""
     return torch.autocast(device_type=device.type, enabled=False)
+
+
+def solver_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """``no_autocast`` where autocast is on when the solve starts, else a no-op context (entering autocast's
+    context every step costs more than some of the small steps themselves). Reusable within one solve."""
+    if torch.is_autocast_enabled(device.type):
+        return no_autocast(device)
+    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -246,12 +346,50 @@ def evaluate(
     return fz, done
 
 
+class IterateBuffers:
+    """Preallocated ``(B, D)`` buffers that a solver writes its iterates into, in turn.
+
+    A fresh multi-megabyte tensor every step costs page faults on first touch (on CPU, a batched product
+    into a new output took twice as long as into a reused one). ``take`` returns a buffer that is neither
+    the tracker's best iterate (which the tracker may hold, see ``BestIterateTracker.update``) nor any of
+    the solver's tensors still in use.
+    """
+
+    def __init__(self, solver: Solver, like: Tensor, count: int = 3) -> None:
+        self.buffers = [
+            solver.workspace(f"iterate{i}", tuple(like.shape), like.dtype, like.device) for i in range(count)
+        ]
+
+    def take(self, tracker: BestIterateTracker, *in_use: Tensor) -> Tensor:
+        busy = {tracker.z.data_ptr(), *(t.data_ptr() for t in in_use)}
+        for buffer in self.buffers:
+            if buffer.data_ptr() not in busy:
+                return buffer
+        raise RuntimeError("IterateBuffers: every buffer is in use; create it with a larger count")
+
+
+def restart_where(z_next: Tensor, finite: Tensor, tracker: BestIterateTracker) -> Tensor:
+    """Replace, in place, the samples of ``z_next`` where ``finite`` (``(B,)`` bool, known to the solver)
+    is false by their best iterate so far; without a host read unless the tracker may branch."""
+    if tracker.may_branch and bool(finite.all()):
+        return z_next
+    return torch.where(finite.unsqueeze(1), z_next, tracker.z.to(z_next.dtype), out=z_next)
+
+
+def sanitize(t: Tensor, finite: Tensor, tracker: BestIterateTracker) -> None:
+    """Zero, in place, the non-finite entries of the samples of ``t`` where ``finite`` (``(B,)``) is false,
+    so that they cannot poison products with other vectors; a no-op on CPU when every sample is finite."""
+    if tracker.may_branch and bool(finite.all()):
+        return
+    torch.nan_to_num_(t, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def restart_nonfinite(z_next: Tensor, tracker: BestIterateTracker) -> Tensor:
     """Replace samples whose next iterate is not finite by their best iterate so far."""
     # On CPU, first a cheap screen: a finite per-sample sum implies finite entries, and in the common case
     # the iterate is returned as it is (no copy). A non-finite sum (a non-finite entry, or an overflowing sum
     # of huge ones) falls through to the exact per-entry test.
-    if host_sync_is_free(z_next) and bool(torch.isfinite(z_next.sum(dim=1)).all()):
+    if tracker.may_branch and bool(torch.isfinite(z_next.sum(dim=1)).all()):
         return z_next
     finite = torch.isfinite(z_next).all(dim=1, keepdim=True)
     return torch.where(finite, z_next, tracker.z.to(z_next.dtype))

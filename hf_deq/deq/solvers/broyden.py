@@ -9,12 +9,15 @@ from .anderson import _check_float, _check_int
 from .base import (
     BestIterateTracker,
     FixedPointFn,
+    IterateBuffers,
     Solver,
     call_fn,
-    difference_norms,
-    no_autocast,
+    check_check_every,
     residual_norms,
-    restart_nonfinite,
+    restart_where,
+    sanitize,
+    solver_precision,
+    squared_norm_residuals,
 )
 
 
@@ -23,94 +26,130 @@ class Broyden(Solver):
 
     The inverse Jacobian of ``g`` is kept as ``B = -I + sum_i u_i v_i^T`` over at most ``memory`` rank-one
     updates in a ring buffer (the oldest is dropped when it is full), so the state is
-    ``2 x batch x memory x dim`` whatever ``max_iter`` is. Each step costs one ``B y`` and one ``x^T B``
-    product (``O(memory * D)``): ``B`` applied to the previous residual is reused from the previous step.
+    ``batch x (2 memory + 3) x dim`` whatever ``max_iter`` is. Each step makes two passes over the history
+    (``O(memory * D)``): one product for every dot product it needs, one for ``u``, ``v`` and the next
+    ``B g`` together (see ``_update``).
 
     Args:
         memory: number of rank-one updates kept.
         step_size: scale of the quasi-Newton step ``-step_size * B g``.
+        check_every: the host reads the stop test every this many evaluations; ``None`` (or 0): only at the
+            end of ``max_iter`` (see ``hf_deq.deq.solvers.base``).
     """
 
-    def __init__(self, memory: int = 20, step_size: float = 1.0) -> None:
+    def __init__(self, memory: int = 20, step_size: float = 1.0, check_every: int | None = 1) -> None:
         self.memory = _check_int("Broyden.memory", memory, 1)
         self.step_size = _check_float("Broyden.step_size", step_size, 0.0, 1.0, low_open=True)
+        self.check_every = check_check_every("Broyden", check_every)
 
     def _solve(self, fn: FixedPointFn, z0: Tensor, max_iter: int, tracker: BestIterateTracker) -> None:
         batch, dim = z0.shape
+        m, step = self.memory, self.step_size
         work = torch.promote_types(z0.dtype, torch.float32)
-        # Only the first min(n_updates, memory) slots are ever read, and each is written first.
-        us = torch.empty(batch, self.memory, dim, dtype=work, device=z0.device)
-        vs = torch.empty_like(us)
+        guard = solver_precision(z0.device)
+        # Rows 0 and 1: the latest residual g and y = g - g_previous (which is which alternates, so that
+        # neither is ever copied); row 2: b = B g; rows 3 + 2i and 4 + 2i: u_i and v_i. Only the first
+        # 3 + 2 min(n_updates, memory) rows are ever read, and each is written first.
+        rows = self.workspace("rows", (batch, 3 + 2 * m, dim), work, z0.device)
+        products = self.workspace("products", (batch, 3, dim), work, z0.device)  # u', v', B+ g_new
         x = z0.to(work)
-        g, done = self._evaluate(fn, x, z0.dtype, tracker, owned=False)
-        b_g = -g  # B g with B = -I
-        n_updates = 0
-        for _ in range(max_iter - 1):
-            if bool(done.all()):
-                return
-            with no_autocast(x.device):
-                # x - b_g is exactly x + (-1 * b_g), the step with step_size 1.
-                x_new = x - b_g if self.step_size == 1.0 else x + (-self.step_size * b_g)
-                x_new = restart_nonfinite(x_new, tracker)
-                dx = x_new - x
-            # x_new is this solver's own tensor and never modified in place.
-            g_new, done = self._evaluate(fn, x_new, z0.dtype, tracker, owned=True)
-            with no_autocast(x.device):
-                n = min(n_updates, self.memory)
-                b_g_new = self._apply(us[:, :n], vs[:, :n], g_new)  # B_old g_new
-                v = self._apply_transposed(us[:, :n], vs[:, :n], dx)  # dx^T B_old
-                denom = _dot(v, g_new - g)
-                safe = denom.abs() > 1e-20
-                # u = (dx - B_old (g_new - g)) / denom, zero where the update is unsafe or not finite.
-                # Dividing by +inf zeroes the unsafe rows (finite / inf = 0; the non-finite become NaN -> 0).
-                u = dx - (b_g_new - b_g)
-                u.div_(torch.where(safe, denom, torch.full_like(denom, float("inf"))))
-                torch.nan_to_num_(u, nan=0.0, posinf=0.0, neginf=0.0)
-                # B_new = B_old + u v^T, minus the oldest term once the ring buffer is full.
-                b_g = b_g_new.add_(u * _dot(v, g_new))
-                slot = n_updates % self.memory
-                if n_updates >= self.memory:
-                    b_g.sub_(us[:, slot] * _dot(vs[:, slot], g_new))
-                us[:, slot].copy_(u)
-                vs[:, slot].copy_(v)
-                n_updates += 1
-                x, g = x_new, g_new
-
-    @staticmethod
-    def _evaluate(
-        fn: FixedPointFn, x: Tensor, state_dtype: torch.dtype, tracker: BestIterateTracker, owned: bool
-    ) -> tuple[Tensor, Tensor]:
-        """Evaluate at ``x`` (cast to the state dtype), record the residual; return ``(g(x), done_mask)``
-        with ``g(x) = f(x) - x`` in the working dtype of ``x``."""
-        z = x.to(state_dtype)
+        iterates = IterateBuffers(self, x)
+        z = x.to(z0.dtype)
         fx = call_fn(fn, z, tracker)
-        with no_autocast(x.device):
-            f_work = fx.to(x.dtype)
-            g = f_work - x
-            if z is x and torch.promote_types(fx.dtype, torch.float32) == x.dtype:
-                abs_res, rel_res = difference_norms(g, f_work)  # g is exactly the residual f(z) - z
-            else:
-                abs_res, rel_res = residual_norms(fx, z)
-        return g, tracker.update(z, abs_res, rel_res, owned=owned)
+        g_at = 0
+        with guard:
+            g = torch.sub(fx, x, out=rows[:, g_at])
+            abs_res, rel_res = residual_norms(fx, z)
+            g_ok = abs_res < float("inf")
+            sanitize(g, g_ok, tracker)
+            torch.neg(g, out=rows[:, 2])  # B g with B = -I
+        done = tracker.update(z, abs_res, rel_res, owned=False)
+        n_updates = 0
+        for k in range(1, max_iter):
+            if tracker.should_stop(done):
+                return
+            with guard:
+                x_new = torch.add(x, rows[:, 2], alpha=-step, out=iterates.take(tracker, x))
+                x_new = restart_where(x_new, g_ok, tracker)
+            z = x_new.to(z0.dtype)
+            fx = call_fn(fn, z, tracker)
+            n = min(n_updates, m)
+            y_at, g_at = g_at, 1 - g_at
+            with guard:
+                g_new = torch.sub(fx, x_new, out=rows[:, g_at])
+                torch.sub(g_new, rows[:, y_at], out=rows[:, y_at])
+                # One product gives every dot product of the step: of g_new, y and b with g_new, y, b and
+                # each u_i, v_i.
+                dots = torch.bmm(rows[:, :3], rows[:, : 3 + 2 * n].transpose(1, 2))
+                if z is x_new and torch.promote_types(fx.dtype, torch.float32) == work:
+                    abs_res, rel_res = squared_norm_residuals(dots[:, g_at, g_at], fx)
+                else:
+                    abs_res, rel_res = residual_norms(fx, z)
+            # x_new is this solver's own buffer, not written while the tracker holds it.
+            done = tracker.update(z, abs_res, rel_res, owned=True)
+            if k == max_iter - 1:
+                return
+            with guard:
+                new_ok = abs_res < float("inf")
+                sanitize(rows[:, :2], new_ok, tracker)
+                dropped = n_updates % m if n == m else None
+                self._update(rows, products, dots, n, g_at, dropped, g_ok & new_ok, new_ok)
+            g_ok = new_ok
+            n_updates += 1
+            x = x_new
 
-    @staticmethod
-    def _apply(us: Tensor, vs: Tensor, y: Tensor) -> Tensor:
-        """``B y = -y + sum_i u_i (v_i . y)``."""
-        if us.shape[1] == 0:
-            return -y
-        # Products in (1, n) x (n, D) row form, ~2x faster on CPU than the (D, n) x (n, 1) column form.
-        coeff = torch.bmm(y.unsqueeze(1), vs.transpose(1, 2))  # (B, 1, n)
-        return torch.bmm(coeff, us).squeeze(1).sub_(y)
+    def _update(
+        self,
+        rows: Tensor,
+        products: Tensor,
+        dots: Tensor,
+        n: int,
+        g_at: int,
+        dropped: int | None,
+        ok: Tensor,
+        new_ok: Tensor,
+    ) -> None:
+        """The good-Broyden update of ``B`` after the step ``dx = -step_size B g`` (Sherman-Morrison):
+        ``B+ = B + u v^T`` with ``v = B^T dx``, ``u = (dx - B y) / (v . y)``, ``y = g_new - g``.
 
-    @staticmethod
-    def _apply_transposed(us: Tensor, vs: Tensor, y: Tensor) -> Tensor:
-        """``y^T B = -y + sum_i v_i (u_i . y)``."""
-        if us.shape[1] == 0:
-            return -y
-        coeff = torch.bmm(y.unsqueeze(1), us.transpose(1, 2))
-        return torch.bmm(coeff, vs).squeeze(1).sub_(y)
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample dot product ``(B, D) x (B, D) -> (B, 1)``."""
-    return (a * b).sum(dim=1, keepdim=True)
+        ``B^T dx = -s (-b + sum_i (u_i . b) v_i)`` and ``B y = -y + sum_i (v_i . y) u_i`` make every scalar a
+        combination of ``dots`` (``v . y = -s (-b . y + sum_i (u_i . b)(v_i . y))``, exactly 0 when ``y`` is),
+        so ``u``, ``v`` (stored as ``-s u`` and ``v / -s``: the same ``u v^T``) and ``B+ g_new`` are one
+        product of a ``(3, 3 + 2n)`` coefficient matrix with the rows, one more pass over the history. The
+        slot ``dropped`` (the oldest, once ``memory`` updates are kept) is replaced, and its term leaves
+        ``B+ g_new``. Updates that are not ``ok`` or not safe (``|v . y| <= 1e-20``) are skipped.
+        """
+        s = self.step_size
+        y_at = 1 - g_at
+        cols = 3 + 2 * n
+        okf = new_ok.to(rows.dtype).unsqueeze(1)
+        # Zero (not NaN) where g_new is not finite: those samples only keep b_new = B g_new (sanitised).
+        c1 = torch.nan_to_num(dots[:, g_at, 4:cols:2] * okf, nan=0.0)  # v_i . g_new
+        vy = torch.nan_to_num(dots[:, y_at, 4:cols:2] * okf, nan=0.0)  # v_i . y
+        c2 = dots[:, 2, 3:cols:2]  # u_i . b
+        q = (dots[:, 2, g_at] - (c1 * c2).sum(dim=1)) * s  # v . g_new
+        denom = (dots[:, 2, y_at] - (vy * c2).sum(dim=1)) * s  # v . y
+        ok = ok & (denom.abs() > 1e-20) & (denom.abs() < float("inf"))
+        r = torch.where(ok, denom.reciprocal(), 0.0)
+        qr = torch.where(ok, q, 0.0) * r
+        keep = ok.to(rows.dtype)
+        coeff = rows.new_zeros(rows.shape[0], 3, cols)
+        # u' = -s u = (-s / (v . y)) (-s b + y - sum_i (v_i . y) u_i)
+        coeff[:, 0, 2] = (s * s) * r
+        coeff[:, 0, y_at] = -s * r
+        # v' = v / -s = -b + sum_i (u_i . b) v_i
+        coeff[:, 1, 2] = -keep
+        # B+ g_new = -g_new + sum_i (v_i . g_new) u_i + (v . g_new) u  (- (v_o . g_new) u_o, dropped slot o)
+        coeff[:, 2, g_at] = -1.0
+        coeff[:, 2, 2] = -s * qr
+        coeff[:, 2, y_at] = qr
+        if n:
+            coeff[:, 0, 3:cols:2] = vy * (s * r).unsqueeze(1)
+            coeff[:, 1, 4:cols:2] = c2 * keep.unsqueeze(1)
+            coeff[:, 2, 3:cols:2] = c1 - vy * qr.unsqueeze(1)
+            if dropped is not None:
+                coeff[:, 2, 3 + 2 * dropped] -= c1[:, dropped]
+        torch.bmm(coeff, rows[:, :cols], out=products)
+        slot = n if dropped is None else dropped
+        rows[:, 3 + 2 * slot : 5 + 2 * slot].copy_(products[:, :2])
+        rows[:, 2].copy_(products[:, 2])

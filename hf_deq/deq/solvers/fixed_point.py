@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import BestIterateTracker, FixedPointFn, Solver, evaluate, restart_nonfinite
+from .base import (
+    BestIterateTracker,
+    FixedPointFn,
+    Solver,
+    check_check_every,
+    evaluate,
+    restart_nonfinite,
+)
 
 
 class FixedPointIteration(Solver):
@@ -12,18 +19,21 @@ class FixedPointIteration(Solver):
 
     Args:
         damping: step size in ``(0, 1]``; 1 is plain iteration.
+        check_every: the host reads the stop test every this many evaluations; ``None`` (or 0): only at the
+            end of ``max_iter`` (see ``hf_deq.deq.solvers.base``).
     """
 
-    def __init__(self, damping: float = 1.0) -> None:
+    def __init__(self, damping: float = 1.0, check_every: int | None = 1) -> None:
         if not isinstance(damping, (int, float)) or isinstance(damping, bool) or not 0 < damping <= 1:
             raise ValueError(f"FixedPointIteration.damping must be in (0, 1], got {damping!r}")
         self.damping = float(damping)
+        self.check_every = check_check_every("FixedPointIteration", check_every)
 
     def _solve(self, fn: FixedPointFn, z0: Tensor, max_iter: int, tracker: BestIterateTracker) -> None:
         z = z0
         for _ in range(max_iter):
             fz, done = evaluate(fn, z, tracker)
-            if bool(done.all()):
+            if tracker.should_stop(done):
                 return
             z_next = fz if self.damping == 1.0 else z + self.damping * (fz.to(z.dtype) - z)
             z = restart_nonfinite(z_next.to(z0.dtype), tracker)
