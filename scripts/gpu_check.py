@@ -3,6 +3,13 @@ through Accelerate. Prints step time, throughput, forward/backward time and peak
 
     python scripts/gpu_check.py                      # needs a CUDA device; CI never runs it
     python scripts/gpu_check.py --steps 6 --estimators upg,implicit
+    python scripts/gpu_check.py --fsdp               # the same steps under FSDP2 (every visible GPU, at most 2)
+
+``--fsdp`` relaunches this script with ``accelerate launch --config_file scripts/configs/accelerate_fsdp2.yaml``
+and adds, per model, a check of what FSDP changes in the training loop: gradient clipping of sharded gradients,
+a sharded ``save_state``/``load_state`` round trip (the two steps after loading repeat the two steps after
+saving), the same full weights on every rank, and a full state dict gathered for ``save_pretrained`` that
+reloads to those weights.
 
 Synthetic inputs (random images / token ids): the point is the speed and memory of the DEQ machinery in bf16,
 not accuracy, and it runs where ``datasets`` is not installed.
@@ -12,17 +19,25 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 import hf_deq
 from hf_deq.training import solver_stats
 from hf_deq.training.arguments import check_preset_config
+from hf_deq.training.step import BufferSync, gradients_are_finite
+from hf_deq.training.tracking import state_fingerprint
 
 ESTIMATORS = ("implicit", "upg", "npg", "one_step", "unrolled")
+FSDP_CONFIG = Path(__file__).resolve().parent / "configs" / "accelerate_fsdp2.yaml"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,6 +65,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="autocast dtype of the steps",
     )
     parser.add_argument("--families", default="mdeq,lm", help="comma-separated families: mdeq, lm")
+    parser.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="run under FSDP2 (accelerate launch with scripts/configs/accelerate_fsdp2.yaml) and check its "
+        "checkpoints and state dicts",
+    )
+    parser.add_argument(
+        "--fsdp_processes",
+        type=int,
+        default=None,
+        help="processes (GPUs) for --fsdp; default: the visible GPUs, at most 2 (1 also runs FSDP2)",
+    )
     args = parser.parse_args(argv)
     for name in ("image_batch", "image_size", "lm_batch", "seq_len", "steps"):
         if getattr(args, name) < 1:
@@ -108,9 +135,7 @@ def run_estimator(family: str, preset: str, estimator: str, args) -> dict:
         optimizer.step()
         torch.cuda.synchronize()
         t3 = time.perf_counter()
-        grads_finite = grads_finite and all(
-            bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None
-        )
+        grads_finite = grads_finite and gradients_are_finite(model.parameters())  # sharded under FSDP
         optimizer.zero_grad(set_to_none=True)
         if step >= 2:
             fwd.append(t1 - t0)
@@ -134,11 +159,85 @@ def run_estimator(family: str, preset: str, estimator: str, args) -> dict:
     }
 
 
+def check_fsdp(family: str, preset: str, args) -> dict:
+    """What FSDP2 changes in the training loop, on one model: clipping sharded gradients, a sharded checkpoint
+    round trip, the same full weights on every rank, the gathered full state dict for ``save_pretrained``."""
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    torch.manual_seed(0)
+    model = hf_deq.create_model(preset, solver_on_failure="ignore")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    sync_buffers = BufferSync(model)
+    batch, _ = make_batch(family, model.config, args, accelerator.device)
+
+    def step() -> float:
+        with accelerator.autocast():
+            loss = model(**batch).loss
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync_buffers()
+        return float(loss.detach())
+
+    step()
+    folder = [tempfile.mkdtemp(prefix="gpu_check_fsdp_") if accelerator.is_main_process else None]
+    folder = Path(broadcast_object_list(folder)[0])
+    accelerator.save_state(str(folder / "checkpoint"))
+    after_save = [step(), step()]
+    accelerator.load_state(str(folder / "checkpoint"))
+    after_load = [step(), step()]
+    fingerprints = gather_object([state_fingerprint(model)])  # every rank gathers the full weights
+    state_dict = accelerator.get_state_dict(model)  # full on rank 0
+    saved_matches = True
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(folder / "model", state_dict=state_dict)
+        reloaded = type(accelerator.unwrap_model(model)).from_pretrained(folder / "model")
+        saved_matches = state_fingerprint(reloaded) == fingerprints[0]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(folder)
+    return {
+        "family": family,
+        "preset": preset,
+        "sharded_checkpoint": (folder / "checkpoint" / "pytorch_model_fsdp_0").is_dir(),
+        "resume_max_diff": max(abs(a - b) for a, b in zip(after_save, after_load)),
+        "same_weights": all(f == fingerprints[0] for f in fingerprints),
+        "saved_matches": saved_matches,
+    }
+
+
+def launch_fsdp(argv: list[str], args) -> int:
+    """Run this script again under ``accelerate launch`` with the FSDP2 config."""
+    processes = args.fsdp_processes or min(torch.cuda.device_count(), 2)
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+        "--num_processes", str(processes), "--mixed_precision", args.mixed_precision,
+        __file__, *argv,
+    ]  # fmt: skip
+    print("$ " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check.py needs a CUDA device; none is available here.")
         return 2
+    under_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if args.fsdp and not under_fsdp:
+        return launch_fsdp(argv, args)
+    if under_fsdp:
+        from accelerate import PartialState
+
+        main_process = PartialState().is_main_process
+        if not main_process:  # every rank runs the steps; rank 0 prints
+            sys.stdout = open(os.devnull, "w")
     print(
         f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; precision {args.mixed_precision}"
     )
@@ -174,7 +273,27 @@ def main(argv=None) -> int:
                 if other in by_name:
                     ratio = by_name["implicit"]["bwd_ms"] / by_name[other]["bwd_ms"]
                     print(f"{families[family]}: backward(implicit) / backward({other}) = {ratio:.2f}")
-    return 0 if all("error" not in r and r["finite"] for r in rows) else 1
+    ok = all("error" not in r and r["finite"] for r in rows)
+    if under_fsdp:
+        print()
+        print("| FSDP2 preset | sharded checkpoint | resume max abs loss diff | same weights on every rank | "
+              "saved model = gathered weights |")  # fmt: skip
+        print("|---|---|---|---|---|")
+        for family in args.families.split(","):
+            try:
+                r = check_fsdp(family, families[family], args)
+            except Exception as exc:  # report and go on, as above
+                print(f"| {families[family]} | error: {exc!r:.120} ||||")
+                ok = False
+                continue
+            print(
+                f"| {r['preset']} | {r['sharded_checkpoint']} | {r['resume_max_diff']:.2e} | {r['same_weights']} | "
+                f"{r['saved_matches']} |"
+            )
+            # The same batch from the same state: equal up to GPU non-determinism (bf16 atomics, cuDNN).
+            resumed = r["resume_max_diff"] <= 1e-2
+            ok = ok and resumed and r["sharded_checkpoint"] and r["same_weights"] and r["saved_matches"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ def save_checkpoint_atomically(
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # FSDP: every rank has written its shard before the folder is renamed
     if accelerator.is_main_process:
         if extra is not None:
             (tmp / STATE_FILE).write_text(json.dumps(extra, indent=2))

@@ -225,8 +225,12 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.output_dir is not None:
         accelerator.wait_for_everyone()
+        state_dict = accelerator.get_state_dict(model)  # FSDP: gathered on every rank (a collective)
         unwrapped.save_pretrained(
-            args.output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save
+            args.output_dir,
+            is_main_process=accelerator.is_main_process,
+            save_function=accelerator.save,
+            state_dict=state_dict,
         )
         if accelerator.is_main_process:
             if processing_class is not None:

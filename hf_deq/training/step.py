@@ -59,12 +59,58 @@ class NonFiniteStepGuard:
         return self._refuse("gradient")
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (FSDP2 parameters and gradients), else ``tensor`` itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 def gradients_are_finite(parameters: Iterable[torch.nn.Parameter]) -> bool:
-    """Whether every ``.grad`` is free of NaN/inf (one device sync)."""
-    flags = [torch.isfinite(p.grad).all() for p in parameters if p.grad is not None]
-    if not flags:
+    """Whether every ``.grad`` is free of NaN/inf (one device sync). Under FSDP2 each rank holds a shard of each
+    gradient: the verdict is then the minimum over the ranks, so that all of them skip or take the step."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
         return True
-    return bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
+    sharded = any(hasattr(g, "to_local") for g in grads)
+    flags = [torch.isfinite(_local(g)).all() for g in grads]
+    verdict = torch.stack([f.to(flags[0].device) for f in flags]).all().to(torch.int32).reshape(1)
+    if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(verdict, op=torch.distributed.ReduceOp.MIN)
+    return bool(verdict.item())
+
+
+class BufferSync:
+    """Under FSDP2 the buffers are not sharded but, unlike under DDP, not broadcast either: each rank's BatchNorm
+    running statistics follow its own data. ``__call__`` after each optimizer step sets every floating-point
+    persistent buffer to its mean over the ranks, so that every rank (and the saved model) holds the same
+    statistics. A model without an FSDP2 module gets an empty list and costs nothing."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        try:
+            from torch.distributed.fsdp import FSDPModule
+        except ImportError:  # torch without FSDP2
+            FSDPModule = ()  # noqa: N806
+        sharded = bool(FSDPModule) and any(isinstance(m, FSDPModule) for m in model.modules())
+        self.buffers: list[torch.Tensor] = []
+        if sharded:
+            non_persistent = {
+                f"{name}.{b}" if name else b
+                for name, module in model.named_modules()
+                for b in getattr(module, "_non_persistent_buffers_set", ())
+            }
+            self.buffers = [
+                buffer
+                for name, buffer in model.named_buffers()
+                if buffer.is_floating_point() and name not in non_persistent
+            ]
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        if not self.buffers:
+            return
+        world = torch.distributed.get_world_size()
+        for buffer in self.buffers:
+            torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.SUM)
+            buffer.div_(world)
 
 
 class BufferRollback:
@@ -127,6 +173,7 @@ class GuardedStep:
         self.forward = forward
         self.guard = NonFiniteStepGuard(max_nonfinite_steps, inspect_gradients=accelerator.scaler is None)
         self.rollback = BufferRollback(model)
+        self.sync_buffers = BufferSync(model)
         self.log = log
 
     def all_ranks(self, flag: bool) -> bool:
@@ -161,6 +208,7 @@ class GuardedStep:
                         if self.max_grad_norm:
                             accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
                         self.optimizer.step()
+                        self.sync_buffers()
                     else:
                         self.log(f"step {step + 1}: non-finite gradient, step skipped")
             else:
@@ -178,4 +226,11 @@ class GuardedStep:
         return self.guard.skipped
 
 
-__all__ = ["BufferRollback", "GuardedStep", "NonFiniteStepGuard", "StepResult", "gradients_are_finite"]
+__all__ = [
+    "BufferRollback",
+    "BufferSync",
+    "GuardedStep",
+    "NonFiniteStepGuard",
+    "StepResult",
+    "gradients_are_finite",
+]

@@ -26,13 +26,17 @@ def log_step(path: str | os.PathLike, accelerator, record: dict[str, Any]) -> No
 
 def state_fingerprint(model: torch.nn.Module) -> dict[str, str]:
     """SHA-256 of the parameters and of the whole ``state_dict`` (buffers included): equal fingerprints on every
-    rank show that data-parallel training kept the replicas identical."""
+    rank show that data-parallel training kept the replicas identical. Under FSDP2 it is a collective: every
+    rank must call it."""
 
     def digest(tensors) -> str:
         h = hashlib.sha256()
         for name, tensor in tensors:
+            tensor = tensor.detach()
+            if hasattr(tensor, "full_tensor"):  # an FSDP2 shard: every rank gathers the full tensor
+                tensor = tensor.full_tensor()
             h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            h.update(tensor.cpu().clone().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
     return {

@@ -18,3 +18,7 @@ def test_gpu_check_says_it_needs_cuda(capsys):
     )
     assert script.main([]) == 2
     assert "needs a CUDA device" in capsys.readouterr().out
+    assert script.parse_args(["--fsdp"]).fsdp
+    assert script.main(["--fsdp", "--fsdp_processes", "2"]) == 2  # refuses before launching anything
+    assert "needs a CUDA device" in capsys.readouterr().out
+    assert script.FSDP_CONFIG.is_file()

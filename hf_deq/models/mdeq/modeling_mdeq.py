@@ -374,6 +374,11 @@ class MDEQModel(MDEQPreTrainedModel):
         self.pooler = MDEQPooler(config)
         self.post_init()
 
+    def get_input_embeddings(self) -> MDEQStem:
+        """The stem, which maps pixels to the injection (as a ViT's patch embedding does). Accelerate's FSDP2
+        preparation and ``enable_input_require_grads`` ask every model for its input embeddings."""
+        return self.stem
+
     def state_spec(self, height: int, width: int) -> StateSpec:
         """Per-sample shapes of the packed multiscale state for an input image of ``height x width``."""
         sizes = branch_resolutions(self.config, height, width)

@@ -3,7 +3,7 @@ logits and gradients for every estimator, compile in the first step only, and th
 
 The models compile with the ``aot_eager`` backend here: Dynamo's capture, its guards (which decide recompiles)
 and AOTAutograd's forward/backward graphs are those of inductor, without inductor's minutes of C++ compilation
-of these cells on a 2-core CI machine (``tests/deq/test_compile_cell.py`` runs inductor on a small cell).
+of these cells on a 2-core CI machine (``tests/deq/test_compile_cell_engine.py`` runs inductor on a small cell).
 ``HF_DEQ_TEST_COMPILE_BACKEND=inductor`` runs these tests with inductor.
 """
 
