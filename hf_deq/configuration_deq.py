@@ -1,4 +1,4 @@
-"""The DEQ fields every hf_deq model config shares (DESIGN section 3), with their validation."""
+"""The DEQ fields every hf_deq model config shares and their validation (docs/design.md, "Config fields")."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def training_args(argv: list[str]):
     return parse_training_args(TASK, argv, script=TRAIN_SCRIPT)
 
 
-#: The estimators of the phantom-gradient paper and their flags (DESIGN.md section 6 recipes).
+#: The estimators of the phantom-gradient paper and their flags (docs/design.md, "Training recipes").
 RECIPES: dict[str, list[str]] = {
     "implicit": ["--grad_estimator", "implicit"],
     "upg": ["--grad_estimator", "upg", "--grad_steps", "5", "--grad_damping", "0.5"],

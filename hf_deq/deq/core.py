@@ -20,8 +20,8 @@ from .solvers.base import FixedPointFn, check_solve_args, residual_norms
 
 FAILURE_MODES = ("warn", "raise", "ignore")
 
-#: How the flat config fields (DESIGN section 3) map onto estimator constructor arguments. An estimator
-#: receives the ones its constructor accepts, so a registered estimator needs no change here.
+#: How the flat config fields (docs/design.md, "Config fields") map onto estimator constructor arguments. An
+#: estimator receives the ones its constructor accepts, so a registered estimator needs no change here.
 GRAD_CONFIG_FIELDS = {
     "steps": "grad_steps",
     "damping": "grad_damping",
@@ -157,7 +157,7 @@ class DEQFixedPoint(nn.Module):
 
     @classmethod
     def from_config(cls, config: Any) -> DEQFixedPoint:
-        """The one place where the DEQ config fields (DESIGN section 3) become engine objects."""
+        """The one place where DEQ config fields become engine objects (docs/design.md, "Config fields")."""
         return cls(
             solver=config.solver,
             grad_estimator=grad_estimator_from_fields(

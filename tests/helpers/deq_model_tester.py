@@ -1,4 +1,4 @@
-"""The shared model tester mixin (DESIGN section 5).
+"""The shared model tester mixin (docs/design.md, "Tests").
 
 A model test class sets the class attributes below and implements ``get_config`` / ``get_inputs`` /
 ``get_train_dataset``; every hf_deq model then gets the same checks: save/load round trip, loading with an

@@ -22,12 +22,12 @@ _REORTHOGONALIZE = 2**-0.5
 class GMRES(Solver):
     """GMRES (Saad & Schultz 1986) on ``(I - A) u = b`` for an affine map ``f(u) = A u + b``, per sample.
 
-    The backward problem of implicit differentiation, ``u = J^T u + g`` (DESIGN section 2), is linear, so a
-    Krylov method needs far fewer vector-Jacobian products than a fixed-point solver. ``b`` is recovered as
-    ``f(0)`` and ``(I - A) v`` as ``v - (f(v) - b)``, so the solver only ever calls ``f``. Each sample has its
-    own Krylov basis (classical Gram-Schmidt with DGKS reorthogonalisation); the small Hessenberg
-    least-squares problems are solved on the CPU in float64. Memory is bounded by ``restart``, not by
-    ``max_iter``.
+    The backward problem of implicit differentiation, ``u = J^T u + g`` (docs/design.md, "Gradient
+    estimators"), is linear, so a Krylov method needs far fewer vector-Jacobian products than a fixed-point
+    solver. ``b`` is recovered as ``f(0)`` and ``(I - A) v`` as ``v - (f(v) - b)``, so the solver only ever
+    calls ``f``. Each sample has its own Krylov basis (classical Gram-Schmidt with DGKS reorthogonalisation);
+    the small Hessenberg least-squares problems are solved on the CPU in float64. Memory is bounded by
+    ``restart``, not by ``max_iter``.
 
     Only correct for affine maps: it is refused as a forward solver.
 

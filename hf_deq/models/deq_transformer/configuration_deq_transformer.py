@@ -74,7 +74,7 @@ class DEQTransformerConfig(DEQConfig):
     eos_token_id: int | list[int] | None = None
     use_cache: bool = True
 
-    # DEQ fields with the LM defaults of the phantom-gradient paper (DESIGN section 6).
+    # DEQ fields with the LM defaults of the phantom-gradient paper (docs/design.md, "Training recipes").
     solver: str = "anderson"
     solver_max_iter: int = 30
     solver_tol: float = 1e-3

@@ -1,8 +1,8 @@
 """MDEQ presets: ``hf_deq.create_model("mdeq-tiny-cifar10")``.
 
 Architectures follow the official configs of the MDEQ paper and of the phantom-gradient paper (arXiv 2111.05177,
-github.com/Gsunshine/phantom_grad); the training recipes (estimator, solver budget) are DESIGN.md section 6.
-Parameter counts (``MDEQForImageClassification``, weight-norm ``g`` included):
+github.com/Gsunshine/phantom_grad); their training recipes (estimator, solver budget): docs/design.md,
+"Training recipes". Parameter counts (``MDEQForImageClassification``, weight-norm ``g`` included):
 
 ========================  ==========  ============================
 preset                    parameters  paper
@@ -27,7 +27,8 @@ def _labels(names: list[str]) -> dict:
     return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
-#: UPG(k=5, lambda=0.5) with Broyden: the phantom-gradient recipe for MDEQ (DESIGN.md section 6).
+#: UPG(k=5, lambda=0.5) with Broyden: the phantom-gradient recipe for MDEQ (docs/design.md, "Training
+#: recipes").
 _PHANTOM = {"grad_estimator": "upg", "grad_steps": 5, "grad_damping": 0.5, "solver": "broyden"}
 
 _TINY = {
