@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import hf_deq
+from hf_deq.hub import missing_local_model_dir
 from hf_deq.training.arguments import check_preset_config
 from hf_deq.variants import get_variant
 
@@ -59,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("prompt_length", "new_tokens", "batch_size", "torch_num_threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
+    if args.model_name_or_path is not None and (problem := missing_local_model_dir(args.model_name_or_path)):
+        parser.error(f"argument --model_name_or_path: {problem}")
     if args.model_name_or_path is None and not args.count_parameters:
         overrides = dict(args.config_overrides or {})
         if args.solver_tol is not None:

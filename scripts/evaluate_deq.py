@@ -35,6 +35,7 @@ from accelerate import Accelerator
 from transformers import AutoConfig
 
 from hf_deq.deq import available_solvers
+from hf_deq.hub import missing_local_model_dir
 from hf_deq.tasks import get_task
 from hf_deq.training import build_dataloaders, evaluate
 from hf_deq.training import parse_args as parse_training_args
@@ -86,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     args, passthrough = parser.parse_known_args(argv)
     if passthrough and passthrough[0] == "--":
         passthrough = passthrough[1:]
+    if problem := missing_local_model_dir(args.model_name_or_path):
+        parser.error(f"argument --model_name_or_path: {problem}")
     if args.output_file is not None:
         if Path(args.output_file).name in ("config.json", "model.safetensors"):
             parser.error(

@@ -37,7 +37,7 @@ from transformers import (
 
 import hf_deq
 from hf_deq.data.images import load_image_datasets
-from hf_deq.hub import check_hub_args, push_from_args
+from hf_deq.hub import check_hub_args, missing_local_model_dir, push_from_args
 from hf_deq.training import holds_a_model, load_packaged_metric
 from hf_deq.training.arguments import check_preset_config
 
@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ):  # a bad value is one error line naming its flag, before any data
         overrides = model_args.deq_overrides()
         check_preset_config(parser, model_args.preset, overrides, {k: f"--{k}" for k in overrides}, "mdeq")
+    elif problem := missing_local_model_dir(model_args.model_name_or_path):
+        parser.error(f"argument --model_name_or_path: {problem}")
     push = training_args.push_to_hub
     hub_args = argparse.Namespace(
         push_to_hub=push,

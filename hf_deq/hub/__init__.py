@@ -38,6 +38,7 @@ _EXPORTS = {
     "unregister_card_facts": "registry",
     "GENERATED_MARKER": "model_dir",
     "check_model_dir": "model_dir",
+    "missing_local_model_dir": "model_dir",
     "is_generated_card": "model_dir",
     "read_metrics": "model_dir",
     "read_training_info": "model_dir",

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelDirError
+from .errors import InvalidRepoIdError, ModelDirError, check_repo_id
 from .registry import registered_model_types
 
 #: marker written into generated cards and code files; a README.md carrying it is regenerated on push
@@ -49,6 +49,36 @@ def read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def names_a_local_folder(name_or_path: str | os.PathLike) -> bool:
+    """Whether a ``--model_name_or_path`` value means a folder on this machine rather than a Hub id: it exists,
+    starts with ``/``, ``.`` or ``~``, is not a valid repo id (``a/b/c``, a backslash), or its first part is a
+    local folder (``outputs/mdeq-digits`` beside an ``outputs/`` folder)."""
+    text = os.fspath(name_or_path)
+    if Path(text).exists() or text.startswith(("/", ".", "~")):
+        return True
+    try:
+        check_repo_id(text)
+    except InvalidRepoIdError:
+        return True
+    return "/" in text and Path(text.split("/")[0]).is_dir()
+
+
+def missing_local_model_dir(name_or_path: str | os.PathLike) -> str | None:
+    """The reason why ``name_or_path``, meant as a local model folder, cannot be loaded (it does not exist, is a
+    file, or holds no ``config.json``), said at once instead of after transformers' Hub retries; ``None`` when
+    it is a usable folder or a Hub id."""
+    if not names_a_local_folder(name_or_path):
+        return None
+    path = Path(os.path.expanduser(os.fspath(name_or_path)))
+    if not path.exists():
+        return f"the folder {name_or_path} does not exist (a local path, not a Hub id)"
+    if not path.is_dir():
+        return f"{name_or_path} is a file, not a model folder"
+    if not (path / "config.json").is_file():
+        return f"the folder {name_or_path} holds no config.json: save the model with save_pretrained first"
+    return None
 
 
 def check_model_dir(model_dir: str | os.PathLike, *, need_weights: bool = True) -> dict:

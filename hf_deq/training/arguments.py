@@ -389,9 +389,12 @@ def config_error_flag(args: argparse.Namespace, field: str | None) -> str:
 def check_model_config(parser: argparse.ArgumentParser, args: argparse.Namespace, task: TrainingTask) -> None:
     """Build the model config from ``--preset`` (or a local ``--model_name_or_path``) and every override, so that
     a bad value stops the script now, naming its flag. A Hub model's config is checked when it is loaded."""
+    from ..hub import missing_local_model_dir
     from ..variants import create_config, get_variant, list_variants
 
     fields = config_overrides(args)
+    if args.model_name_or_path is not None and (problem := missing_local_model_dir(args.model_name_or_path)):
+        parser.error(f"argument --model_name_or_path: {problem}")
     try:
         if args.model_name_or_path is None:
             try:

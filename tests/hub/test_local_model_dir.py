@@ -135,3 +135,39 @@ def test_a_malformed_hub_model_id_is_an_argparse_error(capsys):
     )
     hub.check_hub_args(parser.parse_args(["--push_to_hub", "--hub_model_id", "alice/mdeq"]), parser)
     hub.check_hub_args(parser.parse_args(["--output_dir", "runs/x"]), parser)  # no push: nothing to check
+
+
+def test_a_value_is_a_local_folder_or_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert hub.missing_local_model_dir("user/mdeq-digits") is None  # a Hub id: transformers resolves it
+    assert hub.missing_local_model_dir("mdeq-digits") is None
+    for local in ("runs/mdeq-digits", "./mdeq-digits", "/no/such/folder", "a/b/c", "~/no-such-model-folder"):
+        assert "does not exist (a local path, not a Hub id)" in hub.missing_local_model_dir(local), local
+    (tmp_path / "runs" / "file").write_text("x")
+    assert "a file, not a model folder" in hub.missing_local_model_dir("runs/file")
+    (tmp_path / "runs" / "empty").mkdir()
+    assert "holds no config.json" in hub.missing_local_model_dir("runs/empty")
+    hf_deq.create_config("test_mdeq_tiny").save_pretrained(tmp_path / "runs" / "saved")
+    assert hub.missing_local_model_dir("runs/saved") is None
+
+
+@pytest.mark.parametrize(
+    "script, argv",
+    [
+        ("evaluate_deq", []),
+        ("train_mdeq_classifier", []),
+        ("train_deq_lm", ["--train_file", "{text}"]),
+        ("finetune_with_trainer", ["--output_dir", "{tmp}/out"]),
+        ("benchmark_generation", []),
+    ],
+)
+def test_every_script_says_at_once_that_a_model_folder_is_missing(tmp_path, capsys, no_hub, script, argv):
+    """``--model_name_or_path runs/x`` where ``runs/x`` is missing: one ``error:`` line, no Hub lookup."""
+    text = tmp_path / "text.txt"
+    text.write_text("hello world\n" * 50)
+    missing = tmp_path / "runs" / "mdeq-digits"
+    argv = [a.format(text=text, tmp=tmp_path) for a in argv] + ["--model_name_or_path", str(missing)]
+    code, err = run_script(load_script(script), capsys, *argv)
+    assert code == 2
+    assert f"--model_name_or_path: the folder {missing} does not exist" in error_line(err)

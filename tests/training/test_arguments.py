@@ -40,29 +40,36 @@ def test_the_deq_flags_are_the_configs_solver_and_estimator_fields():
 
 
 def test_a_new_bool_field_in_a_group_gets_a_switch_flag(tmp_path):
-    class CompiledConfig(DEQConfig):
+    class TracedConfig(DEQConfig):
         """A config with one more estimator field.
 
         Args:
-            compile_cell: compile the cell with torch.compile.
+            trace_solver: record every iterate.
         """
 
-        compile_cell: bool = False
-        GRAD_FIELDS = (*DEQConfig.GRAD_FIELDS, "compile_cell")
+        trace_solver: bool = False
+        GRAD_FIELDS = (*DEQConfig.GRAD_FIELDS, "trace_solver")
 
-    assert "compile_cell" in deq_argument_names(CompiledConfig)
+    assert "trace_solver" in deq_argument_names(TracedConfig)
     parser = argparse.ArgumentParser()
-    add_deq_arguments(parser, CompiledConfig)
-    assert parser.parse_args([]).compile_cell is None  # unset: the preset's value
-    assert parser.parse_args(["--compile_cell"]).compile_cell is True
-    assert parser.parse_args(["--no-compile_cell"]).compile_cell is False
-    assert _flags(parser)["compile_cell"].help == "compile the cell with torch.compile."
+    add_deq_arguments(parser, TracedConfig)
+    assert parser.parse_args([]).trace_solver is None  # unset: the preset's value
+    assert parser.parse_args(["--trace_solver"]).trace_solver is True
+    assert parser.parse_args(["--no-trace_solver"]).trace_solver is False
+    assert _flags(parser)["trace_solver"].help == "record every iterate."
     recipe = tmp_path / "recipe.json"
-    recipe.write_text('{"compile_cell": true}')
-    assert read_config_file(parser, recipe, "x.py") == {"compile_cell": True}
-    recipe.write_text('{"compile_cell": "yes"}')
-    with pytest.raises(ValueError, match="'compile_cell' is a switch, so it takes true or false"):
+    recipe.write_text('{"trace_solver": true}')
+    assert read_config_file(parser, recipe, "x.py") == {"trace_solver": True}
+    recipe.write_text('{"trace_solver": "yes"}')
+    with pytest.raises(ValueError, match="'trace_solver' is a switch, so it takes true or false"):
         read_config_file(parser, recipe, "x.py")
+
+
+def test_compile_cell_is_a_switch_of_both_training_scripts():
+    for task_name in ("image-classification", "causal-lm"):
+        parser = _parser(task_name)
+        assert parser.parse_args(["--compile_cell"]).compile_cell is True
+        assert parser.parse_args([]).compile_cell is None  # unset: the preset's value
 
 
 @pytest.mark.parametrize("task_name", ["image-classification", "causal-lm"])
