@@ -23,26 +23,9 @@ is a JSON file of flags (``--config scripts/configs/mdeq-tiny-cifar10-upg.json``
 ``--output_dir`` (safetensors) with its image processor, next to ``all_results.json`` and ``history.json``.
 """
 
-from __future__ import annotations
+from hf_deq.tasks import training_script
 
-import sys
-from pathlib import Path
-from typing import Any
-
-from hf_deq.tasks import get_task
-from hf_deq.training import parse_args as parse_training_args
-from hf_deq.training import train
-
-TASK = get_task("image-classification")
-
-
-def parse_args(argv: list[str] | None = None):
-    return parse_training_args(TASK, argv, script=Path(__file__).name, description=__doc__)
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return train(TASK, parse_args(argv))
-
+TASK, parse_args, main = training_script("image-classification", __file__, __doc__)
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

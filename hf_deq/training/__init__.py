@@ -10,7 +10,8 @@
 - ``tracking``: trackers, progress bar, ``--log_file``, weight fingerprints;
 - ``schedule``: the unrolled warm-up ``EstimatorSchedule``;
 - ``task``: the ``TrainingTask`` base class and its registry;
-- ``loop``: ``train(task, args)``.
+- ``loop``: ``train(task, args)``;
+- ``script``: ``training_script(task_name, __file__, __doc__)``, a training script's entry points.
 """
 
 from .arguments import (
@@ -32,6 +33,7 @@ from .evaluation import EVAL_KEYS, evaluate, load_packaged_metric, packaged_metr
 from .loop import build_dataloaders, num_parameters, train
 from .optimizer import build_optimizer, build_scheduler, parameter_groups
 from .schedule import EstimatorSchedule
+from .script import training_script
 from .state import TrainingState
 from .step import BufferRollback, GuardedStep, NonFiniteStepGuard, gradients_are_finite
 from .task import TaskData, TrainingTask, available_tasks, get_task, register_task
@@ -73,4 +75,5 @@ __all__ = [
     "solver_stats",
     "state_fingerprint",
     "train",
+    "training_script",
 ]
