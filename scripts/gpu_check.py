@@ -4,6 +4,13 @@ through Accelerate. Prints step time, throughput, forward/backward time and peak
     python scripts/gpu_check.py                      # needs a CUDA device; CI never runs it
     python scripts/gpu_check.py --steps 6 --estimators upg,implicit
     python scripts/gpu_check.py --fsdp               # the same steps under FSDP2 (every visible GPU, at most 2)
+    python scripts/gpu_check.py --variants eager,compiled,sync_free,compiled_sync_free
+
+``--variants`` times each estimator in each variant of the solve: ``eager`` (the config as saved), ``compiled``
+(``compile_cell=True``), ``sync_free`` (the solver's ``check_every=None``: the host reads the stop test only at
+the end of the budget; converged samples freeze on the device) and both together. Every row also reports the
+GPU's kernel time for one profiled step (``torch.profiler``) and its share of that step's wall time: a
+launch-bound step keeps the GPU idle between small kernels and host syncs.
 
 ``--fsdp`` relaunches this script with ``accelerate launch --config_file scripts/configs/accelerate_fsdp2.yaml``
 and adds, per model, a check of what FSDP changes in the training loop: gradient clipping of sharded gradients,
@@ -37,6 +44,13 @@ from hf_deq.training.step import BufferSync, gradients_are_finite
 from hf_deq.training.tracking import state_fingerprint
 
 ESTIMATORS = ("implicit", "upg", "npg", "one_step", "unrolled")
+#: config overrides of each variant of the solve that ``--variants`` compares
+VARIANTS: dict[str, dict] = {
+    "eager": {},
+    "compiled": {"compile_cell": True},
+    "sync_free": {"solver_kwargs": {"check_every": None}},
+    "compiled_sync_free": {"compile_cell": True, "solver_kwargs": {"check_every": None}},
+}
 FSDP_CONFIG = Path(__file__).resolve().parent / "configs" / "accelerate_fsdp2.yaml"
 
 
@@ -66,6 +80,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--families", default="mdeq,lm", help="comma-separated families: mdeq, lm")
     parser.add_argument(
+        "--variants",
+        default="eager",
+        help=f"comma-separated variants of the solve to time: {', '.join(VARIANTS)}",
+    )
+    parser.add_argument(
         "--fsdp",
         action="store_true",
         help="run under FSDP2 (accelerate launch with scripts/configs/accelerate_fsdp2.yaml) and check its "
@@ -84,6 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag, value, allowed in (
         ("--estimators", args.estimators, hf_deq.available_grad_estimators()),
         ("--families", args.families, ["mdeq", "lm"]),
+        ("--variants", args.variants, list(VARIANTS)),
     ):
         unknown = [v for v in value.split(",") if v not in allowed]
         if unknown:
@@ -92,7 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         ("--mdeq_preset", args.mdeq_preset, "mdeq"),
         ("--lm_preset", args.lm_preset, "deq_transformer"),
     ):
-        check_preset_config(parser, preset, model_type=model_type, preset_flag=flag)
+        for variant in args.variants.split(","):
+            check_preset_config(parser, preset, VARIANTS[variant], model_type=model_type, preset_flag=flag)
     return args
 
 
@@ -109,12 +130,31 @@ def make_batch(family: str, config, args, device) -> tuple[dict, int]:
     return {"input_ids": ids, "labels": ids}, args.lm_batch * args.seq_len
 
 
-def run_estimator(family: str, preset: str, estimator: str, args) -> dict:
+def kernel_time_ms(step) -> float:
+    """Milliseconds of GPU kernels in one call of ``step()``, from ``torch.profiler``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    # the profiler table's "Self CUDA time total": each kernel counted once (torch < 2.4 named it self_cuda_*)
+    return (
+        sum(
+            getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
+            for e in prof.key_averages()
+        )
+        / 1000.0
+    )
+
+
+def run_estimator(family: str, preset: str, estimator: str, args, variant: str = "eager") -> dict:
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     torch.manual_seed(0)
-    model = hf_deq.create_model(preset, grad_estimator=estimator, solver_on_failure="ignore")
+    model = hf_deq.create_model(
+        preset, grad_estimator=estimator, solver_on_failure="ignore", **VARIANTS[variant]
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
@@ -144,10 +184,22 @@ def run_estimator(family: str, preset: str, estimator: str, args) -> dict:
             losses.append(float(out.loss))
             nsteps.append(solver_stats(out)["solver_nstep"])
     step_time = statistics.median(total)
+
+    def one_step() -> None:
+        with accelerator.autocast():
+            loss = model(**batch).loss
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    kernel_ms = kernel_time_ms(one_step)
     return {
         "family": family,
         "preset": preset,
         "estimator": estimator,
+        "variant": variant,
+        "kernel_ms": kernel_ms,
+        "gpu_busy": kernel_ms / (1000 * step_time),
         "step_ms": 1000 * step_time,
         "fwd_ms": 1000 * statistics.median(fwd),
         "bwd_ms": 1000 * statistics.median(bwd),
@@ -245,29 +297,50 @@ def main(argv=None) -> int:
     rows = []
     for family in args.families.split(","):
         for estimator in args.estimators.split(","):
-            try:
-                rows.append(run_estimator(family, families[family], estimator, args))
-            except Exception as exc:  # report and go on: one failing estimator must not hide the others
-                rows.append(
-                    {"family": family, "preset": families[family], "estimator": estimator, "error": repr(exc)}
-                )
-            torch.cuda.empty_cache()
+            for variant in args.variants.split(","):
+                try:
+                    rows.append(run_estimator(family, families[family], estimator, args, variant))
+                except Exception as exc:  # report and go on: one failing row must not hide the others
+                    rows.append(
+                        {"family": family, "preset": families[family], "estimator": estimator,
+                         "variant": variant, "error": repr(exc)}
+                    )  # fmt: skip
+                torch.cuda.empty_cache()
     unit = {"mdeq": "img/s", "lm": "tok/s"}
     print()
     print(
-        "| preset | estimator | step ms | fwd ms | bwd ms | throughput | peak GiB | mean nstep | loss finite |"
+        "| preset | estimator | variant | step ms | fwd ms | bwd ms | kernel ms (GPU busy) | throughput | "
+        "peak GiB | mean nstep | loss finite |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['preset']} | {r['estimator']} | error: {r['error'][:80]} |||||||")
+            print(f"| {r['preset']} | {r['estimator']} | {r['variant']} | error: {r['error'][:80]} ||||||||")
             continue
         print(
-            f"| {r['preset']} | {r['estimator']} | {r['step_ms']:.1f} | {r['fwd_ms']:.1f} | {r['bwd_ms']:.1f} | "
+            f"| {r['preset']} | {r['estimator']} | {r['variant']} | {r['step_ms']:.1f} | {r['fwd_ms']:.1f} | "
+            f"{r['bwd_ms']:.1f} | {r['kernel_ms']:.1f} ({100 * r['gpu_busy']:.0f}%) | "
             f"{r['items_per_s']:.0f} {unit[r['family']]} | {r['peak_gib']:.2f} | {r['nstep']:.1f} | {r['finite']} |"
         )
     for family in families:
-        by_name = {r["estimator"]: r for r in rows if r.get("family") == family and "error" not in r}
+        for variant in args.variants.split(","):
+            if variant == "eager":
+                continue
+            for r in rows:
+                base = next(
+                    (b for b in rows if "error" not in b and b["variant"] == "eager"
+                     and (b["family"], b["estimator"]) == (r["family"], r["estimator"])), None,
+                )  # fmt: skip
+                if base and r["family"] == family and r["variant"] == variant and "error" not in r:
+                    print(
+                        f"{families[family]} {r['estimator']}: step({variant}) / step(eager) = "
+                        f"{r['step_ms'] / base['step_ms']:.2f}"
+                    )
+        by_name = {
+            r["estimator"]: r
+            for r in rows
+            if r.get("family") == family and "error" not in r and r["variant"] == args.variants.split(",")[0]
+        }
         if "implicit" in by_name:
             for other in ("upg", "npg"):
                 if other in by_name:

@@ -22,3 +22,21 @@ def test_gpu_check_says_it_needs_cuda(capsys):
     assert script.main(["--fsdp", "--fsdp_processes", "2"]) == 2  # refuses before launching anything
     assert "needs a CUDA device" in capsys.readouterr().out
     assert script.FSDP_CONFIG.is_file()
+
+
+def test_every_variant_of_the_solve_is_a_valid_config_of_both_presets():
+    """``--variants``: eager, compiled cell, sync-free solver and both, checked at parse time like every flag."""
+    import hf_deq
+
+    script = load_script("gpu_check")
+    args = script.parse_args(["--variants", ",".join(script.VARIANTS)])
+    assert args.variants.split(",") == ["eager", "compiled", "sync_free", "compiled_sync_free"]
+    for preset in ("test_mdeq_tiny", "test_deq_transformer_tiny"):
+        for overrides in script.VARIANTS.values():
+            config = hf_deq.create_config(preset, **overrides)
+            assert config.compile_cell is overrides.get("compile_cell", False)
+            assert (config.solver_kwargs or {}).get("check_every", 1) == overrides.get(
+                "solver_kwargs", {}
+            ).get("check_every", 1)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--variants", "eager,jit"])
