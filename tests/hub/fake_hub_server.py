@@ -40,132 +40,28 @@ Run standalone with ``python fake_hub_server.py`` (prints the endpoint, stops on
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
 import threading
 import time
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-try:  # PyYAML ships with the HF stack; without it validate-yaml only checks the front-matter fences.
-    import yaml
-except ImportError:  # pragma: no cover
-    yaml = None
+from fake_hub_state import (
+    GITATTRIBUTES,
+    Commit,
+    FailureRule,
+    HubError,
+    Repo,
+    StoredFile,
+    front_matter,
+    git_blob_sha1,
+)
+from fake_hub_uploads import UploadEndpoints
 
 MAX_BODY = 512 * 1024 * 1024
-LFS_SUFFIXES = (
-    ".safetensors",
-    ".bin",
-    ".pt",
-    ".pth",
-    ".ckpt",
-    ".h5",
-    ".msgpack",
-    ".onnx",
-    ".npz",
-    ".npy",
-    ".pkl",
-    ".zip",
-    ".gz",
-    ".tar",
-    ".parquet",
-    ".arrow",
-)
-LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-PIPELINE_TAGS = {
-    "text-generation",
-    "image-classification",
-    "fill-mask",
-    "text-classification",
-    "feature-extraction",
-    "token-classification",
-    "question-answering",
-    "summarization",
-    "translation",
-    "image-feature-extraction",
-    "text2text-generation",
-    "zero-shot-classification",
-    "object-detection",
-    "image-segmentation",
-}
-GITATTRIBUTES = (
-    b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
-)
-
-
-def git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-
-
-@dataclass
-class StoredFile:
-    data: bytes
-    lfs_sha256: str | None = None  # set for files stored through LFS
-
-    @property
-    def blob_id(self) -> str:
-        if self.lfs_sha256 is None:
-            return git_blob_sha1(self.data)
-        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.lfs_sha256}\nsize {len(self.data)}\n"
-        return git_blob_sha1(pointer.encode())
-
-    @property
-    def etag(self) -> str:
-        return self.lfs_sha256 or self.blob_id
-
-
-@dataclass
-class Commit:
-    oid: str
-    message: str
-    files: dict[str, StoredFile]
-    date: str = field(default_factory=_now)
-
-
-@dataclass
-class Repo:
-    repo_id: str
-    private: bool
-    commits: list[Commit] = field(default_factory=list)
-    created_at: str = field(default_factory=_now)
-
-    @property
-    def head(self) -> Commit:
-        return self.commits[-1]
-
-    def at(self, revision: str) -> Commit | None:
-        if revision == "main":
-            return self.head
-        for commit in self.commits:
-            if len(revision) >= 7 and commit.oid.startswith(revision):
-                return commit
-        return None
-
-
-@dataclass
-class FailureRule:
-    status: int
-    path: re.Pattern
-    method: str | None = None
-    times: int | None = None  # None: every time
-    message: str = "refused by the fake Hub"
-
-
-class HubError(Exception):
-    def __init__(
-        self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
 
 
 class FakeHubServer:
@@ -305,7 +201,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(UploadEndpoints, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
     timeout = 30  # socket timeout: a stuck client cannot hold a thread forever
@@ -517,33 +413,6 @@ class _Handler(BaseHTTPRequestHandler):
         raise HubError(404, f"no route for {method} /api/{'/'.join(parts)} in the fake Hub")
 
     # -- endpoints --------------------------------------------------------------------------------------------
-    def _create_repo(self) -> None:
-        self._require_write()
-        body = self._json_body()
-        if body.get("type") not in (None, "model"):
-            raise HubError(400, "the fake Hub only hosts model repos")
-        name, namespace = body.get("name") or "", body.get("organization") or self.hub.username
-        if not NAME_RE.match(name) or "--" in name or ".." in name or not NAME_RE.match(namespace):
-            raise HubError(400, f"Invalid repo name: {namespace}/{name}")
-        repo_id = f"{namespace}/{name}"
-        with self.hub.lock:
-            if repo_id in self.hub.repos:
-                return self._send_json(
-                    409,
-                    {"error": "You already created this model repo", "url": f"{self.hub.endpoint}/{repo_id}"},
-                )
-            private = body.get("visibility") == "private" or bool(body.get("private"))
-            self.hub.create_repo(repo_id, private=private)
-        self._send_json(200, {"url": f"{self.hub.endpoint}/{repo_id}", "name": repo_id, "id": repo_id})
-
-    def _validate_yaml(self) -> None:
-        body = self._json_body()
-        errors, warnings = validate_card_metadata(body.get("content", ""))
-        self._send_json(
-            400 if errors else 200,
-            {"errors": [{"message": e} for e in errors], "warnings": [{"message": w} for w in warnings]},
-        )
-
     def _model_info(self, repo_id: str, revision: str) -> None:
         repo = self._repo(repo_id)
         commit = self._commit(repo, revision)
@@ -637,99 +506,6 @@ class _Handler(BaseHTTPRequestHandler):
                 found.append(self._entry(path, None))
         self._send_json(200, found)
 
-    def _preupload(self, repo_id: str, revision: str) -> None:
-        repo = self._repo(repo_id, write=True)
-        commit = self._commit(repo, revision)
-        files = []
-        for spec in self._json_body().get("files", []):
-            sample = base64.b64decode(spec.get("sample", ""))
-            path, size = spec["path"], int(spec.get("size", 0))
-            lfs = path.endswith(LFS_SUFFIXES) or size > LFS_SIZE_THRESHOLD or b"\0" in sample
-            existing = commit.files.get(path)
-            oid = None if existing is None else (existing.lfs_sha256 if lfs else existing.blob_id)
-            files.append(
-                {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
-            )
-        self._send_json(200, {"files": files, "commitOid": commit.oid})
-
-    def _lfs_batch(self, repo_id: str) -> None:
-        self._repo(repo_id, write=True)
-        body = self._json_body()
-        if body.get("operation") != "upload":
-            raise HubError(400, "the fake Hub's LFS batch API only uploads")
-        objects = []
-        for obj in body.get("objects", []):
-            oid, size = obj["oid"], int(obj["size"])
-            entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
-            if oid not in self.hub.lfs_objects:
-                entry["actions"] = {
-                    "upload": {
-                        "href": f"{self.hub.endpoint}/__lfs_upload__/{oid}?size={size}",
-                        "expires_in": 3600,
-                    }
-                }
-            objects.append(entry)
-        self._send(
-            200,
-            json.dumps({"transfer": "basic", "objects": objects}).encode(),
-            content_type="application/vnd.git-lfs+json",
-        )
-
-    def _lfs_put(self, oid: str) -> None:
-        data = self._read_body()
-        if hashlib.sha256(data).hexdigest() != oid:
-            raise HubError(400, "uploaded content does not match its sha256 oid")
-        with self.hub.lock:
-            self.hub.lfs_objects[oid] = data
-        self._send(200, b"", content_type="text/plain")
-
-    def _commit_endpoint(self, repo_id: str, revision: str, query: dict[str, list[str]]) -> None:
-        repo = self._repo(repo_id, write=True)
-        if query.get("create_pr", ["0"])[0] == "1":
-            raise HubError(400, "the fake Hub does not support pull requests")
-        lines = [json.loads(line) for line in self._read_body().splitlines() if line.strip()]
-        if not lines or lines[0].get("key") != "header":
-            raise HubError(400, "commit payload must start with a header line")
-        header = lines[0]["value"]
-        with self.hub.lock:
-            parent = self._commit(repo, revision)
-            if revision != "main":
-                raise HubError(400, "the fake Hub only commits to main")
-            if header.get("parentCommit") and not parent.oid.startswith(header["parentCommit"]):
-                raise HubError(412, "A commit has happened since. Please refresh and try again.")
-            files = dict(parent.files)
-            for line in lines[1:]:
-                key, value = line.get("key"), line.get("value", {})
-                path = value.get("path", "")
-                if not path or path.startswith("/") or ".." in path.split("/"):
-                    raise HubError(400, f"invalid path in commit: {path!r}")
-                if key == "file":
-                    files[path] = StoredFile(base64.b64decode(value["content"]))
-                elif key == "lfsFile":
-                    data = self.hub.lfs_objects.get(value["oid"])
-                    if data is None:
-                        raise HubError(400, f"LFS object {value['oid']} was never uploaded")
-                    files[path] = StoredFile(data, lfs_sha256=value["oid"])
-                elif key == "deletedFile":
-                    if files.pop(path, None) is None:
-                        raise HubError(404, "A file with this name doesn't exist", "EntryNotFound")
-                elif key == "deletedFolder":
-                    for p in [p for p in files if p.startswith(path.rstrip("/") + "/")]:
-                        del files[p]
-                else:
-                    raise HubError(400, f"unknown commit operation {key!r}")
-            commit = self.hub._new_commit(repo_id, header.get("summary", ""), files)
-            repo.commits.append(commit)
-        self._send_json(
-            200,
-            {
-                "success": True,
-                "commitOid": commit.oid,
-                "pullRequestUrl": None,
-                "commitUrl": f"{self.hub.endpoint}/{repo_id}/commit/{commit.oid}",
-            },
-        )
-
     def _resolve(self, method: str, repo_id: str, revision: str, path: str) -> None:
         commit = self._commit(self._repo(repo_id), revision)
         stored = commit.files.get(path)
@@ -762,70 +538,6 @@ class _Handler(BaseHTTPRequestHandler):
         if method not in ("GET", "HEAD") or oid not in self.hub.lfs_objects:
             raise HubError(404, "no such object on the fake CDN")
         self._send_range(method, self.hub.lfs_objects[oid], {"ETag": f'"{oid}"'})
-
-
-def front_matter(content: str) -> dict | None:
-    """The YAML metadata block of a card (``---`` fenced at the top), or ``None``."""
-    match = re.match(r"^\s*---\s*\n(.*?)\n---\s*(\n|$)", content, flags=re.DOTALL)
-    if not match or yaml is None:
-        return None
-    try:
-        data = yaml.safe_load(match.group(1))
-    except yaml.YAMLError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def validate_card_metadata(content: str) -> tuple[list[str], list[str]]:
-    """A subset of the Hub's model-card metadata checks: ``(errors, warnings)``."""
-    errors: list[str] = []
-    match = re.match(r"^\s*---\s*\n(.*?)\n---\s*(\n|$)", content, flags=re.DOTALL)
-    if not match:
-        return [], ["empty or missing yaml metadata in repo card"]
-    if yaml is None:  # pragma: no cover
-        return [], []
-    try:
-        data = yaml.safe_load(match.group(1))
-    except yaml.YAMLError as err:
-        return [f"YAML parse error: {err}"], []
-    if not isinstance(data, dict):
-        return ["metadata must be a YAML mapping"], []
-
-    def str_or_list(key: str) -> None:
-        value = data.get(key)
-        if value is not None and not (
-            isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-        ):
-            errors.append(f'"{key}" must be a string or an array of strings')
-
-    for key in ("tags", "datasets", "metrics", "language", "base_model"):
-        str_or_list(key)
-    for key in ("library_name", "license", "pipeline_tag"):
-        if key in data and not isinstance(data[key], str):
-            errors.append(f'"{key}" must be a string')
-    if isinstance(data.get("pipeline_tag"), str) and data["pipeline_tag"] not in PIPELINE_TAGS:
-        errors.append(f'"pipeline_tag" must be a known task, got {data["pipeline_tag"]!r}')
-    index = data.get("model-index")
-    if index is not None:
-        if not isinstance(index, list):
-            errors.append('"model-index" must be an array')
-        for model in index if isinstance(index, list) else []:
-            if not isinstance(model, dict) or not isinstance(model.get("name"), str):
-                errors.append('"model-index[].name" must be a string')
-                continue
-            for result in model.get("results") or []:
-                task, dataset = result.get("task") or {}, result.get("dataset") or {}
-                if not isinstance(task.get("type"), str):
-                    errors.append('"model-index[].results[].task.type" is required')
-                if not (isinstance(dataset.get("type"), str) and isinstance(dataset.get("name"), str)):
-                    errors.append('"model-index[].results[].dataset" needs "type" and "name"')
-                metrics = result.get("metrics")
-                if not isinstance(metrics, list) or not metrics:
-                    errors.append('"model-index[].results[].metrics" must be a non-empty array')
-                for metric in metrics if isinstance(metrics, list) else []:
-                    if not isinstance(metric.get("type"), str) or "value" not in metric:
-                        errors.append('"model-index[].results[].metrics[]" needs "type" and "value"')
-    return errors, []
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,7 +26,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from fake_hub_server import FakeHubServer, git_blob_sha1
+from fake_hub_server import FakeHubServer
+from fake_hub_state import git_blob_sha1
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = Path(__file__).resolve().parent / "clients"
