@@ -6,7 +6,7 @@ by side in one process: the real forward, and the same forward with that check r
 forward before config edits took effect). Blocks of the two alternate, so machine noise hits both alike.
 
     python scripts/benchmark_config_sync.py                     # test_mdeq_tiny and test_deq_transformer_tiny
-    python scripts/benchmark_config_sync.py --repeats 40 --forwards 50 --num_threads 1
+    python scripts/benchmark_config_sync.py --repeats 40 --forwards 50 --torch_num_threads 1
 """
 
 from __future__ import annotations
@@ -20,19 +20,38 @@ import torch
 
 import hf_deq
 from hf_deq.modeling_deq import DEQModelMixin
+from hf_deq.training.arguments import check_preset_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--presets", nargs="+", default=["test_mdeq_tiny", "test_deq_transformer_tiny"])
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=["test_mdeq_tiny", "test_deq_transformer_tiny"],
+        help="the presets (random weights) to time",
+    )
     parser.add_argument("--repeats", type=int, default=30, help="alternating blocks per variant")
     parser.add_argument("--forwards", type=int, default=40, help="forwards per block")
-    parser.add_argument("--batch_size", type=int, default=2)
-    parser.add_argument("--solver_max_iter", type=int, default=4)
-    parser.add_argument("--num_threads", type=int, default=1)
-    return parser.parse_args(argv)
+    parser.add_argument("--batch_size", type=int, default=2, help="inputs per forward")
+    parser.add_argument(
+        "--solver_max_iter", type=int, default=4, help="solver budget of every forward (train and eval)"
+    )
+    parser.add_argument(
+        "--torch_num_threads", type=int, default=1, help="intra-op CPU threads (torch.set_num_threads)"
+    )
+    args = parser.parse_args(argv)
+    for name in ("repeats", "forwards", "batch_size", "torch_num_threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
+    for preset in args.presets:
+        check_preset_config(
+            parser, preset, {"solver_max_iter": args.solver_max_iter}, {"solver_max_iter": "--solver_max_iter"},
+            preset_flag="--presets",
+        )  # fmt: skip
+    return args
 
 
 def tiny_inputs(config, batch: int) -> dict[str, torch.Tensor]:
@@ -81,7 +100,7 @@ def bench(preset: str, args: argparse.Namespace) -> dict[str, float]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.num_threads)
+    torch.set_num_threads(args.torch_num_threads)
     print(f"{args.repeats} alternating blocks x {args.forwards} eval forwards, batch {args.batch_size}")
     print(f"{'preset':<28} {'forward, check':>15} {'forward, no-op':>15} {'ratio':>7} {'check alone':>12}")
     for preset in args.presets:

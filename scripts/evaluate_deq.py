@@ -77,7 +77,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         default=None,
         help="comma-separated solver_eval_max_iter values (default: the model's)",
     )
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="autocast of the evaluation (default: Accelerate's, i.e. none on CPU)",
+    )
     parser.add_argument(
         "--output_file", default=None, help="write the rows as JSON (never over a model file)"
     )
