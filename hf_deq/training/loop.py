@@ -86,6 +86,8 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     unwrapped = accelerator.unwrap_model(model)
     config = unwrapped.config
+    estimator = getattr(config, "grad_estimator", None)  # None: an explicit (non-DEQ) model
+    solver = getattr(config, "solver", None)
 
     state = TrainingState()
     if checkpoint is not None:
@@ -101,7 +103,7 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
     total_batch = args.per_device_train_batch_size * accelerator.num_processes * accumulation
     logger.info(
         f"***** Running training *****\n  Model = {args.model_name_or_path or args.preset} "
-        f"({num_parameters(unwrapped):,} parameters), estimator {config.grad_estimator}, solver {config.solver}\n"
+        f"({num_parameters(unwrapped):,} parameters), estimator {estimator}, solver {solver}\n"
         f"  Data = {data.dataset_name}: {len(data.train)} train, {len(data.validation)} eval examples\n"
         f"  Epochs = {num_epochs}, optimization steps = {max_train_steps}, total batch = {total_batch}"
     )
@@ -211,8 +213,8 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
         **{k: v for k, v in last_eval.items() if k.startswith("eval_")},
         "skipped_nonfinite_steps": step.skipped,
         "num_parameters": num_parameters(unwrapped),
-        "grad_estimator": config.grad_estimator,
-        "solver": config.solver,
+        "grad_estimator": getattr(config, "grad_estimator", None),
+        "solver": solver,
         "num_processes": accelerator.num_processes,
         "torch_num_threads": torch.get_num_threads(),
         "mixed_precision": accelerator.mixed_precision,
