@@ -195,23 +195,29 @@ def compare(
     }
 
 
-def lm_target(result: dict[str, Any]) -> dict[str, Any]:
-    """The LM target's check on a ``compare`` result of the ``lm`` family: on wall time, as the target is
-    stated (the CPU-time ratio, which load on a shared machine disturbs less, is reported beside it)."""
-    ratio, cpu, params = (
-        *(result["deq_time_to_target_ratio"][c] for c in ("wall", "cpu")),
-        result["parameter_ratio"],
-    )
-    met = ratio is not None and ratio <= LM_TARGET_TIME_RATIO and params <= LM_TARGET_PARAMETER_RATIO + 1e-12
-    reached = (
-        "never reached" if ratio is None else f"{ratio:.2f}x of its wall time ({cpu:.2f}x of its CPU time)"
-    )
-    return {
-        "target": f"DEQ reaches the explicit GPT's final eval loss in <= {LM_TARGET_TIME_RATIO:.1f}x its wall "
-        "time with <= 1/3 of its parameters",
-        "measured": f"{reached}, {params:.2f}x the parameters",
-        "met": met,
-    }
+def lm_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The LM target's checks on a ``compare`` result of the ``lm`` family: on wall time, as the target is
+    stated, and on CPU time, which load from other jobs on a shared machine disturbs less."""
+    params = result["parameter_ratio"]
+    rows = []
+    for clock, what in (("wall", "wall time"), ("cpu", "CPU time")):
+        ratio = result["deq_time_to_target_ratio"][clock]
+        met = (
+            ratio is not None
+            and ratio <= LM_TARGET_TIME_RATIO
+            and params <= LM_TARGET_PARAMETER_RATIO + 1e-12
+        )
+        reached = "never reached" if ratio is None else f"{ratio:.2f}x"
+        rows.append(
+            {
+                "clock": clock,
+                "target": f"DEQ reaches the explicit GPT's final eval loss in <= {LM_TARGET_TIME_RATIO:.1f}x its "
+                f"{what} with <= 1/3 of its parameters",
+                "measured": f"{reached} of its {what}, {params:.2f}x the parameters",
+                "met": met,
+            }
+        )
+    return rows
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -282,7 +288,7 @@ __all__ = [
     "compare",
     "comparison_lines",
     "json_ready",
-    "lm_target",
+    "lm_targets",
     "parse_run",
     "time_to_target",
 ]
