@@ -26,9 +26,12 @@ EVAL_KEYS = (
 
 def solver_stats(outputs) -> dict[str, float]:
     """Mean/max solver steps and mean finite residual of a DEQ output (or anything with ``solver_nstep`` and
-    ``solver_residual``)."""
-    nstep = outputs.solver_nstep.float()
-    residual = outputs.solver_residual.float()
+    ``solver_residual``). An output without them (an explicit model: no solver) gets NaN for each."""
+    nstep = getattr(outputs, "solver_nstep", None)
+    residual = getattr(outputs, "solver_residual", None)
+    if nstep is None or residual is None:
+        return dict.fromkeys(("solver_nstep", "solver_nstep_max", "solver_residual"), math.nan)
+    nstep, residual = nstep.float(), residual.float()
     finite = residual[torch.isfinite(residual)]
     return {
         "solver_nstep": float(nstep.mean()),
@@ -40,7 +43,8 @@ def solver_stats(outputs) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(model, dataloader, accelerator, task: TrainingTask) -> dict[str, Any]:
     """``EVAL_KEYS`` and ``eval_<metric>``: ``eval_loss`` is the sum of the per-example losses over the sum of
-    their item counts (tokens for a language model, 1 per image), so it is exact whatever the batching."""
+    their item counts (tokens for a language model, 1 per image), so it is exact whatever the batching. A task
+    whose ``eval_step`` returns no solver statistics (an explicit model) gets NaN for them."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in dataloader:
@@ -52,7 +56,9 @@ def evaluate(model, dataloader, accelerator, task: TrainingTask) -> dict[str, An
     values = {k: torch.cat(v) for k, v in parts.items()}
     loss = float(values["loss_sum"].double().sum() / values["num_items"].double().sum())
     stats = solver_stats(
-        SimpleNamespace(solver_nstep=values["solver_nstep"], solver_residual=values["solver_residual"])
+        SimpleNamespace(
+            solver_nstep=values.get("solver_nstep"), solver_residual=values.get("solver_residual")
+        )
     )
     results = {
         "eval_loss": loss,

@@ -86,6 +86,8 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     unwrapped = accelerator.unwrap_model(model)
     config = unwrapped.config
+    estimator = getattr(config, "grad_estimator", None)  # None: an explicit (non-DEQ) model
+    solver = getattr(config, "solver", None)
 
     state = TrainingState()
     if checkpoint is not None:
@@ -101,7 +103,7 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
     total_batch = args.per_device_train_batch_size * accelerator.num_processes * accumulation
     logger.info(
         f"***** Running training *****\n  Model = {args.model_name_or_path or args.preset} "
-        f"({num_parameters(unwrapped):,} parameters), estimator {config.grad_estimator}, solver {config.solver}\n"
+        f"({num_parameters(unwrapped):,} parameters), estimator {estimator}, solver {solver}\n"
         f"  Data = {data.dataset_name}: {len(data.train)} train, {len(data.validation)} eval examples\n"
         f"  Epochs = {num_epochs}, optimization steps = {max_train_steps}, total batch = {total_batch}"
     )
@@ -128,6 +130,7 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
                 "epoch": state.epoch + 1,
                 "step": state.completed_steps,
                 "train_time": state.train_time,
+                "train_cpu_time": state.train_cpu_time,
                 **metrics,
             }
         )
@@ -137,7 +140,7 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
     checkpoint_every = int(args.checkpointing_steps) if (args.checkpointing_steps or "").isdigit() else None
     window = {"loss": 0.0, "nstep": 0.0, "residual": 0.0, "n": 0}
     model.train()
-    clock = time.perf_counter()
+    clock, cpu_clock = time.perf_counter(), time.process_time()
     for epoch in range(state.epoch, num_epochs):
         if state.completed_steps >= max_train_steps:
             break
@@ -166,8 +169,9 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
                 continue
             state.completed_steps += 1
             state.skipped_nonfinite_steps = step.skipped
-            now = time.perf_counter()
+            now, cpu_now = time.perf_counter(), time.process_time()
             state.train_time, clock = state.train_time + now - clock, now
+            state.train_cpu_time, cpu_clock = state.train_cpu_time + cpu_now - cpu_clock, cpu_now
             done = state.completed_steps
             tracker.step({"step": done, "loss": result.loss, "skipped_nonfinite_steps": step.skipped})
             if done % args.logging_steps == 0 or done == max_train_steps:
@@ -186,16 +190,18 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
                 save_checkpoint(f"step_{done}")
             if args.eval_steps and done % args.eval_steps == 0 and done < max_train_steps:
                 run_evaluation()
-            clock = time.perf_counter()  # evaluation and checkpoints are not training time
+            # evaluation and checkpoints are not training time
+            clock, cpu_clock = time.perf_counter(), time.process_time()
             if done >= max_train_steps:
                 break
         last_epoch = epoch == num_epochs - 1 or state.completed_steps >= max_train_steps
-        if (epoch + 1) % args.eval_every_epochs == 0 or last_epoch:
+        due = (epoch + 1) % args.eval_every_epochs == 0 or last_epoch
+        if due and last_eval.get("step") != state.completed_steps:  # not twice at one step (--eval_steps)
             run_evaluation()
         state.epoch, state.batches_in_epoch = epoch + 1, 0
         if args.checkpointing_steps == "epoch":
             save_checkpoint(f"epoch_{epoch}")
-        clock = time.perf_counter()
+        clock, cpu_clock = time.perf_counter(), time.process_time()
     schedule.finish()  # the saved config names the target estimator
     if last_eval.get("step") != state.completed_steps:
         run_evaluation()
@@ -204,6 +210,7 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
     timed = max(state.timed_steps, 1)
     results = {
         "train_runtime": state.train_time,
+        "train_cpu_runtime": state.train_cpu_time,
         "train_loss": state.train_loss,
         "train_steps": state.completed_steps,
         "train_samples": len(data.train),
@@ -211,8 +218,8 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
         **{k: v for k, v in last_eval.items() if k.startswith("eval_")},
         "skipped_nonfinite_steps": step.skipped,
         "num_parameters": num_parameters(unwrapped),
-        "grad_estimator": config.grad_estimator,
-        "solver": config.solver,
+        "grad_estimator": getattr(config, "grad_estimator", None),
+        "solver": solver,
         "num_processes": accelerator.num_processes,
         "torch_num_threads": torch.get_num_threads(),
         "mixed_precision": accelerator.mixed_precision,

@@ -19,6 +19,7 @@ class TrainingState:
     epoch: int = 0
     batches_in_epoch: int = 0
     train_time: float = 0.0
+    train_cpu_time: float = 0.0  # CPU seconds of this process in training (time.process_time)
     forward_time: float = 0.0
     backward_time: float = 0.0
     timed_steps: int = 0
