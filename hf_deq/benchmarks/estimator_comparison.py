@@ -292,7 +292,10 @@ def plot(summary: dict[str, Any], metric: Metric, names: dict[str, str], path: P
             label=f"{names.get(name, name)} (n={row['n']})",
         )
     if summary["target"] is not None:
-        ax.axhline(metric.scale * summary["target"], color="gray", linestyle=":", linewidth=1)
+        target = metric.scale * summary["target"]
+        ax.axhline(
+            target, color="gray", linestyle=":", linewidth=1, label=f"target: {summary['reference']}'s mean"
+        )
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel(metric.label)
     ax.set_title(title, fontsize=10)
