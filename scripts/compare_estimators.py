@@ -1,19 +1,26 @@
 #!/usr/bin/env python
-"""Train the same MDEQ preset on the same data once per gradient estimator (same seed, same budget) and compare
-accuracy, wall time, forward/backward time per step and memory. Writes ``compare_estimators.md`` (a markdown
-table), ``compare_estimators.png`` (accuracy against training wall time) and ``compare_estimators.json`` into
+"""Train the same preset on the same data with each gradient estimator (implicit, UPG, NPG, one-step), over
+several seeds at the same budget, and compare them: final metric (mean ± sample std over the seeds), forward +
+backward time per step, wall time per step, saved activations, and the time each estimator takes to reach
+``implicit``'s final metric. Writes ``compare_estimators.md`` (the table), ``compare_estimators.png`` (the metric
+against training wall time, with error bars) and ``compare_estimators.json`` (every run and the summary) into
 ``--output_dir``.
 
-Every flag that is not listed below is a flag of ``scripts/train_mdeq_classifier.py`` (the shared training loop
-``hf_deq.training`` with the ``image-classification`` task), passed on unchanged, e.g.::
+``--task`` picks the family: ``image-classification`` (MDEQ, ``scripts/train_mdeq_classifier.py``, metric
+``eval_accuracy``) or ``causal-lm`` (DEQ-Transformer, ``scripts/train_deq_lm.py``, metric ``eval_loss``). Every flag
+after ``--`` is a flag of that training script (the shared loop ``hf_deq.training``), passed on unchanged;
+``--seed`` and the estimator flags are set per run::
 
-    python scripts/compare_estimators.py --output_dir outputs/compare-digits -- \\
-        --preset mdeq-tiny-digits --num_train_epochs 8 --seed 0 --torch_num_threads 1
+    python scripts/compare_estimators.py --output_dir outputs/compare-digits --seeds 0,1,2 -- \\
+        --preset mdeq-tiny-digits --torch_num_threads 1
+    python scripts/compare_estimators.py --task causal-lm --output_dir outputs/compare-char --seeds 0,1,2 -- \\
+        --train_file input.txt --train_tokenizer char --preset deq-transformer-char --max_train_steps 400 \\
+        --eval_steps 100 --torch_num_threads 1
 
-By default each run is a fresh process (``python scripts/train_mdeq_classifier.py ...``), so that its peak
-memory is its own and no state leaks between runs; ``--in_process`` trains in this process instead.
-Timings are training time only (no evaluation, no start-up): compare them between runs of one invocation, on one
-machine.
+The runs go seed by seed, every estimator within a seed, so that a change in the machine's load spreads over
+the estimators. By default each run is a fresh process, so that no state leaks between runs; ``--in_process``
+trains in this process instead. Timings are training time only (no evaluation, no start-up): compare them
+between runs of one invocation, on one machine.
 """
 
 from __future__ import annotations
@@ -26,33 +33,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hf_deq.tasks import get_task
-from hf_deq.training import build_dataloaders, train
+from hf_deq.benchmarks import estimator_comparison as ec
+from hf_deq.tasks import available_tasks, get_task
 from hf_deq.training import parse_args as parse_training_args
+from hf_deq.training import train
 
 SCRIPTS = Path(__file__).resolve().parent
-TRAIN_SCRIPT = "train_mdeq_classifier.py"
-TASK = get_task("image-classification")
-
-
-def training_args(argv: list[str]):
-    """``argv`` parsed as ``train_mdeq_classifier.py`` does."""
-    return parse_training_args(TASK, argv, script=TRAIN_SCRIPT)
-
-
-#: The estimators of the phantom-gradient paper and their flags (docs/design.md, "Training recipes").
-RECIPES: dict[str, list[str]] = {
-    "implicit": ["--grad_estimator", "implicit"],
-    "upg": ["--grad_estimator", "upg", "--grad_steps", "5", "--grad_damping", "0.5"],
-    "npg": ["--grad_estimator", "npg", "--grad_steps", "5", "--grad_damping", "0.5"],
-    "one_step": ["--grad_estimator", "one_step"],
-}
-LABELS = {
-    "implicit": "implicit",
-    "upg": "UPG (k=5, λ=0.5)",
-    "npg": "NPG (k=5, λ=0.5)",
-    "one_step": "one-step",
-}
+RESERVED = (
+    "--output_dir",
+    "--seed",
+    "--grad_estimator",
+    "--grad_steps",
+    "--grad_damping",
+    "--resume_from_checkpoint",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -61,151 +55,91 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     )
     parser.add_argument("--output_dir", required=True, help="where the table, plot and per-run folders go")
     parser.add_argument(
-        "--estimators", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="default: all four"
+        "--task", default="image-classification", choices=[t for t in available_tasks() if t in ec.TRAIN_SCRIPTS],
+        help="the family: image-classification (MDEQ) or causal-lm (DEQ-Transformer); default image-classification",
+    )  # fmt: skip
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    estimators = list(ec.recipes("image-classification"))
+    parser.add_argument(
+        "--estimators", nargs="+", default=estimators, choices=estimators, help="default: all four"
     )
     parser.add_argument(
-        "--reference", default="implicit", help="estimator whose accuracy the others must reach"
+        "--reference", default="implicit", choices=estimators, help="whose final metric is the target"
     )
     parser.add_argument(
-        "--tolerance", type=float, default=0.005, help="accuracy tolerance (0.005 = 0.5 point)"
-    )
+        "--tolerance", type=float, default=0.0,
+        help="move the target this much towards worse (e.g. 0.005 = half an accuracy point); default 0",
+    )  # fmt: skip
     parser.add_argument("--in_process", action="store_true", help="run the trainings in this process")
+    parser.add_argument(
+        "--skip_existing", action="store_true",
+        help="reuse a run whose folder already holds all_results.json and history.json (same flags assumed)",
+    )  # fmt: skip
     args, passthrough = parser.parse_known_args(argv)
     passthrough = [a for a in passthrough if a != "--"]
-    for reserved in ("--output_dir", "--grad_estimator", "--resume_from_checkpoint"):
-        if reserved in passthrough:
-            parser.error(f"{reserved} is set per run by this script")
-    training_args(passthrough)  # fail early on a bad training flag
+    try:
+        args.seeds = ec.parse_seeds(args.seeds)
+    except ValueError as err:
+        parser.error(f"argument --seeds: {err}")
+    if args.tolerance < 0:
+        parser.error(f"argument --tolerance: must be >= 0, got {args.tolerance}")
+    for reserved in RESERVED:
+        if any(a == reserved or a.startswith(f"{reserved}=") for a in passthrough):
+            parser.error(f"argument {reserved}: is set per run by this script")
+    parse_training_args(get_task(args.task), passthrough, script=ec.TRAIN_SCRIPTS[args.task])  # fail early
     return args, passthrough
 
 
-def run_one(name: str, passthrough: list[str], output_dir: Path, in_process: bool) -> dict[str, Any]:
-    """Train with estimator ``name``; return its results (``all_results.json`` plus the eval history)."""
-    run_dir = output_dir / name
-    argv = [
-        *passthrough,
-        *RECIPES[name],
-        "--output_dir",
-        str(run_dir),
-        "--overwrite_output_dir",
-        "--disable_tqdm",
-    ]
-    if in_process:
-        results = train(TASK, training_args(argv))
-    else:
-        subprocess.run([sys.executable, str(SCRIPTS / TRAIN_SCRIPT), *argv], check=True, env=os.environ)
-        results = json.loads((run_dir / "all_results.json").read_text())
-        results["history"] = json.loads((run_dir / "history.json").read_text())
-    results["saved_activations_mb"] = saved_activations_mb(argv)
+def run_one(args: argparse.Namespace, name: str, seed: int, passthrough: list[str]) -> dict[str, Any]:
+    """Train estimator ``name`` with ``seed``; return its results (``all_results.json`` plus the history)."""
+    task, script = get_task(args.task), ec.TRAIN_SCRIPTS[args.task]
+    run_dir = Path(args.output_dir) / f"{name}-seed{seed}"
+    argv = [*passthrough, *ec.recipes(args.task)[name], "--seed", str(seed)]
+    argv += ["--output_dir", str(run_dir), "--overwrite_output_dir", "--disable_tqdm"]
+    files = run_dir / "all_results.json", run_dir / "history.json"
+    if not (args.skip_existing and all(f.is_file() for f in files)):
+        if args.in_process:
+            train(task, parse_training_args(task, argv, script=script))
+        else:
+            subprocess.run([sys.executable, str(SCRIPTS / script), *argv], check=True, env=os.environ)
+    results = json.loads(files[0].read_text())
+    results["history"] = json.loads(files[1].read_text())
+    results["seed"] = seed
+    if seed == args.seeds[0]:  # the same graph for every seed: measured once per estimator
+        results["saved_activations_mb"] = ec.saved_activations_mb(
+            task, parse_training_args(task, argv, script=script)
+        )
     return results
 
 
-def saved_activations_mb(argv: list[str]) -> float:
-    """Megabytes of tensors autograd keeps for the backward of one training forward (parameters excluded):
-    the memory that grows with the unrolled steps of UPG and stays O(1) for implicit / NPG."""
-    import torch
-
-    args = training_args([*argv, "--overwrite_output_dir"])
-    torch.manual_seed(args.seed)
-    raw = TASK.load_raw(args)
-    model, processor = TASK.build_model(args, raw, None)
-    train_dl, _ = build_dataloaders(args, TASK.load_data(args, raw, processor))
-    batch = next(iter(train_dl))
-    params = {p.data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(tensor):
-        ptr = tensor.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = max(seen.get(ptr, 0), tensor.untyped_storage().nbytes())
-        return tensor
-
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(**batch)
-    return sum(seen.values()) / 2**20
-
-
-def time_to_reach(history: list[dict], accuracy: float) -> float | None:
-    """Training time at the first evaluation whose accuracy is at least ``accuracy``."""
-    for entry in history:
-        if entry["eval_accuracy"] >= accuracy - 1e-12:
-            return entry["train_time"]
-    return None
-
-
-def markdown_table(results: dict[str, dict], reference: str, tolerance: float) -> str:
-    ref = results.get(reference)
-    target = ref["eval_accuracy"] - tolerance if ref else None
-    rows = [
-        "| estimator | final accuracy | best accuracy | wall time / epoch (s) | forward / step (ms) | "
-        "backward / step (ms) | saved activations (MB) | peak memory (MB) | time to reference accuracy |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        best = max(h["eval_accuracy"] for h in r["history"]) if r["history"] else r["eval_accuracy"]
-        reach = "—"
-        if ref is not None:
-            t = time_to_reach(r["history"], target)
-            reach = "not reached" if t is None else f"{t:.0f} s ({t / ref['train_runtime']:.2f}x)"
-        rows.append(
-            f"| {LABELS.get(name, name)} | {100 * r['eval_accuracy']:.2f}% | {100 * best:.2f}% | "
-            f"{r['train_runtime'] / max(r['epoch'], 1e-9):.1f} | {1000 * r['forward_time_per_step']:.0f} | "
-            f"{1000 * r['backward_time_per_step']:.0f} | {r['saved_activations_mb']:.1f} | "
-            f"{r['peak_memory_mb']:.0f} | {reach} |"
-        )
-    notes = [
-        "",
-        f"Time to reference accuracy: training time until the first evaluation within {100 * tolerance:.1f} point "
-        f"of `{reference}`'s final accuracy, and its ratio to `{reference}`'s total training time. Wall times "
-        "exclude evaluation and start-up. Peak memory: CUDA peak allocation, or the process's peak resident set "
-        "size on CPU (mostly the libraries); saved activations: tensors kept for the backward of one step.",
-    ]
-    return "\n".join(rows + notes) + "\n"
-
-
-def plot(results: dict[str, dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for name, r in results.items():
-        times = [0.0] + [h["train_time"] for h in r["history"]]
-        accs = [None] + [100 * h["eval_accuracy"] for h in r["history"]]
-        ax.plot(times[1:], accs[1:], marker="o", markersize=3, label=LABELS.get(name, name))
-    ax.set_xlabel("training wall time (s)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> dict[str, dict]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     args, passthrough = parse_args(argv)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict] = {}
-    for name in args.estimators:
-        print(f"=== {name} ===", flush=True)
-        results[name] = run_one(name, passthrough, output_dir, args.in_process)
-        print(
-            f"{name}: accuracy {results[name]['eval_accuracy']:.4f}, training time "
-            f"{results[name]['train_runtime']:.1f}s",
-            flush=True,
-        )
-    table = markdown_table(results, args.reference, args.tolerance)
-    train_args = training_args(passthrough)
-    title = f"{train_args.preset or train_args.model_name_or_path} on {train_args.dataset_name or train_args.train_dir}"
-    (output_dir / "compare_estimators.md").write_text(f"### {title}\n\n{table}")
-    (output_dir / "compare_estimators.json").write_text(json.dumps(results, indent=2))
-    plot(results, output_dir / "compare_estimators.png", title)
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    metric, names = ec.METRICS[args.task], ec.labels(args.task)
+    runs: dict[str, list[dict]] = {name: [] for name in args.estimators}
+    for seed in args.seeds:
+        for name in args.estimators:
+            print(f"=== {name}, seed {seed} ===", flush=True)
+            r = run_one(args, name, seed, passthrough)
+            runs[name].append(r)
+            print(
+                f"{name} seed {seed}: {metric.key} {r[metric.key]:.4f}, {r['train_runtime']:.1f}s", flush=True
+            )
+    summary = ec.summarize(runs, metric, args.reference, args.tolerance)
+    first = runs[args.estimators[0]][0]
+    preset = parse_training_args(get_task(args.task), passthrough, script=ec.TRAIN_SCRIPTS[args.task]).preset
+    title = (
+        f"{preset or 'model'} on {first['dataset_name']}, {first['train_steps']} steps, seeds {args.seeds}"
+    )
+    table = ec.markdown_table(summary, metric, names)
+    out = Path(args.output_dir)
+    (out / "compare_estimators.md").write_text(f"### {title}\n\n{table}")
+    (out / "compare_estimators.json").write_text(
+        json.dumps({"runs": runs, "summary": ec.jsonable(summary)}, indent=2)
+    )
+    ec.plot(summary, metric, names, out / "compare_estimators.png", title)
     print(table)
-    return results
+    return {"runs": runs, "summary": summary}
 
 
 if __name__ == "__main__":

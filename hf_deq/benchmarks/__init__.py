@@ -3,7 +3,8 @@
 ``cells`` (the conv and transformer cells), ``measure`` (counts, timing, memory), ``engines`` (shared settings
 and hf_deq's solvers and estimators), ``torchdeq_adapter`` (the optional comparison; torchdeq is never needed),
 ``suites`` (forward, estimator and memory measurements as rows), ``tables`` (markdown), ``targets`` (checks),
-``run`` (one whole benchmark as a JSON-ready dict).
+``run`` (one whole benchmark as a JSON-ready dict). ``estimator_comparison`` is the training-level comparison of
+``scripts/compare_estimators.py`` (seeds aggregated, time to the reference's metric, its table and plot).
 """
 
 from .cells import BATCH_SIZES, CELLS, Bench, build_bench

@@ -44,9 +44,9 @@ CASES = [
     ("train_deq_lm", ["--per_device_train_batch_size", "0"], "--per_device_train_batch_size", ">= 1"),
     (
         "compare_estimators",
-        ["--output_dir", "unused", "--", "--grad_damping", "3"],
-        "--grad_damping",
-        "(0, 1]",
+        ["--output_dir", "unused", "--", "--solver_max_iter", "-1"],
+        "--solver_max_iter",
+        "solver_max_iter=-1",
     ),
     (
         "finetune_with_trainer",

@@ -368,22 +368,3 @@ def test_training_script_runs_and_saves_a_model_the_auto_classes_reload(tmp_path
     config = AutoModelForImageClassification.from_pretrained(full).config
     assert config.dropout == 0.2
     assert (config.grad_estimator, config.grad_steps) == ("upg", 5)  # back to the preset's after the warm-up
-
-
-def test_compare_estimators_writes_table_and_plot(tmp_path, fresh_accelerate_state):
-    compare = load_script("compare_estimators")
-    train_args = _script_args(tmp_path / "unused", "--max_train_steps", "2")
-    at = train_args.index("--output_dir")
-    del train_args[at : at + 2]  # set per run by compare_estimators
-    out = tmp_path / "compare"
-    results = compare.main(
-        ["--output_dir", str(out), "--estimators", "implicit", "upg", "--in_process", "--", *train_args]
-    )
-    assert list(results) == ["implicit", "upg"]
-    table = (out / "compare_estimators.md").read_text()
-    assert "| implicit |" in table and "| UPG (k=5, λ=0.5) |" in table
-    assert (out / "compare_estimators.png").stat().st_size > 1000
-    assert (
-        results["upg"]["saved_activations_mb"] > results["implicit"]["saved_activations_mb"]
-    )  # k unrolled calls
-    assert json.loads((out / "compare_estimators.json").read_text())["upg"]["train_steps"] == 2
