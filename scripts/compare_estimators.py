@@ -49,6 +49,14 @@ RESERVED = (
 )
 
 
+def earlier_results(output_dir: Path) -> list[Path]:
+    """What an earlier comparison left in ``output_dir``: its tables and plot, and its run folders."""
+    if not output_dir.is_dir():
+        return []
+    names = {"compare_estimators.md", "compare_estimators.json", "compare_estimators.png"}
+    return sorted(p for p in output_dir.iterdir() if p.name in names or (p.is_dir() and "-seed" in p.name))
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,12 +83,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "--skip_existing", action="store_true",
         help="reuse a run whose folder already holds all_results.json and history.json (same flags assumed)",
     )  # fmt: skip
+    parser.add_argument(
+        "--overwrite_output_dir", action="store_true",
+        help="replace the results of an earlier comparison in --output_dir (without it, and without "
+        "--skip_existing, such a folder is refused)",
+    )  # fmt: skip
     args, passthrough = parser.parse_known_args(argv)
     passthrough = [a for a in passthrough if a != "--"]
     try:
         args.seeds = ec.parse_seeds(args.seeds)
     except ValueError as err:
         parser.error(f"argument --seeds: {err}")
+    earlier = [p.name for p in earlier_results(Path(args.output_dir))]
+    if earlier and not (args.overwrite_output_dir or args.skip_existing):
+        parser.error(
+            f"argument --output_dir: {args.output_dir} holds an earlier comparison ({', '.join(earlier[:4])}); "
+            "pass --overwrite_output_dir to replace it or --skip_existing to reuse its finished runs"
+        )
     if args.tolerance < 0:
         parser.error(f"argument --tolerance: must be >= 0, got {args.tolerance}")
     for reserved in RESERVED:

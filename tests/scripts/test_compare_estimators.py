@@ -162,6 +162,12 @@ def test_two_seeds_two_estimators_write_the_table_the_plot_and_the_runs(
     again = compare.main([*argv, "--in_process", "--skip_existing", "--", *train_args, "--eval_steps", "1"])
     assert again["runs"]["upg"][1][metric.key] == runs["upg"][1][metric.key]
 
+    # An earlier comparison is never replaced without asking.
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main([*argv, "--in_process", "--", *train_args, "--eval_steps", "1"])
+    assert exit_info.value.code == 2
+    assert table == (out / "compare_estimators.md").read_text()
+
 
 @pytest.mark.parametrize(
     ("argv", "flag", "fragment"),
