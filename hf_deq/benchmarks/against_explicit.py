@@ -84,25 +84,28 @@ def time_to_target(
     target: float,
     higher_is_better: bool,
     clock: str = "train_time",
+    eps: float = 0.0,
 ) -> dict[str, Any] | None:
     """When a run's evaluations first reached ``target`` (``history`` as ``train`` returns it: ``step``, the
     clocks ``train_time`` (wall) and ``train_cpu_time``, and ``eval_*`` per evaluation), on ``clock``:
     ``first_eval_s`` / ``first_eval_step`` of the first evaluation at or beyond the target (an upper bound), and
     ``interpolated_s``, linear in time between it and the evaluation before (the first evaluation's own time when
-    there is none before it). None when never reached."""
+    there is none before it). None when never reached. ``eps``: a value within ``eps`` of the target counts as
+    reaching it."""
     previous = None
     for entry in history:
         value = entry.get(key)
         if value is None or not math.isfinite(value):
             previous = None
             continue
-        reached = value >= target if higher_is_better else value <= target
+        reached = value >= target - eps if higher_is_better else value <= target + eps
         if reached:
             time_s = entry[clock]
             if previous is not None and previous[1] != value:
                 t0, v0 = previous
                 time_s = t0 + (entry[clock] - t0) * (v0 - target) / (v0 - value)
-            return {"first_eval_s": entry[clock], "first_eval_step": entry["step"], "interpolated_s": time_s}
+            step = entry.get("step")
+            return {"first_eval_s": entry[clock], "first_eval_step": step, "interpolated_s": time_s}
         previous = (entry[clock], value)
     return None
 

@@ -25,6 +25,10 @@ TRAIN_SCRIPTS: dict[str, str] = {
 PHANTOM_SETTINGS: dict[str, tuple[int, float]] = {"image-classification": (5, 0.5), "causal-lm": (5, 0.8)}
 
 
+#: a value within this of the target counts as reaching it (a run that ends exactly at the mean target)
+BETTER_OR_EQUAL_EPS = 1e-12
+
+
 @dataclass(frozen=True)
 class Metric:
     """The metric an estimator comparison ranks by: its ``results`` key, its direction and how it is shown."""
@@ -35,10 +39,6 @@ class Metric:
     scale: float = 1.0
     unit: str = ""
     digits: int = 3
-
-    def better_or_equal(self, value: float, target: float) -> bool:
-        eps = 1e-12
-        return value >= target - eps if self.higher_is_better else value <= target + eps
 
     def show(self, value: float) -> str:
         return f"{self.scale * value:.{self.digits}f}{self.unit}"
@@ -140,10 +140,10 @@ class Stat:
 def time_to_target(history: list[dict], metric: Metric, target: float) -> float | None:
     """Training time at the first evaluation whose metric is at or better than ``target`` (no interpolation
     between evaluations: an upper bound, at the resolution of the evaluation interval); ``None`` if none is."""
-    for entry in history:
-        if metric.key in entry and metric.better_or_equal(entry[metric.key], target):
-            return float(entry["train_time"])
-    return None
+    from .against_explicit import time_to_target as first_reached
+
+    reached = first_reached(history, metric.key, target, metric.higher_is_better, eps=BETTER_OR_EQUAL_EPS)
+    return None if reached is None else float(reached["first_eval_s"])
 
 
 def step_times(run: dict[str, Any]) -> tuple[float, float]:
