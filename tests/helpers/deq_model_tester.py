@@ -182,3 +182,30 @@ class DEQModelTesterMixin:
         assert math.isfinite(result.training_loss)
         changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
         assert changed, "Trainer did not update any parameter"
+
+    def test_trainer_logs_gradient_alignment(self, tmp_path):
+        from hf_deq.trainer_callbacks import GradientAlignmentCallback
+
+        config = self.get_config(grad_estimator="upg", grad_steps=2, grad_damping=0.5)
+        model = self._seeded(self.model_classes[-1], config)
+        dataset, collator = self.get_train_dataset(config)
+        probe = GradientAlignmentCallback(self.get_inputs(config), every_n_steps=1, reference_max_iter=30)
+        args = TrainingArguments(
+            output_dir=str(tmp_path),
+            max_steps=2,
+            per_device_train_batch_size=2,
+            learning_rate=1e-3,
+            logging_steps=100,
+            report_to=[],
+            use_cpu=True,
+            save_strategy="no",
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[probe]
+        )
+        trainer.train()
+        assert [h["step"] for h in probe.history] == [1, 2]
+        logged = [h for h in trainer.state.log_history if "grad_alignment_cosine" in h]
+        assert [h["step"] for h in logged] == [1, 2]
+        assert all(-1.0 <= h["grad_alignment_cosine"] <= 1.0 for h in logged)
