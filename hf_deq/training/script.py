@@ -33,9 +33,9 @@ def tracker_names() -> list[str]:
 def launch_help(script: str) -> str:
     """The launch section of every training script's ``--help``."""
     return (
-        "Several processes: accelerate launch --num_processes N "
-        f"{script} ... (GPUs); on CPU: {CPU_LAUNCH.format(script=script)} "
-        "(accelerate launch --cpu --num_processes N starts one process; the script refuses it)."
+        f"Several processes:\n    accelerate launch --num_processes N {script} ...  # GPUs\n"
+        f"    {CPU_LAUNCH.format(script=script)}  # CPU\n"
+        "(accelerate launch --cpu --num_processes N starts one process, so the script refuses it)."
     )
 
 
