@@ -56,13 +56,14 @@ DEQ_FIELD_CHOICES = {
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
     """``--help`` with every flag's default: ``(default: X)`` after its text, unless the text already says what
-    its default is."""
+    its default is; an unset flag shows its action's ``unset_default`` (e.g. "the preset's"), else "none"."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
             return text
-        return f"{text} (default: {'none' if action.default is None else '%(default)s'})"
+        unset = getattr(action, "unset_default", "none")
+        return f"{text} (default: {unset if action.default is None else '%(default)s'})"
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -132,14 +133,18 @@ def add_deq_arguments(parser: argparse.ArgumentParser, config_class: type = DEQC
     helps = _field_help(config_class)
     for name in deq_argument_names(config_class):
         flag_type, is_bool = _flag_type(annotations.get(name, str))
-        text = helps.get(name, f"the config field {name}") + " (default: the preset's)"
+        text = helps.get(name, f"the config field {name}")
         if is_bool:
-            group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=text)
+            action = group.add_argument(
+                f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+            action.unset_default = "the preset's"  # what --help shows as its default
             continue
         choices = DEQ_FIELD_CHOICES[name]() if name in DEQ_FIELD_CHOICES else None
         if flag_type is json.loads:
             text += " (JSON)"
-        group.add_argument(f"--{name}", type=flag_type, choices=choices, default=None, help=text)
+        action = group.add_argument(f"--{name}", type=flag_type, choices=choices, default=None, help=text)
+        action.unset_default = "the preset's"
     group.add_argument(
         "--unrolled_warmup_steps",
         type=int,
