@@ -186,6 +186,12 @@ DATA_CASES = [
         "--text_column_name",
         "its columns: ['text']",
     ),
+    (
+        "train_deq_lm",
+        lambda t: ["--train_tokenizer", "word", "--tokenizer_vocab_size", "3"],
+        "--tokenizer_vocab_size",
+        "a word vocabulary needs more than 3 tokens",
+    ),
     ("train_mdeq_classifier", lambda t: ["--train_dir", str(t / "none")], "--train_dir", "no such folder"),
     ("train_mdeq_classifier", lambda t: ["--train_dir", _images(t)], "--train_dir", "is empty"),
     (
