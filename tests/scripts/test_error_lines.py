@@ -321,3 +321,8 @@ def test_accelerate_launch_asked_for_processes_it_did_not_start_is_refused(tmp_p
         "accelerate",
         "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 train_deq_lm.py",
     )
+
+
+def test_report_to_none_means_no_tracking_as_in_transformers(tmp_path):
+    argv = ["--output_dir", str(tmp_path / "out"), "--with_tracking", "--report_to", "none"]
+    assert load_script("train_mdeq_classifier").parse_args(argv).with_tracking is False
