@@ -39,6 +39,7 @@ from hf_deq.hub import missing_local_model_dir
 from hf_deq.tasks import get_task
 from hf_deq.training import build_dataloaders, evaluate
 from hf_deq.training import parse_args as parse_training_args
+from hf_deq.training.script import error_lines
 
 
 def _int_list(text: str) -> list[int]:
@@ -189,7 +190,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    return evaluate_sweep(argv)
+    with error_lines(Path(__file__).name):  # a data input the run cannot use: one error: line
+        return evaluate_sweep(argv)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ people without hf_deq load it (``hf_deq.hub.push_model_dir``), instead of ``Trai
 from __future__ import annotations
 
 import argparse
+import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,8 +39,10 @@ from transformers import (
 import hf_deq
 from hf_deq.data.images import load_image_datasets
 from hf_deq.hub import check_hub_args, missing_local_model_dir, push_from_args
+from hf_deq.tasks import get_task
 from hf_deq.training import holds_a_model, load_packaged_metric
-from hf_deq.training.arguments import check_preset_config
+from hf_deq.training.arguments import DEQ_ARGUMENT_NAMES, DEQ_FIELD_CHOICES, check_model_config
+from hf_deq.training.script import error_lines
 
 
 @dataclass
@@ -127,21 +130,42 @@ def make_compute_metrics():
     return compute_metrics
 
 
+def check_model_args(parser: argparse.ArgumentParser, model_args: ModelArguments) -> None:
+    """Every model flag checked before any data: a misspelled solver or estimator gets a "did you mean", a
+    preset or saved model of another family (this script fine-tunes MDEQ image classifiers) is refused, and
+    the config with every override is built once, so that a bad value names its flag."""
+    overrides = model_args.deq_overrides()
+    for name, value in overrides.items():
+        choices = DEQ_FIELD_CHOICES[name]() if name in DEQ_FIELD_CHOICES else None
+        if choices is not None and value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            parser.error(f"argument --{name}: invalid choice {value!r}; {hint}(choose from {choices})")
+    if model_args.model_name_or_path is not None and (
+        problem := missing_local_model_dir(model_args.model_name_or_path)
+    ):
+        parser.error(f"argument --model_name_or_path: {problem}")
+    flags = {name: overrides.get(name) for name in DEQ_ARGUMENT_NAMES}
+    namespace = argparse.Namespace(
+        **flags,
+        model_name_or_path=model_args.model_name_or_path,
+        preset=model_args.preset,
+        config_overrides=None,
+    )
+    check_model_config(parser, namespace, get_task("image-classification"))
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, TrainingArguments), usage="%(prog)s [-h] [options]"
+    )
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if holds_a_model(training_args.output_dir) and training_args.resume_from_checkpoint is None:
         parser.error(
             f"argument --output_dir: {training_args.output_dir} already holds a model; choose another folder "
             "(nothing was overwritten)"
         )
-    if (
-        model_args.model_name_or_path is None
-    ):  # a bad value is one error line naming its flag, before any data
-        overrides = model_args.deq_overrides()
-        check_preset_config(parser, model_args.preset, overrides, {k: f"--{k}" for k in overrides}, "mdeq")
-    elif problem := missing_local_model_dir(model_args.model_name_or_path):
-        parser.error(f"argument --model_name_or_path: {problem}")
+    check_model_args(parser, model_args)  # a bad value is one error line naming its flag, before any data
     push = training_args.push_to_hub
     hub_args = argparse.Namespace(
         push_to_hub=push,
@@ -155,6 +179,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     except SystemExit as err:
         parser.error(f"argument {err}")
     training_args.push_to_hub = False  # published below by hf_deq (model card + remote code), not by Trainer
+    with error_lines(parser.prog, training_args.output_dir):
+        return fine_tune(model_args, data_args, training_args, hub_args)
+
+
+def fine_tune(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    hub_args: argparse.Namespace,
+) -> dict[str, float]:
+    """Load the data and the model, train with ``Trainer``, evaluate, save and (``--push_to_hub``) publish."""
     data, image_column, label_column, label_names = load_data(data_args, training_args.seed)
     model, processor = build_model(model_args, label_names)
 
@@ -188,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     trainer.save_state()
-    if push and trainer.is_world_process_zero():
+    if hub_args.push_to_hub and trainer.is_world_process_zero():
         recipe = {**asdict(model_args), **asdict(data_args), **training_args.to_dict()}
         push_from_args(argparse.Namespace(**{**recipe, **vars(hub_args)}), training_args.output_dir)
     return metrics

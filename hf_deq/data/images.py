@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import InputError, loading_dataset
+
 DIGITS = "digits"
 DIGITS_SPLIT_SEED = 0
 AUGMENTATIONS = ("none", "crop", "crop_flip")
@@ -33,11 +35,57 @@ def load_digits_dataset(test_size: float = 0.2, seed: int = DIGITS_SPLIT_SEED):
     return DatasetDict(train=split["train"], validation=split["test"])
 
 
+def image_extensions() -> frozenset[str]:
+    """The file extensions (lower case, with the dot) that Pillow opens."""
+    from PIL import Image
+
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def check_image_folder(path: str | os.PathLike, argument: str = "train_dir", min_classes: int = 2) -> None:
+    """Raise ``InputError`` unless ``path`` is an ``imagefolder`` tree (``<path>/<label>/<image>``) with images of
+    at least ``min_classes`` labels: missing, a file, empty, no image file, images outside label folders, or
+    too few labels each name the folder. Stops walking as soon as enough labels are seen."""
+    shown = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(argument, shown, f"{shown}: no such folder")
+    if not os.path.isdir(path):
+        raise InputError(argument, shown, f"{shown} is a file; expected a folder of <label>/<image> files")
+    extensions = image_extensions()
+    labels: set[str] = set()
+    loose = False
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        if any(os.path.splitext(f)[1].lower() in extensions for f in files):
+            label = os.path.relpath(root, path).split(os.sep)[0]
+            loose = loose or label == os.curdir
+            labels.add(label)
+            if len(labels - {os.curdir}) >= min_classes:
+                return
+    labels.discard(os.curdir)
+    layout = "expected the imagefolder layout <folder>/<label>/<image>"
+    if not labels and not loose:
+        what = "is empty" if not any(os.scandir(path)) else "holds no image files"
+        raise InputError(argument, shown, f"{shown} {what}; {layout}")
+    if not labels:
+        raise InputError(argument, shown, f"{shown} holds images but no label folders; {layout}")
+    raise InputError(
+        argument,
+        shown,
+        f"{shown} holds images of {len(labels)} label(s) ({sorted(labels)}); a classifier needs at least "
+        f"{min_classes}: {layout}",
+    )
+
+
 def detect_column(features, wanted: str | None, kind: type, fallbacks: tuple[str, ...], what: str) -> str:
     """``wanted`` if it is a column; else the first feature of type ``kind``; else the first of ``fallbacks``."""
     if wanted is not None:
         if wanted not in features:
-            raise ValueError(f"--{what}_column_name {wanted!r} is not a column; columns: {list(features)}")
+            raise InputError(
+                f"{what}_column_name",
+                wanted,
+                f"{wanted!r} is not a column of the dataset; its columns: {list(features)}",
+            )
         return wanted
     for name, feature in features.items():
         if isinstance(feature, kind):
@@ -45,7 +93,11 @@ def detect_column(features, wanted: str | None, kind: type, fallbacks: tuple[str
     for name in fallbacks:
         if name in features:
             return name
-    raise ValueError(f"cannot find the {what} column among {list(features)}; pass --{what}_column_name")
+    raise InputError(
+        f"{what}_column_name",
+        None,
+        f"no {what} column found among {list(features)}; pass --{what}_column_name",
+    )
 
 
 def load_image_datasets(
@@ -69,16 +121,20 @@ def load_image_datasets(
     if train_dir is not None or validation_dir is not None:
         data_files = {}
         if train_dir is not None:
+            check_image_folder(train_dir, "train_dir", min_classes=2)
             data_files["train"] = os.path.join(train_dir, "**")
         if validation_dir is not None:
+            check_image_folder(validation_dir, "validation_dir", min_classes=1)
             data_files["validation"] = os.path.join(validation_dir, "**")
         raw = load_dataset("imagefolder", data_files=data_files)
     elif dataset_name in (None, DIGITS):
         raw = load_digits_dataset(train_val_split, split_seed)
     else:
-        raw = load_dataset(dataset_name, dataset_config_name)
+        with loading_dataset("dataset_name", dataset_name):
+            raw = load_dataset(dataset_name, dataset_config_name)
     if "train" not in raw:
-        raise ValueError(f"the dataset has no 'train' split (splits: {list(raw)})")
+        where = ("train_dir", train_dir) if train_dir is not None else ("dataset_name", dataset_name)
+        raise InputError(*where, f"{where[1]} has no 'train' split (splits: {list(raw)})")
     eval_split = next((s for s in ("validation", "valid", "val", "test") if s in raw), None)
     if eval_split is None:
         split = raw["train"].train_test_split(test_size=train_val_split, seed=split_seed)
@@ -97,6 +153,13 @@ def load_image_datasets(
         label_names = [str(v) for v in values]
         index = {v: i for i, v in enumerate(values)}
         data = data.map(lambda ex: {label_column: index[ex[label_column]]})
+    if len(label_names) < 2:
+        raise InputError(
+            "label_column_name",
+            label_column,
+            f"the label column {label_column!r} holds {len(label_names)} class(es) {label_names}; a classifier "
+            "needs at least 2",
+        )
     if max_train_samples is not None:
         train = data["train"].shuffle(seed=seed)
         data["train"] = train.select(range(min(max_train_samples, len(train))))
@@ -164,9 +227,11 @@ __all__ = [
     "AUGMENTATIONS",
     "DIGITS",
     "augment_batch",
+    "check_image_folder",
     "collate_images",
     "detect_column",
     "image_dataset_name",
+    "image_extensions",
     "load_digits_dataset",
     "load_image_datasets",
     "local_name",

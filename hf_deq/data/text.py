@@ -3,9 +3,11 @@ download), tokenising, cutting into blocks, and the split of a single text into 
 
 from __future__ import annotations
 
+import codecs
 import os
 from typing import Any
 
+from .errors import InputError, loading_dataset
 from .images import local_name
 
 #: name of the built-in corpus: English text that ships with Python (``pydoc_data.topics``)
@@ -33,6 +35,52 @@ def tail_split_index(lengths, tail_fraction: float) -> int:
             return max(i, 1)
         seen += n
     return max(len(lengths) - 1, 1)
+
+
+def check_text_file(
+    path: str | os.PathLike, argument: str = "train_file", contents: bool = True, chunk_size: int = 1 << 20
+) -> None:
+    """Raise ``InputError`` unless ``path`` is a non-empty UTF-8 text file: missing, a folder, empty, binary (a NUL
+    byte) or not UTF-8 (e.g. latin-1) each name the file and, for the content, the byte offset. ``contents=False``
+    checks only that it is a file; else it reads the file once, in chunks."""
+    shown = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(argument, shown, f"{shown}: no such file")
+    if os.path.isdir(path):
+        raise InputError(argument, shown, f"{shown} is a folder; expected a UTF-8 text file")
+    if not contents:
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            if (nul := chunk.find(b"\x00")) >= 0:
+                raise InputError(
+                    argument,
+                    shown,
+                    f"{shown} is binary (a NUL byte at byte offset {offset + nul}); expected UTF-8 text",
+                )
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                where = offset - pending + err.start
+                bad = err.object[err.start : err.start + 1].hex()
+                raise InputError(
+                    argument,
+                    shown,
+                    f"{shown} is not UTF-8 text (byte 0x{bad} at byte offset {where}); convert it, e.g. "
+                    f"`iconv -f latin1 -t utf-8 {shown}`",
+                ) from None
+            offset += len(chunk)
+    if offset == 0:
+        raise InputError(argument, shown, f"{shown} is empty; expected UTF-8 text")
+    if pending := decoder.getstate()[0]:
+        raise InputError(
+            argument,
+            shown,
+            f"{shown} is not UTF-8 text (it ends inside a character at byte offset {offset - len(pending)})",
+        )
 
 
 def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
@@ -63,20 +111,37 @@ def load_text_datasets(
     from datasets import Dataset, DatasetDict, load_dataset
 
     if dataset_name is not None:
-        raw = load_dataset(dataset_name, dataset_config_name)
+        with loading_dataset("dataset_name", dataset_name):
+            raw = load_dataset(dataset_name, dataset_config_name)
     elif train_file is not None:
         files = {"train": train_file}
+        check_text_file(train_file, "train_file")
         if validation_file is not None:
+            check_text_file(validation_file, "validation_file")
             files["validation"] = validation_file
         raw = load_dataset("text", data_files=files, keep_linebreaks=True)
     else:
         raw = DatasetDict({"train": Dataset.from_dict({"text": builtin_corpus()})})
+    if "train" not in raw:
+        raise InputError(
+            "dataset_name", dataset_name, f"{dataset_name} has no 'train' split (splits: {list(raw)})"
+        )
     if text_column_name not in raw["train"].column_names:
-        raise ValueError(
-            f"--text_column_name {text_column_name!r} is not a column of the dataset ({raw['train'].column_names})"
+        raise InputError(
+            "text_column_name",
+            text_column_name,
+            f"{text_column_name!r} is not a column of the dataset; its columns: {raw['train'].column_names}",
         )
     if "validation" not in raw:
         train = raw["train"]
+        if len(train) < 2:
+            source = ("train_file", train_file) if train_file is not None else ("dataset_name", dataset_name)
+            raise InputError(
+                *source,
+                f"{source[1]} holds {len(train)} line(s): too little text for a train/validation split (the last "
+                f"{validation_split_percentage:g}% of the lines are the validation set); give more text or a "
+                "--validation_file",
+            )
         lengths = [len(t) for t in train[text_column_name]]
         split = tail_split_index(lengths, validation_split_percentage / 100)
         raw = DatasetDict(
@@ -117,9 +182,11 @@ def tokenize_into_blocks(
     if max_eval_samples is not None:
         validation = validation.select(range(min(len(validation), max_eval_samples)))
     if len(train) == 0 or len(validation) == 0:
-        raise ValueError(
-            f"not enough text for one block of {block_size} tokens in each split (train {len(train)} blocks, "
-            f"validation {len(validation)} blocks); lower --block_size"
+        raise InputError(
+            "block_size",
+            block_size,
+            f"too little text for one block of {block_size} tokens in each split (train {len(train)} blocks, "
+            f"validation {len(validation)} blocks): lower --block_size or give more text",
         )
     return train, validation
 
@@ -137,6 +204,7 @@ def text_dataset_name(dataset_name: str | None, train_file: str | os.PathLike | 
 __all__ = [
     "BUILTIN_CORPUS",
     "builtin_corpus",
+    "check_text_file",
     "group_texts",
     "load_text_datasets",
     "tail_split_index",

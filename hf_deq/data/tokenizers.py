@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
+from .errors import InputError
+
 UNK_TOKEN = "<unk>"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
@@ -51,8 +53,10 @@ def train_word_tokenizer(texts: Iterable[str], vocab_size: int | None = None):
     vocab = {tok: i for i, tok in enumerate(specials)}
     limit = None if vocab_size is None else vocab_size - len(specials)
     if limit is not None and limit < 1:
-        raise ValueError(
-            f"a word vocabulary needs more than {len(specials)} tokens, got vocab_size={vocab_size}"
+        raise InputError(
+            "tokenizer_vocab_size",
+            vocab_size,
+            f"a word vocabulary needs more than {len(specials)} tokens, got vocab_size={vocab_size}",
         )
     for word, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]:
         vocab.setdefault(word, len(vocab))
@@ -69,8 +73,10 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_freque
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 300:
-        raise ValueError(
-            f"a byte-level BPE vocabulary needs at least 300 tokens, got vocab_size={vocab_size}"
+        raise InputError(
+            "tokenizer_vocab_size",
+            vocab_size,
+            f"a byte-level BPE vocabulary needs at least 300 tokens, got vocab_size={vocab_size}",
         )
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -95,7 +101,9 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = No
         return train_word_tokenizer(texts, vocab_size=vocab_size)
     if kind == "bpe":
         return train_bpe_tokenizer(texts, vocab_size=8000 if vocab_size is None else vocab_size)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {list(TOKENIZER_KINDS)}")
+    raise InputError(
+        "train_tokenizer", kind, f"unknown tokenizer kind {kind!r}; expected one of {list(TOKENIZER_KINDS)}"
+    )
 
 
 def _wrap(tokenizer, unk: bool = True):

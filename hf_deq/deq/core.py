@@ -79,6 +79,25 @@ def failed_samples(result: SolverResult) -> Tensor:
     return ~result.converged & (~torch.isfinite(residual) | (residual > far) | stalled)
 
 
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of a warning issued here that points at the first frame outside torch, hf_deq and the
+    libraries that call models (transformers, accelerate, peft): the user's code (``skip_file_prefixes`` of
+    Python 3.12, by hand). Runs once per warning, never in the solver loop."""
+    import os
+    import sys
+
+    names = ("torch", "hf_deq", "transformers", "accelerate", "peft")
+    prefixes = tuple(
+        os.path.dirname(module.__file__) + os.sep
+        for module in map(sys.modules.get, names)
+        if module is not None and getattr(module, "__file__", None)
+    )
+    frame, level = sys._getframe(1), 1  # the caller of this function is level 1 of its warnings.warn
+    while frame is not None and frame.f_code.co_filename.startswith(prefixes):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class DEQFixedPoint(nn.Module):
     """The equilibrium layer ``z* = f(z*)``.
 
@@ -258,7 +277,9 @@ class DEQFixedPoint(nn.Module):
             raise DEQConvergenceError(message)
         if not self._warned:
             self._warned = True
-            warnings.warn(message + " (warned once per layer)", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                message + " (warned once per layer)", RuntimeWarning, stacklevel=_caller_stacklevel()
+            )
 
     def extra_repr(self) -> str:
         return (

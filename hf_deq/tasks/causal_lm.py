@@ -12,7 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..data.text import load_text_datasets, text_dataset_name, tokenize_into_blocks
+from ..data.errors import InputError
+from ..data.text import check_text_file, load_text_datasets, text_dataset_name, tokenize_into_blocks
 from ..data.tokenizers import TOKENIZER_KINDS, train_tokenizer
 from ..training.arguments import config_overrides
 from ..training.task import TaskData, TrainingTask, register_task
@@ -59,8 +60,12 @@ def build_language_model(args: argparse.Namespace, tokenizer):
     if args.model_name_or_path is not None:
         model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **overrides)
         if model.config.vocab_size < len(tokenizer):
-            raise SystemExit(
-                f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}"
+            flag = "tokenizer_name" if args.tokenizer_name is not None else "model_name_or_path"
+            raise InputError(
+                flag,
+                getattr(args, flag),
+                f"the tokenizer has {len(tokenizer)} tokens but the model in {args.model_name_or_path} only "
+                f"{model.config.vocab_size}",
             )
     else:
         fields = {**overrides, "vocab_size": len(tokenizer)}
@@ -70,17 +75,20 @@ def build_language_model(args: argparse.Namespace, tokenizer):
             fields.setdefault(name, getattr(tokenizer, name))
         cutoffs = fields.get("adaptive_cutoffs", base.adaptive_cutoffs)
         if cutoffs and len(tokenizer) <= max(cutoffs):
-            raise SystemExit(
+            raise InputError(
+                "preset",
+                args.preset,
                 f"--preset {args.preset} uses adaptive embeddings with adaptive_cutoffs={cutoffs} (made for a "
                 f"vocabulary of {base.vocab_size:,} tokens), but the tokenizer has {len(tokenizer):,}. Pass cutoffs "
                 "that fit, e.g. --config_overrides '{\"adaptive_cutoffs\": [1000, 4000]}', or a plain embedding "
-                "with --config_overrides '{\"adaptive_cutoffs\": null}'."
+                "with --config_overrides '{\"adaptive_cutoffs\": null}'.",
             )
         model = hf_deq.create_model(args.preset, **fields)
     if args.block_size > model.config.max_position_embeddings:
-        raise SystemExit(
-            f"--block_size {args.block_size} exceeds the model's max_position_embeddings "
-            f"{model.config.max_position_embeddings}"
+        raise InputError(
+            "block_size",
+            args.block_size,
+            f"{args.block_size} exceeds the model's max_position_embeddings {model.config.max_position_embeddings}",
         )
     return model
 
@@ -166,12 +174,15 @@ class CausalLMTask(TrainingTask):
             parser.error(f"argument --block_size: must be at least 2, got {args.block_size}")
         if not 0 < args.validation_split_percentage < 100:
             parser.error("argument --validation_split_percentage: must be in (0, 100)")
+        for flag in ("train_file", "validation_file"):
+            if getattr(args, flag) is not None:
+                try:
+                    check_text_file(getattr(args, flag), flag, contents=False)  # the contents when loading
+                except InputError as err:
+                    parser.error(f"argument {err.flag}: {err}")
 
     def load_raw(self, args: argparse.Namespace) -> Any:
-        try:
-            return load_text(args)
-        except ValueError as err:
-            raise SystemExit(str(err)) from err
+        return load_text(args)
 
     def build_model(self, args: argparse.Namespace, raw: Any, checkpoint: Path | None):
         tokenizer = load_or_train_tokenizer(args, raw, checkpoint)
@@ -186,18 +197,15 @@ class CausalLMTask(TrainingTask):
     def load_data(self, args: argparse.Namespace, raw: Any, processing_class: Any) -> TaskData:
         from transformers import default_data_collator
 
-        try:
-            train, validation = tokenize_into_blocks(
-                raw,
-                processing_class,
-                args.block_size,
-                args.text_column_name,
-                args.preprocessing_num_workers,
-                args.max_train_samples,
-                args.max_eval_samples,
-            )
-        except ValueError as err:
-            raise SystemExit(str(err)) from err
+        train, validation = tokenize_into_blocks(
+            raw,
+            processing_class,
+            args.block_size,
+            args.text_column_name,
+            args.preprocessing_num_workers,
+            args.max_train_samples,
+            args.max_eval_samples,
+        )
         return TaskData(
             train=train,
             validation=validation,

@@ -9,10 +9,12 @@ from typing import Any
 
 import torch
 
+from ..data.errors import InputError
 from ..data.images import (
     AUGMENTATIONS,
     DIGITS_SPLIT_SEED,
     augment_batch,
+    check_image_folder,
     collate_images,
     image_dataset_name,
     load_image_datasets,
@@ -105,6 +107,13 @@ class ImageClassificationTask(TrainingTask):
             args.dataset_name = "digits"
         if not 0 < args.train_val_split < 1:
             parser.error(f"argument --train_val_split: must be in (0, 1), got {args.train_val_split}")
+        folders = (("train_dir", 2), ("validation_dir", 1))  # the least number of label folders
+        for flag, min_classes in folders:
+            if getattr(args, flag) is not None:
+                try:
+                    check_image_folder(getattr(args, flag), flag, min_classes)
+                except InputError as err:
+                    parser.error(f"argument {err.flag}: {err}")
 
     def load_raw(self, args: argparse.Namespace) -> Any:
         return load_images(args)
@@ -121,9 +130,11 @@ class ImageClassificationTask(TrainingTask):
         label_names = raw[3]
         model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path)
         if model.config.num_labels != len(label_names):
-            raise SystemExit(
+            raise InputError(
+                "model_name_or_path",
+                args.model_name_or_path,
                 f"the model has {model.config.num_labels} labels but the dataset {len(label_names)} "
-                f"({label_names[:10]}...): evaluate on the data the model was trained for"
+                f"({label_names[:10]}...): evaluate on the data the model was trained for",
             )
         return model, MDEQImageProcessor.for_saved_model(args.model_name_or_path, model.config)
 

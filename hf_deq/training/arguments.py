@@ -54,6 +54,18 @@ DEQ_FIELD_CHOICES = {
 }
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` with every flag's default: ``(default: X)`` after its text, unless the text already says what
+    its default is; an unset flag shows its action's ``unset_default`` (e.g. "the preset's"), else "none"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        unset = getattr(action, "unset_default", "none")
+        return f"{text} (default: {unset if action.default is None else '%(default)s'})"
+
+
 def json_object(text: str) -> dict[str, Any]:
     """``type=`` of the JSON flags: a JSON object."""
     try:
@@ -123,12 +135,16 @@ def add_deq_arguments(parser: argparse.ArgumentParser, config_class: type = DEQC
         flag_type, is_bool = _flag_type(annotations.get(name, str))
         text = helps.get(name, f"the config field {name}")
         if is_bool:
-            group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=text)
+            action = group.add_argument(
+                f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+            action.unset_default = "the preset's"  # what --help shows as its default
             continue
         choices = DEQ_FIELD_CHOICES[name]() if name in DEQ_FIELD_CHOICES else None
         if flag_type is json.loads:
             text += " (JSON)"
-        group.add_argument(f"--{name}", type=flag_type, choices=choices, default=None, help=text)
+        action = group.add_argument(f"--{name}", type=flag_type, choices=choices, default=None, help=text)
+        action.unset_default = "the preset's"
     group.add_argument(
         "--unrolled_warmup_steps",
         type=int,
@@ -249,7 +265,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, task: TrainingTask) 
     out.add_argument(
         "--output_dir",
         default=None,
-        help="where the model, checkpoints and results go (without it nothing is written)",
+        help="where the model, checkpoints and results go; required by the training scripts (no default)",
     )
     out.add_argument(
         "--overwrite_output_dir", action="store_true", help="replace the model an --output_dir already holds"
@@ -510,7 +526,7 @@ def parse_args(
         prog=script,
         usage="%(prog)s [-h] [--config JSON] [options]",
         description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_training_arguments(parser, task)
     args = parse_args_with_config_file(parser, argv, script or parser.prog)
@@ -520,6 +536,7 @@ def parse_args(
 
 __all__ = [
     "DEQ_ARGUMENT_NAMES",
+    "DefaultsHelpFormatter",
     "add_deq_arguments",
     "deq_argument_names",
     "add_training_arguments",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import warnings
 import weakref
 
@@ -529,3 +530,24 @@ def test_registered_classes_usable_by_name(registered):
 def test_registry_fixture_cleaned_up():
     assert "test_half_step" not in available_solvers()
     assert "test_scaled_one_step" not in available_grad_estimators()
+
+
+def test_the_failure_warning_points_at_the_code_that_called_the_layer():
+    """Not at ``torch/nn/modules/module.py`` (the ``nn.Module.__call__`` between the caller and the layer): at
+    the user's code, here the line of this file's module that ran the layer."""
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.deq = DEQFixedPoint("fixed_point", max_iter=6, tol=1e-3)
+
+        def forward(self, z0):
+            self.line = sys._getframe().f_lineno + 1
+            return self.deq(_affine(3.0), z0)[0]
+
+    model = Model()
+    with warnings.catch_warnings(record=True) as record, torch.no_grad():
+        warnings.simplefilter("always")
+        model(torch.zeros(3, 6, dtype=DT))
+    (found,) = _deq_warnings(record)
+    assert (found.filename, found.lineno) == (__file__, model.line)

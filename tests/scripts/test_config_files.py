@@ -146,7 +146,9 @@ def test_the_wikitext_recipe_runs_scaled_down(tmp_path, fresh_accelerate_state, 
     assert list(vocab)[:4] == ["<unk>", "<pad>", "<|endoftext|>", "\n"]  # then words by frequency
 
 
-def test_an_adaptive_preset_with_too_small_a_vocabulary_says_what_to_pass(tmp_path, fresh_accelerate_state):
+def test_an_adaptive_preset_with_too_small_a_vocabulary_says_what_to_pass(
+    tmp_path, fresh_accelerate_state, capsys
+):
     text = small_text_file(tmp_path)
     script = load_script("train_deq_lm")
     common = [
@@ -160,7 +162,12 @@ def test_an_adaptive_preset_with_too_small_a_vocabulary_says_what_to_pass(tmp_pa
     common += ["--max_train_steps", "1", "--max_eval_samples", "8", "--torch_num_threads", "1"]
     common += ["--solver_on_failure", "ignore"]
     small_vocabulary = ["--train_tokenizer", "word", "--tokenizer_vocab_size", "40"]
-    with pytest.raises(SystemExit, match=r"adaptive_cutoffs=\[10, 30, 60\].*the tokenizer has 40\..*null"):
+    with pytest.raises(SystemExit) as exit_info:
         script.main([*common, *small_vocabulary, "--output_dir", str(tmp_path / "refused")])
+    assert exit_info.value.code == 2
+    assert re.search(
+        r"error: argument --preset: .*adaptive_cutoffs=\[10, 30, 60\].*the tokenizer has 40\..*null",
+        capsys.readouterr().err,
+    )
     plain = ["--config_overrides", '{"adaptive_cutoffs": null}', "--output_dir", str(tmp_path / "plain")]
     assert script.main([*common, *small_vocabulary, *plain])["train_steps"] == 1

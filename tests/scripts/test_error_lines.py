@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from script_loading import load_script
 from tiny_runs import REPO, SCRIPTS, script_env
+
+import hf_deq.tasks  # noqa: F401  (imported before _no_data patches the loaders: the tasks keep the real ones)
 
 CONFIGS = SCRIPTS / "configs"
 LM_RECIPE = str(CONFIGS / "deq-transformer-char-upg.json")
@@ -131,3 +134,195 @@ def test_as_a_process_the_script_prints_usage_and_one_error_line(tmp_path):
     assert len(lines) == 2 and lines[0].startswith("usage: train_mdeq_classifier.py"), proc.stderr
     assert lines[1].startswith("train_mdeq_classifier.py: error: argument --solver_max_iter:"), lines[1]
     assert not Path(tmp_path, "outputs").exists()
+
+
+# -- data inputs, found while loading (before training) ---------------------------------------------------------
+def _text(tmp_path: Path, name: str, content: bytes | None) -> str:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    return str(path)
+
+
+def _images(tmp_path: Path, *names: str) -> str:
+    from PIL import Image
+
+    root = tmp_path / "images"
+    root.mkdir()
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(root / name)
+    return str(root)
+
+
+LM = ["--preset", "test_deq_transformer_tiny", "--max_train_steps", "1", "--torch_num_threads", "1"]
+MDEQ = ["--preset", "test_mdeq_tiny", "--max_train_steps", "1", "--torch_num_threads", "1"]
+DATA_CASES = [
+    ("train_deq_lm", lambda t: ["--train_file", _text(t, "no.txt", None)], "--train_file", "no such file"),
+    ("train_deq_lm", lambda t: ["--train_file", str(t)], "--train_file", "is a folder"),
+    ("train_deq_lm", lambda t: ["--train_file", _text(t, "e.txt", b"")], "--train_file", "is empty"),
+    ("train_deq_lm", lambda t: ["--train_file", _text(t, "b.bin", b"\x7fELF\x00")], "--train_file", "binary"),
+    (
+        "train_deq_lm",
+        lambda t: ["--train_file", _text(t, "l.txt", "na\u00efve\n".encode("latin-1"))],
+        "--train_file",
+        "not UTF-8 text (byte 0xef at byte offset 2)",
+    ),
+    (
+        "train_deq_lm",
+        lambda t: ["--train_file", _text(t, "one.txt", b"one line, no more")],
+        "--train_file",
+        "too little text for a train/validation split",
+    ),
+    (
+        "train_deq_lm",
+        lambda t: ["--train_file", _text(t, "two.txt", b"a\nb\n"), "--block_size", "64"],
+        "--block_size",
+        "too little text for one block of 64 tokens",
+    ),
+    (
+        "train_deq_lm",
+        lambda t: ["--text_column_name", "content"],
+        "--text_column_name",
+        "its columns: ['text']",
+    ),
+    (
+        "train_deq_lm",
+        lambda t: ["--train_tokenizer", "word", "--tokenizer_vocab_size", "3"],
+        "--tokenizer_vocab_size",
+        "a word vocabulary needs more than 3 tokens",
+    ),
+    ("train_mdeq_classifier", lambda t: ["--train_dir", str(t / "none")], "--train_dir", "no such folder"),
+    ("train_mdeq_classifier", lambda t: ["--train_dir", _images(t)], "--train_dir", "is empty"),
+    (
+        "train_mdeq_classifier",
+        lambda t: ["--train_dir", _images(t, "cat/a.png", "cat/b.png")],
+        "--train_dir",
+        "1 label(s) (['cat'])",
+    ),
+    (
+        "train_mdeq_classifier",
+        lambda t: ["--label_column_name", "class"],
+        "--label_column_name",
+        "its columns: ['image', 'label']",
+    ),
+    ("train_mdeq_classifier", lambda t: ["--report_to", "tensorbord"], "--report_to", "'tensorboard'"),
+    ("train_mdeq_classifier", lambda t: [], "--output_dir", "required"),
+]
+
+
+@pytest.mark.parametrize(
+    ("script", "make_argv", "flag", "fragment"), DATA_CASES, ids=[f"{c[0]}-{c[3]}" for c in DATA_CASES]
+)
+def test_a_bad_data_input_is_one_error_line_before_training(
+    script, make_argv, flag, fragment, tmp_path, monkeypatch, capsys, fresh_accelerate_state
+):
+    import hf_deq.training.loop as loop
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(loop, "GuardedStep", no_training)
+    monkeypatch.chdir(tmp_path)
+    common = LM if script == "train_deq_lm" else MDEQ
+    argv = [*common, *make_argv(tmp_path)]
+    if flag != "--output_dir":
+        argv += ["--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(script).main(argv)
+    assert exit_info.value.code == 2
+    _one_error_line(capsys.readouterr().err, flag, fragment)
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+FINETUNE_CASES = [
+    (["--grad_estimator", "upgg"], "--grad_estimator", "did you mean 'upg'?"),
+    (["--solver", "andersen"], "--solver", "did you mean 'anderson'?"),
+    (["--preset", "deq-transformer-char"], "--preset", "this script trains mdeq models"),
+    (["--model_name_or_path", "LM"], "--model_name_or_path", "holds a deq_transformer model"),
+    (["--model_name_or_path", "MDEQ", "--solver_max_iter", "0"], "--solver_max_iter", "solver_max_iter=0"),
+]
+
+
+@pytest.mark.parametrize(("argv", "flag", "fragment"), FINETUNE_CASES, ids=[c[2] for c in FINETUNE_CASES])
+def test_the_trainer_script_refuses_a_misspelled_name_or_another_family(
+    argv, flag, fragment, tmp_path, monkeypatch, capsys
+):
+    import hf_deq
+
+    hf_deq.create_config("test_deq_transformer_tiny").save_pretrained(tmp_path / "LM")
+    hf_deq.create_config("test_mdeq_tiny").save_pretrained(tmp_path / "MDEQ")
+    _no_data(monkeypatch)
+    argv = [str(tmp_path / a) if a in ("LM", "MDEQ") else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("finetune_with_trainer").main([*argv, "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    _one_error_line(err, flag, fragment)
+    assert len(err.strip().splitlines()) == 2, err  # usage and the error, not transformers' 130-line usage
+
+
+def test_a_failed_final_push_is_a_short_error_with_the_saved_model_and_the_retry(
+    tmp_path, monkeypatch, capsys, fresh_accelerate_state
+):
+    import hf_deq.hub.cli as hub_cli
+    from hf_deq.hub.errors import HubPushError
+
+    def unreachable(*args, **kwargs):
+        raise HubPushError(
+            "creating the Hub repo 'someone/tiny' failed: could not reach the Hub (ConnectError)"
+        )
+
+    monkeypatch.setattr(hub_cli, "push_model_dir", unreachable)
+    out = tmp_path / "out"
+    argv = [*MDEQ, "--max_train_samples", "16", "--max_eval_samples", "8", "--disable_tqdm"]
+    argv += ["--output_dir", str(out), "--push_to_hub", "--hub_model_id", "someone/tiny"]
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("train_mdeq_classifier").main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-2].startswith(
+        "train_mdeq_classifier.py: error: argument --push_to_hub: creating the Hub repo"
+    )
+    assert lines[-1] == (
+        f"The trained model is saved in {out}; retry with: python scripts/push_to_hub.py --model_dir {out} "
+        "--repo_id someone/tiny"
+    )
+    assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/cmdline").exists(), reason="reads the launcher's command line in /proc"
+)
+def test_accelerate_launch_asked_for_processes_it_did_not_start_is_refused(tmp_path, monkeypatch, capsys):
+    """``accelerate launch --cpu --num_processes 2`` starts the script once: the script sees the request in its
+    launcher's command line and refuses, naming the spelling that starts two processes on CPU."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "launch", "--cpu", "--num_processes", "2"]
+    )
+    try:
+        cmdline = Path(f"/proc/{launcher.pid}/cmdline")
+        while b"launch" not in cmdline.read_bytes():  # until the launcher runs its own command line
+            time.sleep(0.01)
+        monkeypatch.setattr("os.getppid", lambda: launcher.pid)
+        monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")  # what accelerate launch sets
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+        _no_data(monkeypatch)
+        with pytest.raises(SystemExit) as exit_info:
+            load_script("train_deq_lm").main([*LM, "--output_dir", str(tmp_path / "out")])
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert exit_info.value.code == 2
+    _one_error_line(
+        capsys.readouterr().err,
+        "accelerate",
+        "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 train_deq_lm.py",
+    )
+
+
+def test_report_to_none_means_no_tracking_as_in_transformers(tmp_path):
+    argv = ["--output_dir", str(tmp_path / "out"), "--with_tracking", "--report_to", "none"]
+    assert load_script("train_mdeq_classifier").parse_args(argv).with_tracking is False

@@ -54,3 +54,16 @@ def test_the_trainer_script_documents_its_own_arguments():
     for cls in (script.ModelArguments, script.DataArguments):
         missing = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("help")]
         assert not missing, f"{cls.__name__}: fields without help: {missing}"
+
+
+@pytest.mark.parametrize("name", ["train_mdeq_classifier", "train_deq_lm"])
+def test_the_training_scripts_help_shows_every_default_and_how_to_launch_on_cpu(name, monkeypatch):
+    parser = the_parser(load_script(name), monkeypatch)
+    formatter = parser._get_formatter()
+    flags = [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+    without = [a.dest for a in flags if "default" not in formatter._get_help_string(a)]
+    assert not without, f"scripts/{name}.py: flags whose help shows no default: {without}"
+    text = parser.format_help()
+    if name == "train_deq_lm":
+        assert "tokens per training sequence (default: 128)" in " ".join(text.split())
+    assert f"ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N {name}.py" in text

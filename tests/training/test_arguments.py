@@ -109,9 +109,11 @@ def test_a_config_error_is_reported_under_the_flag_that_set_the_field():
     assert config_error_flag(args, "num_labels") == "--model_name_or_path"
 
 
-def test_the_output_dir_is_optional_and_means_the_same_in_both_scripts(tmp_path):
+def test_the_output_dir_is_required_and_means_the_same_in_both_scripts(tmp_path, capsys):
     for script in ("train_mdeq_classifier", "train_deq_lm"):
-        args = load_script(script).parse_args([])
-        assert args.output_dir is None and args.resume_checkpoint is None  # nothing is written without it
+        with pytest.raises(SystemExit) as exit_info:  # a run that would save nothing is refused
+            load_script(script).parse_args([])
+        assert exit_info.value.code == 2
+        assert "error: argument --output_dir: required" in capsys.readouterr().err
         args = load_script(script).parse_args(["--output_dir", str(tmp_path / script)])
         assert args.output_dir == str(tmp_path / script) and not args.overwrite_output_dir
