@@ -33,6 +33,27 @@ PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFE_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 
 
+def unsafe_index_entries(folder: str | os.PathLike) -> list[str]:
+    """``"index: file"`` for each weight file that a ``*.safetensors.index.json`` of ``folder`` maps a weight to
+    and that is not a ``.safetensors`` file inside ``folder`` (a ``.bin`` pickle, a path out of the folder), or
+    for an index that cannot be read: ``from_pretrained`` would read those files. Empty when every index is safe."""
+    problems = []
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".safetensors.index.json"):
+            continue
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                files = set(json.load(f)["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            problems.append(f"{name}: not a readable index with a weight_map")
+            continue
+        for file in sorted(map(str, files)):
+            inside = os.path.basename(file) == file and file not in ("", ".", "..")
+            if not (inside and file.endswith(".safetensors")):
+                problems.append(f"{name}: {file}")
+    return problems
+
+
 def _refuse_pickled_weights(path: Any, subfolder: str = "") -> None:
     """Raise ``OSError`` when the local ``path`` would make ``from_pretrained`` read pickled weights."""
     if path is None:
@@ -59,6 +80,12 @@ def _refuse_pickled_weights(path: Any, subfolder: str = "") -> None:
         raise OSError(
             f"{path}/config.json names transformers_weights={explicit!r}, which is not a safetensors file; "
             "hf_deq models load safetensors weights only"
+        )
+    if unsafe := unsafe_index_entries(path):
+        raise OSError(
+            f"{path} has a safetensors index that maps weights to files that are not safetensors files in that "
+            f"folder ({', '.join(unsafe)}): hf_deq models load safetensors weights only, because unpickling can "
+            "execute arbitrary code"
         )
     if not any(n.endswith(SAFE_WEIGHT_SUFFIXES) for n in names):
         pickled = sorted(n for n in names if n.endswith(PICKLED_WEIGHT_SUFFIXES))

@@ -78,6 +78,20 @@ def missing_local_model_dir(name_or_path: str | os.PathLike) -> str | None:
         return f"{name_or_path} is a file, not a model folder"
     if not (path / "config.json").is_file():
         return f"the folder {name_or_path} holds no config.json: save the model with save_pretrained first"
+    return unsafe_weights_problem(path)
+
+
+def unsafe_weights_problem(model_dir: Path) -> str | None:
+    """Why loading ``model_dir`` would read a file that is not safetensors (a ``*.safetensors.index.json``
+    mapping weights to a ``.bin`` pickle or out of the folder), or ``None``: the rule of
+    ``hf_deq.modeling_deq.unsafe_index_entries``, which ``from_pretrained`` applies too."""
+    from ..modeling_deq import unsafe_index_entries
+
+    if unsafe := unsafe_index_entries(model_dir):
+        return (
+            f"{model_dir} has a safetensors index that maps weights to files that are not safetensors files in "
+            f"that folder ({', '.join(unsafe)}): hf_deq loads safetensors weights only"
+        )
     return None
 
 
@@ -105,6 +119,8 @@ def check_model_dir(model_dir: str | os.PathLike, *, need_weights: bool = True) 
             else ""
         )
         raise ModelDirError(f"{model_dir} holds no .safetensors weights{hint}")
+    if problem := unsafe_weights_problem(model_dir):
+        raise ModelDirError(problem)
     if config.get("model_type") not in registered_model_types():
         raise ModelDirError(
             f"{model_dir}/config.json has model_type={config.get('model_type')!r}, not an hf_deq model "
