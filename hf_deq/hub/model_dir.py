@@ -39,6 +39,10 @@ PUSHED_FILE_PATTERNS = (
 )
 #: JSON files (in the model directory) read as the training recipe when pushing a saved model
 TRAINING_INFO_FILES = ("training_args.json", "training_config.json", "run_config.json", "args.json")
+#: what a training script writes next to the model it saves (``hf_deq.training.record``): ``{"format_version",
+#: "task", "args"}``, ``args`` being the run's flags (local data paths made absolute). ``evaluate_deq.py`` takes
+#: the evaluation data from it and the card the recipe; it stays local (not pushed: it names local paths)
+TRAINING_RECORD_FILE = "training_record.json"
 SECRET_KEYS = re.compile(r"token|secret|password|api_key", re.IGNORECASE)
 
 
@@ -148,13 +152,23 @@ def read_metrics(model_dir: str | os.PathLike) -> dict[str, Any]:
     return metrics
 
 
+def read_training_record(model_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``TRAINING_RECORD_FILE`` of ``model_dir`` (``args`` a JSON object), or ``None`` when it has none."""
+    record = read_json(Path(model_dir) / TRAINING_RECORD_FILE)
+    if record is None or not isinstance(record.get("args"), dict):
+        return None
+    return record
+
+
 def read_training_info(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """The training recipe saved next to the model (the first of ``TRAINING_INFO_FILES`` found), if any."""
+    """The training recipe saved next to the model (the first of ``TRAINING_INFO_FILES`` found, else the
+    flags of the ``TRAINING_RECORD_FILE``), if any."""
     for name in TRAINING_INFO_FILES:
         info = read_json(Path(model_dir) / name)
         if info is not None:
             return info
-    return {}
+    record = read_training_record(model_dir)
+    return dict(record["args"]) if record is not None else {}
 
 
 def is_generated_card(path: Path) -> bool:

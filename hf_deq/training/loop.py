@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from .accelerator import build_accelerator, seed_step
 from .evaluation import evaluate, solver_stats
 from .optimizer import build_optimizer, build_scheduler
+from .record import write_training_record
 from .schedule import EstimatorSchedule
 from .state import TrainingState
 from .step import GuardedStep
@@ -244,6 +245,7 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
                 processing_class.save_pretrained(args.output_dir)
             Path(args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2))
             Path(args.output_dir, "history.json").write_text(json.dumps(state.history, indent=2))
+            write_training_record(args.output_dir, task, args)
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         push_from_args(
