@@ -4,7 +4,6 @@ and what the Hub layer reads from it (config, ``all_results.json``, the training
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -174,16 +173,3 @@ def read_training_info(model_dir: str | os.PathLike) -> dict[str, Any]:
 def is_generated_card(path: Path) -> bool:
     """Whether the README.md at ``path`` was written by hf_deq (and may be regenerated), not by the user."""
     return GENERATED_MARKER in path.read_text(encoding="utf-8")
-
-
-def count_safetensors_parameters(model_dir: Path) -> int | None:
-    """The number of parameters stored in the safetensors files of ``model_dir`` (read from the headers)."""
-    from safetensors import safe_open
-
-    total, seen = 0, False
-    for path in sorted(model_dir.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                total += math.prod(f.get_slice(key).get_shape())
-                seen = True
-    return total if seen else None
