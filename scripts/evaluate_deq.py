@@ -158,7 +158,7 @@ def recorded_data_flags(
             )
             raise SystemExit(2)
     used = " ".join(_flag_text(n, v) for n, v in recorded.items() if v is not None)
-    messages.append(f"evaluation data as in training ({where}): {used or 'the flags defaults'}")
+    messages.append(f"the training run's data flags ({where}): {used or 'none recorded'}")
     return recorded, messages
 
 
