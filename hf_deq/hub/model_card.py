@@ -13,7 +13,7 @@ import torch
 
 from . import card_sections as sections
 from .card_text import Markup, card_value, escape_card_text
-from .errors import HubPushError
+from .errors import HubPushError, InvalidRepoIdError, check_repo_id
 from .model_dir import (
     GENERATED_MARKER,
     SECRET_KEYS,
@@ -121,6 +121,15 @@ def _num_parameters(config, facts: CardFacts, model: torch.nn.Module | None, met
     return int(recorded) if recorded is not None else None
 
 
+def _code_repo_id(repo_id: str) -> str:
+    """``repo_id`` for the card's code snippets (verbatim text): a valid Hub id as it is (letters, digits,
+    ``-_./`` only), anything else (a folder's name) escaped."""
+    try:
+        return Markup(check_repo_id(repo_id))
+    except InvalidRepoIdError:
+        return escape_card_text(repo_id)
+
+
 def render_model_card(
     model_dir: str | os.PathLike | None = None,
     *,
@@ -183,7 +192,7 @@ def render_model_card(
         "install_command": sections.source_install_command(),
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__.split("+")[0],
-        "repo_id": repo_id,
+        "repo_id": _code_repo_id(repo_id),
         "model_name": model_name,
         "family": facts,
         "citations": dict(facts.citations),

@@ -159,3 +159,11 @@ def test_the_training_record_tells_the_card_where_the_data_came_from(tmp_path):
     (folder / "training_record.json").write_text(json.dumps(record))
     card = hub.render_model_card(folder, solver_stats=STATS)
     assert "Data: local data, `flowers` (not a Hub dataset)." in card and str(tmp_path) not in card
+
+
+def test_a_valid_repo_id_is_verbatim_in_the_code_snippets():
+    card = hub.render_model_card(
+        config=hf_deq.create_config("test_mdeq_tiny"), repo_id="alice_/mdeq-_tiny_", solver_stats=STATS
+    )
+    assert 'from_pretrained("alice_/mdeq-_tiny_", trust_remote_code=True)' in card
+    assert "# mdeq-\\_tiny\\_" in card  # the title is Markdown text: escaped
