@@ -217,3 +217,22 @@ def test_a_safetensors_index_that_maps_to_a_pickle_is_refused_by_every_load(tmp_
         hub.stage_model_dir(folder, tmp_path / "staged")
     code, err = run_script(load_script("evaluate_deq"), capsys, "--model_name_or_path", str(folder))
     assert code == 2 and expected in error_line(err)
+
+
+def test_a_hub_repo_whose_index_maps_to_a_pickle_is_refused_before_loading(tmp_path, monkeypatch):
+    """A Hub id: the index ``from_pretrained`` would follow is fetched and checked first (the repo's files are
+    served here from a local folder)."""
+    folder = index_to_pickle(tmp_path)
+    fetched = []
+
+    def cached_file(repo_id, filename, **kwargs):
+        fetched.append((repo_id, filename))
+        return str(folder / filename) if (folder / filename).is_file() else None
+
+    monkeypatch.setattr(transformers.utils, "cached_file", cached_file)
+    with pytest.raises(OSError, match=f"alice/indexed's safetensors index maps weights .*{PICKLED_SHARD}"):
+        hf_deq.MDEQForImageClassification.from_pretrained("alice/indexed")
+    assert fetched == [
+        ("alice/indexed", "model.safetensors"),
+        ("alice/indexed", "model.safetensors.index.json"),
+    ]
