@@ -33,6 +33,77 @@ PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFE_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 
 
+def _unsafe_index_files(index_path: str | os.PathLike) -> list[str]:
+    """The files the safetensors index at ``index_path`` maps weights to that are not ``.safetensors`` files
+    beside it (a ``.bin`` pickle, a path out of the folder); ``["not a readable index ..."]`` for a bad index."""
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            files = set(json.load(f)["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ["not a readable index with a weight_map"]
+    unsafe = []
+    for file in sorted(map(str, files)):
+        inside = os.path.basename(file) == file and file not in ("", ".", "..")
+        if not (inside and file.endswith(".safetensors")):
+            unsafe.append(file)
+    return unsafe
+
+
+def unsafe_index_entries(folder: str | os.PathLike) -> list[str]:
+    """``"index: file"`` for each weight file that a ``*.safetensors.index.json`` of ``folder`` maps a weight to
+    and that is not a ``.safetensors`` file inside ``folder`` (a ``.bin`` pickle, a path out of the folder), or
+    for an index that cannot be read: ``from_pretrained`` would read those files. Empty when every index is safe."""
+    return [
+        f"{name}: {file}"
+        for name in sorted(os.listdir(folder))
+        if name.endswith(".safetensors.index.json")
+        for file in _unsafe_index_files(os.path.join(folder, name))
+    ]
+
+
+#: the ``from_pretrained`` keywords that say where a Hub repo's files come from
+_HUB_FILE_KWARGS = (
+    "cache_dir",
+    "force_download",
+    "proxies",
+    "local_files_only",
+    "token",
+    "revision",
+    "subfolder",
+)
+
+
+def _with_variant(name: str, variant: str | None) -> str:
+    """transformers' weight file names of a ``variant``: ``model.safetensors`` -> ``model.fp16.safetensors``."""
+    if not variant:
+        return name
+    stem, _, suffix = name.rpartition(".")
+    return f"{stem}.{variant}.{suffix}"
+
+
+def _refuse_pickled_hub_shards(repo_id: str, kwargs: dict[str, Any]) -> None:
+    """For a Hub id: when the repo has no single ``model.safetensors``, the safetensors index ``from_pretrained``
+    follows must map every weight to a safetensors file (both are fetched into the cache the load then reads)."""
+    from transformers.utils import cached_file
+
+    options = {k: kwargs[k] for k in _HUB_FILE_KWARGS if kwargs.get(k) is not None}
+    options.update(
+        _raise_exceptions_for_gated_repo=False,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    variant = kwargs.get("variant")
+    if cached_file(repo_id, _with_variant("model.safetensors", variant), **options) is not None:
+        return
+    index = cached_file(repo_id, _with_variant("model.safetensors.index.json", variant), **options)
+    if index is not None and (unsafe := _unsafe_index_files(index)):
+        raise OSError(
+            f"{repo_id}'s safetensors index maps weights to files that are not safetensors files "
+            f"({', '.join(unsafe)}): hf_deq models load safetensors weights only, because unpickling can execute "
+            "arbitrary code"
+        )
+
+
 def _refuse_pickled_weights(path: Any, subfolder: str = "") -> None:
     """Raise ``OSError`` when the local ``path`` would make ``from_pretrained`` read pickled weights."""
     if path is None:
@@ -59,6 +130,12 @@ def _refuse_pickled_weights(path: Any, subfolder: str = "") -> None:
         raise OSError(
             f"{path}/config.json names transformers_weights={explicit!r}, which is not a safetensors file; "
             "hf_deq models load safetensors weights only"
+        )
+    if unsafe := unsafe_index_entries(path):
+        raise OSError(
+            f"{path} has a safetensors index that maps weights to files that are not safetensors files in that "
+            f"folder ({', '.join(unsafe)}): hf_deq models load safetensors weights only, because unpickling can "
+            "execute arbitrary code"
         )
     if not any(n.endswith(SAFE_WEIGHT_SUFFIXES) for n in names):
         pickled = sorted(n for n in names if n.endswith(PICKLED_WEIGHT_SUFFIXES))
@@ -93,6 +170,10 @@ class DEQModelMixin:
         if kwargs.get("gguf_file") is not None:
             raise ValueError("hf_deq models load safetensors weights only; gguf_file is not supported")
         _refuse_pickled_weights(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        if pretrained_model_name_or_path is not None and not os.path.exists(
+            str(pretrained_model_name_or_path)
+        ):
+            _refuse_pickled_hub_shards(str(pretrained_model_name_or_path), kwargs)
         kwargs["use_safetensors"] = True
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)

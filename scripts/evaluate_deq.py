@@ -10,23 +10,30 @@ the budget can be changed after training without touching the weights.
     python scripts/evaluate_deq.py --model_name_or_path outputs/mdeq-tiny-digits \\
         --solvers broyden,anderson --budgets 2,4,8,16,32 --output_file outputs/budget-sweep.json
 
-    # a language model on its validation text (data flags are the training script's)
-    python scripts/evaluate_deq.py --model_name_or_path runs/ts --budgets 4,12,30 \\
-        -- --train_file ../shared/data/tinyshakespeare/input.txt --block_size 64
+    # a language model on the text, split and block size it was trained with (from its training record)
+    python scripts/evaluate_deq.py --model_name_or_path runs/ts --budgets 4,12,30
+
+    # the same model on another text, in blocks of 256 characters
+    python scripts/evaluate_deq.py --model_name_or_path runs/ts -- --train_file other.txt --block_size 256
 
 The data flags after ``--`` (or any flag this script does not know) are those of the model family's training
 script (``train_mdeq_classifier.py`` / ``train_deq_lm.py``): its task (``hf_deq.tasks``) loads and splits the
-data exactly as in training:
-the same ``--dataset_name`` (default: the built-in data), ``--max_eval_samples``, ``--per_device_eval_batch_size``,
-``--block_size``, ... The evaluation split is the one training evaluated on. Runs under ``accelerate launch``
-too (the split is sharded and gathered, each example counted once). Prints a table and, with ``--output_file``,
-writes the rows as JSON.
+data exactly as in training. A model saved by a training script carries the data flags of its run
+(``training_record.json``: the data, ``--validation_split_percentage`` / ``--train_val_split``,
+``--block_size``, ``--max_eval_samples``, ...), and they are the defaults here, so the evaluation split is the
+one training evaluated on; a flag given here overrides its recorded value and says so, and a flag naming other
+data (``--dataset_name``, ``--train_file``, ...) replaces the recorded data. The tokenizer or image processor
+is the one saved with the model. A model without a record is evaluated with the flags given (and their
+defaults), with a warning. Runs under ``accelerate launch`` too (the split is sharded and gathered, each example
+counted once). Prints a table and, with ``--output_file``, writes the rows as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +42,9 @@ from accelerate import Accelerator
 from transformers import AutoConfig
 
 from hf_deq.deq import available_solvers
-from hf_deq.hub import missing_local_model_dir
+from hf_deq.hub import TRAINING_RECORD_FILE, missing_local_model_dir, read_training_record
 from hf_deq.tasks import get_task
-from hf_deq.training import build_dataloaders, evaluate
+from hf_deq.training import build_dataloaders, data_source_flags, evaluate, evaluation_data_flags
 from hf_deq.training import parse_args as parse_training_args
 from hf_deq.training.script import error_lines
 
@@ -107,6 +114,55 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, passthrough
 
 
+def _flag_text(name: str, value: Any) -> str:
+    return f"--{name} {value}"
+
+
+def recorded_data_flags(
+    model_name_or_path: str, task, passthrough: list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """``(defaults, messages)``: the evaluation data flags of the model's training record, less the recorded data
+    sources when ``passthrough`` names other data, and what to tell the user about them. A model without a
+    record (saved otherwise, or a Hub id) gets no defaults and a warning."""
+    record = read_training_record(model_name_or_path) if Path(model_name_or_path).is_dir() else None
+    where = Path(model_name_or_path) / TRAINING_RECORD_FILE
+    if record is None:
+        return {}, [
+            f"warning: {model_name_or_path} has no {TRAINING_RECORD_FILE} (it was not saved by an hf_deq training "
+            "script, or by an older one): the evaluation data is what the flags given here and their defaults "
+            "say, which need not be what the model was trained and evaluated with; pass the data flags of its "
+            "training run (after --)"
+        ]
+    recorded = {name: record["args"][name] for name in evaluation_data_flags(task) if name in record["args"]}
+    sources = data_source_flags(task)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for name in sources:
+        pre.add_argument(f"--{name}", default=None)
+    given, _ = pre.parse_known_args(passthrough)
+    messages = []
+    named = [n for n in sources if n != "dataset_config_name" and getattr(given, n) is not None]
+    if named:
+        replaced = [_flag_text(n, recorded[n]) for n in sources if recorded.get(n) is not None]
+        if replaced:
+            messages.append(
+                f"note: {', '.join(_flag_text(n, getattr(given, n)) for n in named)} replaces the data of the "
+                f"training run ({' '.join(replaced)}, from {where})"
+            )
+        recorded = {k: v for k, v in recorded.items() if k not in sources}
+    for name in sources:
+        value = recorded.get(name)
+        if isinstance(value, str) and os.path.isabs(value) and not os.path.exists(value):
+            print(
+                f"{Path(__file__).name}: error: --{name} {value}, recorded in {where}, no longer exists: pass "
+                f"the data to evaluate on (after --, e.g. --{name} PATH)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+    used = " ".join(_flag_text(n, v) for n, v in recorded.items() if v is not None)
+    messages.append(f"the training run's data flags ({where}): {used or 'none recorded'}")
+    return recorded, messages
+
+
 def build_evaluation(args: argparse.Namespace, passthrough: list[str], accelerator: Accelerator):
     """``(model, run_eval)``: the saved model, and its family's evaluation of the data the flags name;
     ``run_eval(prepared_model)`` returns the metric with common names (``metric``, ``metric_name``, ``loss``,
@@ -118,8 +174,18 @@ def build_evaluation(args: argparse.Namespace, passthrough: list[str], accelerat
         task = get_task(config.model_type)
     except ValueError:
         raise SystemExit(f"model_type {config.model_type!r} is not an hf_deq model") from None
+    recorded, messages = recorded_data_flags(args.model_name_or_path, task, passthrough)
     family_argv = [*passthrough, "--model_name_or_path", args.model_name_or_path]
-    train_args = parse_training_args(task, family_argv, script=f"{Path(__file__).name} --")
+    train_args = parse_training_args(task, family_argv, script=f"{Path(__file__).name} --", defaults=recorded)
+    for name, value in recorded.items():
+        if getattr(train_args, name) != value:
+            messages.append(
+                f"note: {_flag_text(name, getattr(train_args, name))} overrides the training run's "
+                f"{_flag_text(name, value)}"
+            )
+    if accelerator.is_main_process:
+        for message in messages:
+            print(message, file=sys.stderr)
     if train_args.torch_num_threads:
         torch.set_num_threads(train_args.torch_num_threads)
     with accelerator.main_process_first():

@@ -42,6 +42,8 @@ _EXPORTS = {
     "is_generated_card": "model_dir",
     "read_metrics": "model_dir",
     "read_training_info": "model_dir",
+    "read_training_record": "model_dir",
+    "TRAINING_RECORD_FILE": "model_dir",
     "RemoteCodeBundle": "remote_code",
     "build_remote_code_bundle": "remote_code",
     "measure_solver_stats": "solver_stats",

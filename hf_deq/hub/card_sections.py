@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .card_text import Markup, code_span, escape_card_text, markdown
+from .model_dir import names_a_local_folder
 from .registry import CardFacts
 from .solver_stats import number
 
@@ -64,26 +66,45 @@ def duration(seconds: Any) -> str | None:
 # -- dataset ----------------------------------------------------------------------------------------------------
 
 
-def _is_local(name: str, training: Mapping[str, Any]) -> bool:
-    if any(training.get(flag) for flag in LOCAL_DATA_FLAGS) and not training.get("dataset_name"):
-        return True
+def _names_local_data(name: str) -> bool:
+    """Whether ``name`` is a local file or folder rather than a Hub id: path syntax, a data-file suffix, not a
+    valid Hub id, or a file or folder on this machine."""
     return (
         name.startswith((".", "/", "~"))
         or "\\" in name
         or name.count("/") > 1
         or Path(name).suffix.lower() in DATA_FILE_BUILDERS
         or not _HUB_ID.fullmatch(name)
+        or os.path.exists(os.path.expanduser(name))
     )
+
+
+def _source_kind(name: str, training: Mapping[str, Any]) -> str:
+    """``"local"``, ``"hub"`` or ``"unknown"``: where the data named ``name`` came from. The run's recipe decides
+    when it is known (a local data flag, or its ``--dataset_name``: the training record makes a local one
+    absolute); without it a ``namespace/name`` is a Hub id, and a bare name is ``unknown`` (``all_results.json``
+    keeps only a local folder's base name, which looks like a canonical Hub id)."""
+    if any(training.get(flag) for flag in LOCAL_DATA_FLAGS) and not training.get("dataset_name"):
+        return "local"
+    recorded = training.get("dataset_name")
+    if recorded and _names_local_data(str(recorded)):
+        return "local"
+    if not recorded and _names_local_data(name):
+        return "local"
+    if _HUB_ID.fullmatch(name) and (recorded or "/" in name):
+        return "hub"
+    return "unknown"
 
 
 def dataset_info(facts: CardFacts, metrics: Mapping[str, Any], training: Mapping[str, Any]) -> dict[str, Any]:
     """What the run trained on, from ``dataset_name`` / ``dataset_config_name`` in ``all_results.json`` (else in
     the recipe, else the recipe's local data flag): ``kind`` is ``"hub"`` (a Hub dataset id: linked, and listed
     in the card's ``datasets:`` metadata), ``"builtin"`` (a name the family's script loads itself, e.g.
-    ``digits``), ``"local"`` (a local file or folder: only its name is shown) or ``None`` (not recorded).
+    ``digits``), ``"local"`` (a local file or folder: only its name is shown), ``"unknown"`` (a bare name the run
+    did not say the source of: shown, not linked) or ``None`` (not recorded).
     ``id`` is set for Hub datasets only; ``type`` / ``name`` / ``config`` / ``split`` are the model-index
     dataset fields (``type`` of a non-Hub dataset is the ``datasets`` builder, or ``custom``); ``label`` is the
-    short name and ``text`` the sentence the card shows."""
+    short name and ``text`` the sentence the card shows (``Markup``: its user-supplied parts escaped)."""
     name = metrics.get("dataset_name") or training.get("dataset_name")
     config_name = metrics.get("dataset_config_name") or training.get("dataset_config_name")
     if not name:
@@ -95,27 +116,36 @@ def dataset_info(facts: CardFacts, metrics: Mapping[str, Any], training: Mapping
         "name": "not recorded",
         "label": None,
         "text": None,
-        "config": str(config_name) if config_name else None,
+        "config": escape_card_text(config_name, markdown=False) if config_name else None,
         "split": "validation",
         "num_examples": metrics.get("eval_num_examples"),
     }
     if not name:
         info["config"] = None
         return info
-    name = str(name)
-    if name in facts.builtin_datasets:
+    name = escape_card_text(name, markdown=False)
+    kind = "builtin" if name in facts.builtin_datasets else _source_kind(name, training)
+    if kind == "builtin":
         description = facts.builtin_datasets[name]
         info.update(kind="builtin", name=f"{name}: {description}", label=name, config=None)
-        info["text"] = f"`{name}`, {description}, loaded by the training script itself (not a Hub dataset)"
-    elif _is_local(name, training):
+        info["text"] = markdown(
+            "{}, {}, loaded by the training script itself (not a Hub dataset)", code_span(name), description
+        )
+    elif kind == "local":
         file_name = Path(name.rstrip("/\\")).name or name  # never a local absolute path in a public card
         info.update(kind="local", name=file_name, label=file_name, config=None)
         info["type"] = DATA_FILE_BUILDERS.get(Path(file_name).suffix.lower(), "custom")
-        info["text"] = f"local data, `{file_name}` (not a Hub dataset)"
-    else:
+        info["text"] = markdown("local data, {} (not a Hub dataset)", code_span(file_name))
+    elif kind == "unknown":
+        info.update(kind="unknown", name=name, label=name)
+        info["text"] = markdown(
+            "{} (the run did not record whether it is a Hub dataset or a local folder)", code_span(name)
+        )
+    else:  # a valid Hub id (``_HUB_ID``): safe in the link's address
         info.update(kind="hub", id=name, type=name, name=name, label=name)
-        config = f" (configuration `{info['config']}`)" if info["config"] else ""
-        info["text"] = f"[{name}](https://huggingface.co/datasets/{name}){config} from the Hugging Face Hub"
+        config = markdown(" (configuration {})", code_span(info["config"])) if info["config"] else ""
+        url = Markup(f"https://huggingface.co/datasets/{name}")
+        info["text"] = markdown("[{}]({}){} from the Hugging Face Hub", name, url, config)
     return info
 
 
@@ -169,7 +199,10 @@ def recipe_rows(training: Mapping[str, Any], metrics: Mapping[str, Any]) -> list
 
     max_steps = training.get("max_train_steps")
     add("preset", training.get("preset"))
-    add("started from", training.get("model_name_or_path"))
+    start = training.get("model_name_or_path")
+    if start and names_a_local_folder(str(start)):  # never a local path in a public card
+        start = f"{Path(str(start).rstrip('/')).name} (a local model folder)"
+    add("started from", start)
     add(
         "optimisation steps",
         metrics.get("train_steps") or (max_steps if max_steps not in (None, -1) else None),
@@ -203,7 +236,10 @@ def recipe_rows(training: Mapping[str, Any], metrics: Mapping[str, Any]) -> list
         add("time per step (forward / backward)", f"{forward * 1e3:.1f} ms / {backward * 1e3:.1f} ms")
     peak = number(metrics.get("peak_memory_mb"))
     add("peak memory", f"{peak:,.0f} MB" if peak else None)
-    add("final training loss", number(metrics.get("train_loss")))
+    logging_steps = training.get("logging_steps")
+    window = f"last logging window of {fmt(logging_steps)} steps" if logging_steps else "last logging window"
+    add(f"final training loss ({window})", number(metrics.get("train_loss_last_window")))
+    add("mean training loss (whole run)", number(metrics.get("train_loss")))
     add("non-finite steps skipped", metrics.get("skipped_nonfinite_steps"))
     return rows
 
@@ -279,7 +315,7 @@ def solver_rows(config) -> list[tuple[str, str]]:
 def estimator_rows(config) -> list[tuple[str, str]]:
     name = estimator_name(config)
     text = ESTIMATOR_TEXT.get(name, "a registered estimator")
-    rows = [("gradient estimator", f"`{config.grad_estimator}`: {text}")]
+    rows = [("gradient estimator", markdown("{}: {}", code_span(config.grad_estimator), text))]
     for key in ESTIMATOR_FIELDS.get(name, tuple(_ESTIMATOR_LABELS)):
         rows.append((_ESTIMATOR_LABELS[key], fmt(getattr(config, key))))
     if config.jacobian_reg_weight:
@@ -302,5 +338,5 @@ def source_install_command() -> str:
         urls = dict(entry.split(", ", 1) for entry in entries if ", " in entry)
         url = next((urls[k] for k in ("Source", "Repository", "source", "repository") if k in urls), None)
     if url:
-        return f'`pip install "git+{url}"`'
-    return "`pip install .` in a checkout of the hf_deq repository"
+        return code_span(f'pip install "git+{url}"')
+    return markdown("{} in a checkout of the hf_deq repository", code_span("pip install ."))

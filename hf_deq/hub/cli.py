@@ -79,7 +79,8 @@ def _hardware() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def _training_info(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
+def training_info(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-able flags of a run (secrets left out), with the hardware and the number of processes."""
     items = vars(args).items() if isinstance(args, argparse.Namespace) else dict(args).items()
     info: dict[str, Any] = {}
     for key, value in items:
@@ -121,7 +122,7 @@ def push_from_args(
     repo_id = hub_repo_id(args)
     private = bool(getattr(args, "hub_private_repo", False))
     token = getattr(args, "hub_token", None)
-    training = _training_info(args)
+    training = training_info(args)
     try:
         if step is not None or model_dir is None:
             if model is None:

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 
 from . import card_sections as sections
-from .errors import HubPushError
+from .card_text import Markup, card_value, escape_card_text
+from .errors import HubPushError, InvalidRepoIdError, check_repo_id
 from .model_dir import (
     GENERATED_MARKER,
     SECRET_KEYS,
     check_model_dir,
-    count_safetensors_parameters,
     read_metrics,
     read_training_info,
 )
@@ -60,6 +60,7 @@ def _template_env(facts: CardFacts, template_dir: str | os.PathLike | None):
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=card_value,  # every {{ value }} escaped, unless the card built it (Markup)
     )
 
 
@@ -78,9 +79,9 @@ def _card_data(facts: CardFacts, config, model_name: str, dataset: dict, results
         EvalResult(
             task_type=facts.pipeline_tag,
             task_name=facts.task_name,
-            dataset_type=dataset["type"],
-            dataset_name=dataset["name"],
-            dataset_config=dataset["config"],
+            dataset_type=escape_card_text(dataset["type"], markdown=False),
+            dataset_name=escape_card_text(dataset["name"], markdown=False),
+            dataset_config=dataset["config"] and escape_card_text(dataset["config"], markdown=False),
             dataset_split=dataset["split"],
             metric_type=r["type"],
             metric_name=r["name"],
@@ -95,9 +96,38 @@ def _card_data(facts: CardFacts, config, model_name: str, dataset: dict, results
         tags=_tags(facts, config),
         datasets=[dataset["id"]] if dataset["id"] else None,
         metrics=sorted({r["type"] for r in results if r["headline"]}) or None,
-        model_name=model_name,
+        model_name=escape_card_text(model_name, markdown=False),
         eval_results=eval_results or None,
     )
+
+
+def _num_parameters(config, facts: CardFacts, model: torch.nn.Module | None, metrics: Mapping[str, Any]):
+    """The model's parameter count (``count_parameters``: parameters only, never buffers such as BatchNorm
+    statistics; a tied weight once): of ``model``, else of the family's model built from ``config`` on the meta
+    device (no memory, no weights read), else the run's recorded ``num_parameters``."""
+    import transformers
+
+    from ..modeling_utils import count_parameters
+
+    if model is None:
+        try:
+            with torch.device("meta"):
+                model = getattr(transformers, facts.auto_class).from_config(config)
+        except Exception:  # a config the installed classes cannot build: fall back to the run's count
+            model = None
+    if model is not None:
+        return count_parameters(model)
+    recorded = number(metrics.get("num_parameters"))
+    return int(recorded) if recorded is not None else None
+
+
+def _code_repo_id(repo_id: str) -> str:
+    """``repo_id`` for the card's code snippets (verbatim text): a valid Hub id as it is (letters, digits,
+    ``-_./`` only), anything else (a folder's name) escaped."""
+    try:
+        return Markup(check_repo_id(repo_id))
+    except InvalidRepoIdError:
+        return escape_card_text(repo_id)
 
 
 def render_model_card(
@@ -147,11 +177,7 @@ def render_model_card(
     training = {k: v for k, v in training.items() if not SECRET_KEYS.search(k)}
 
     stats, model = collect_solver_stats(config, facts, model, model_dir, metrics, solver_stats, eval_inputs)
-    num_parameters = sum(p.numel() for p in model.parameters()) if model is not None else None
-    if num_parameters is None and model_dir is not None:
-        num_parameters = count_safetensors_parameters(Path(model_dir))
-    if num_parameters is None and number(metrics.get("num_parameters")) is not None:
-        num_parameters = int(metrics["num_parameters"])
+    num_parameters = _num_parameters(config, facts, model, metrics)
 
     repo_id = repo_id or (Path(model_dir).name if model_dir else f"{config.model_type}-model")
     model_name = repo_id.split("/")[-1]
@@ -160,13 +186,13 @@ def render_model_card(
     card_data = _card_data(facts, config, model_name, dataset, results, license)
     stats = stats or {}
     context = {
-        "card_data": card_data.to_yaml(),
+        "card_data": Markup(card_data.to_yaml()),  # YAML written by huggingface_hub from escaped values
         "generated_marker": GENERATED_MARKER,
         "hf_deq_version": hf_deq.__version__,
         "install_command": sections.source_install_command(),
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__.split("+")[0],
-        "repo_id": repo_id,
+        "repo_id": _code_repo_id(repo_id),
         "model_name": model_name,
         "family": facts,
         "citations": dict(facts.citations),

@@ -4,7 +4,6 @@ and what the Hub layer reads from it (config, ``all_results.json``, the training
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -39,6 +38,10 @@ PUSHED_FILE_PATTERNS = (
 )
 #: JSON files (in the model directory) read as the training recipe when pushing a saved model
 TRAINING_INFO_FILES = ("training_args.json", "training_config.json", "run_config.json", "args.json")
+#: what a training script writes next to the model it saves (``hf_deq.training.record``): ``{"format_version",
+#: "task", "args"}``, ``args`` being the run's flags (local data paths made absolute). ``evaluate_deq.py`` takes
+#: the evaluation data from it and the card the recipe; it stays local (not pushed: it names local paths)
+TRAINING_RECORD_FILE = "training_record.json"
 SECRET_KEYS = re.compile(r"token|secret|password|api_key", re.IGNORECASE)
 
 
@@ -78,6 +81,20 @@ def missing_local_model_dir(name_or_path: str | os.PathLike) -> str | None:
         return f"{name_or_path} is a file, not a model folder"
     if not (path / "config.json").is_file():
         return f"the folder {name_or_path} holds no config.json: save the model with save_pretrained first"
+    return unsafe_weights_problem(path)
+
+
+def unsafe_weights_problem(model_dir: Path) -> str | None:
+    """Why loading ``model_dir`` would read a file that is not safetensors (a ``*.safetensors.index.json``
+    mapping weights to a ``.bin`` pickle or out of the folder), or ``None``: the rule of
+    ``hf_deq.modeling_deq.unsafe_index_entries``, which ``from_pretrained`` applies too."""
+    from ..modeling_deq import unsafe_index_entries
+
+    if unsafe := unsafe_index_entries(model_dir):
+        return (
+            f"{model_dir} has a safetensors index that maps weights to files that are not safetensors files in "
+            f"that folder ({', '.join(unsafe)}): hf_deq loads safetensors weights only"
+        )
     return None
 
 
@@ -105,6 +122,8 @@ def check_model_dir(model_dir: str | os.PathLike, *, need_weights: bool = True) 
             else ""
         )
         raise ModelDirError(f"{model_dir} holds no .safetensors weights{hint}")
+    if problem := unsafe_weights_problem(model_dir):
+        raise ModelDirError(problem)
     if config.get("model_type") not in registered_model_types():
         raise ModelDirError(
             f"{model_dir}/config.json has model_type={config.get('model_type')!r}, not an hf_deq model "
@@ -132,28 +151,25 @@ def read_metrics(model_dir: str | os.PathLike) -> dict[str, Any]:
     return metrics
 
 
+def read_training_record(model_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``TRAINING_RECORD_FILE`` of ``model_dir`` (``args`` a JSON object), or ``None`` when it has none."""
+    record = read_json(Path(model_dir) / TRAINING_RECORD_FILE)
+    if record is None or not isinstance(record.get("args"), dict):
+        return None
+    return record
+
+
 def read_training_info(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """The training recipe saved next to the model (the first of ``TRAINING_INFO_FILES`` found), if any."""
+    """The training recipe saved next to the model (the first of ``TRAINING_INFO_FILES`` found, else the
+    flags of the ``TRAINING_RECORD_FILE``), if any."""
     for name in TRAINING_INFO_FILES:
         info = read_json(Path(model_dir) / name)
         if info is not None:
             return info
-    return {}
+    record = read_training_record(model_dir)
+    return dict(record["args"]) if record is not None else {}
 
 
 def is_generated_card(path: Path) -> bool:
     """Whether the README.md at ``path`` was written by hf_deq (and may be regenerated), not by the user."""
     return GENERATED_MARKER in path.read_text(encoding="utf-8")
-
-
-def count_safetensors_parameters(model_dir: Path) -> int | None:
-    """The number of parameters stored in the safetensors files of ``model_dir`` (read from the headers)."""
-    from safetensors import safe_open
-
-    total, seen = 0, False
-    for path in sorted(model_dir.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                total += math.prod(f.get_slice(key).get_shape())
-                seen = True
-    return total if seen else None

@@ -135,6 +135,8 @@ class CausalLMTask(TrainingTask):
         "logging_steps": 50,
     }
     forward_kwargs = {"use_cache": False}
+    data_source_flags = ("train_file", "validation_file")
+    evaluation_data_flags = ("text_column_name", "validation_split_percentage", "block_size")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         data = parser.add_argument_group("text data and tokenizer")

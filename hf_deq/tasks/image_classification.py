@@ -79,6 +79,8 @@ class ImageClassificationTask(TrainingTask):
         "per_device_train_batch_size": 32,
         "per_device_eval_batch_size": 128,
     }
+    data_source_flags = ("train_dir", "validation_dir")
+    evaluation_data_flags = ("image_column_name", "label_column_name", "train_val_split", "split_seed")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         data = parser.add_argument_group("image data")

@@ -4,6 +4,7 @@
 - ``arguments``: the shared flag vocabulary, ``--config FILE`` recipes, parse-time checks;
 - ``accelerator``: the ``Accelerator``, threads, seeding (also per step), logging;
 - ``checkpoints`` / ``state``: atomic checkpoints and the ``TrainingState`` they carry;
+- ``record``: the training record saved with the model (what its evaluation needs: data, split, block size);
 - ``step``: the guarded optimiser step (non-finite skip, buffer rollback, clipping);
 - ``optimizer``: parameter groups with one weight-decay rule, optimiser and schedule builders;
 - ``evaluation``: fixed ``eval_*`` keys, every example gathered once;
@@ -32,6 +33,7 @@ from .checkpoints import (
 from .evaluation import EVAL_KEYS, evaluate, load_packaged_metric, packaged_metric_path, solver_stats
 from .loop import build_dataloaders, num_parameters, train
 from .optimizer import build_optimizer, build_scheduler, parameter_groups
+from .record import data_source_flags, evaluation_data_flags, training_record, write_training_record
 from .schedule import EstimatorSchedule
 from .script import training_script
 from .state import TrainingState
@@ -56,8 +58,10 @@ __all__ = [
     "build_dataloaders",
     "build_optimizer",
     "build_scheduler",
+    "data_source_flags",
     "deq_overrides",
     "evaluate",
+    "evaluation_data_flags",
     "get_task",
     "gradients_are_finite",
     "holds_a_model",
@@ -75,5 +79,7 @@ __all__ = [
     "solver_stats",
     "state_fingerprint",
     "train",
+    "training_record",
     "training_script",
+    "write_training_record",
 ]

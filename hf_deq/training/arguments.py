@@ -518,10 +518,15 @@ def check_training_args(
 
 
 def parse_args(
-    task: TrainingTask, argv: list[str] | None = None, script: str | None = None, description=None
+    task: TrainingTask,
+    argv: list[str] | None = None,
+    script: str | None = None,
+    description=None,
+    defaults: dict[str, Any] | None = None,
 ):
     """The training flags of ``task`` parsed from ``argv`` (with ``--config FILE``) and checked: a bad value is
-    one ``error:`` line naming its flag, exit status 2, before any data is loaded."""
+    one ``error:`` line naming its flag, exit status 2, before any data is loaded. ``defaults`` replace the
+    flags' own defaults (a ``--config`` file and the command line still win)."""
     parser = argparse.ArgumentParser(
         prog=script,
         usage="%(prog)s [-h] [--config JSON] [options]",
@@ -529,6 +534,8 @@ def parse_args(
         formatter_class=DefaultsHelpFormatter,
     )
     add_training_arguments(parser, task)
+    if defaults:
+        parser.set_defaults(**defaults)
     args = parse_args_with_config_file(parser, argv, script or parser.prog)
     check_training_args(parser, args, task)
     return args

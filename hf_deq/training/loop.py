@@ -17,9 +17,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ..modeling_utils import count_parameters
 from .accelerator import build_accelerator, seed_step
 from .evaluation import evaluate, solver_stats
 from .optimizer import build_optimizer, build_scheduler
+from .record import write_training_record
 from .schedule import EstimatorSchedule
 from .state import TrainingState
 from .step import GuardedStep
@@ -50,8 +52,8 @@ def data_loss(outputs, model) -> float:
 
 
 def num_parameters(model: torch.nn.Module) -> int:
-    """Every parameter once (tied weights counted once)."""
-    return int(sum(p.numel() for p in model.parameters()))
+    """Every parameter once (tied weights counted once), buffers never: ``count_parameters``."""
+    return count_parameters(model)
 
 
 def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
@@ -139,6 +141,7 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
 
     checkpoint_every = int(args.checkpointing_steps) if (args.checkpointing_steps or "").isdigit() else None
     window = {"loss": 0.0, "nstep": 0.0, "residual": 0.0, "n": 0}
+    last_window_loss = None  # the mean loss of the last logged window: the run's final training loss
     model.train()
     clock, cpu_clock = time.perf_counter(), time.process_time()
     for epoch in range(state.epoch, num_epochs):
@@ -185,6 +188,7 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
                 }
                 postfix = {"loss": f"{logs['train_loss']:.3f}", "nstep": f"{logs['solver_nstep']:.1f}"}
                 tracker.log(logs, step=done, postfix=postfix)
+                last_window_loss = logs["train_loss"] if window["n"] else last_window_loss
                 window = dict.fromkeys(window, 0)
             if checkpoint_every and done % checkpoint_every == 0:
                 save_checkpoint(f"step_{done}")
@@ -212,6 +216,7 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
         "train_runtime": state.train_time,
         "train_cpu_runtime": state.train_cpu_time,
         "train_loss": state.train_loss,
+        "train_loss_last_window": last_window_loss,
         "train_steps": state.completed_steps,
         "train_samples": len(data.train),
         "epoch": state.completed_steps / updates_per_epoch,
@@ -244,6 +249,7 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
                 processing_class.save_pretrained(args.output_dir)
             Path(args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2))
             Path(args.output_dir, "history.json").write_text(json.dumps(state.history, indent=2))
+            write_training_record(args.output_dir, task, args)
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         push_from_args(

@@ -44,6 +44,12 @@ class TrainingTask:
     defaults: ClassVar[dict[str, Any]] = {}
     #: keyword arguments of every training forward
     forward_kwargs: ClassVar[dict[str, Any]] = {}
+    #: the task's flags that name its data besides ``--dataset_name`` (e.g. ``train_file``): recorded with the
+    #: saved model; ``evaluate_deq.py`` given one of them takes none of the recorded ones (``training.record``)
+    data_source_flags: ClassVar[tuple[str, ...]] = ()
+    #: the task's flags that shape its evaluation split (validation share, block size, columns): recorded with
+    #: the saved model, the defaults of ``evaluate_deq.py``
+    evaluation_data_flags: ClassVar[tuple[str, ...]] = ()
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The task's own data flags."""

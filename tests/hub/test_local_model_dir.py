@@ -171,3 +171,68 @@ def test_every_script_says_at_once_that_a_model_folder_is_missing(tmp_path, caps
     code, err = run_script(load_script(script), capsys, *argv)
     assert code == 2
     assert f"--model_name_or_path: the folder {missing} does not exist" in error_line(err)
+
+
+PICKLED_SHARD = "pytorch_model-00002-of-00002.bin"
+
+
+def index_to_pickle(tmp_path):
+    """A saved model folder whose ``model.safetensors.index.json`` maps half the weights to a safetensors shard
+    and the other half to a ``.bin`` pickle."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "indexed"
+    hf_deq.create_model("test_mdeq_tiny", solver_on_failure="ignore").save_pretrained(folder)
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    names = sorted(weights)
+    safe, pickled = names[: len(names) // 2], names[len(names) // 2 :]
+    save_file({k: weights[k] for k in safe}, folder / "model-00001-of-00002.safetensors", {"format": "pt"})
+    torch.save({k: weights[k] for k in pickled}, folder / PICKLED_SHARD)
+    weight_map = {
+        **dict.fromkeys(safe, "model-00001-of-00002.safetensors"),
+        **dict.fromkeys(pickled, PICKLED_SHARD),
+    }
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    return folder
+
+
+def test_a_safetensors_index_that_maps_to_a_pickle_is_refused_by_every_load(tmp_path, capsys):
+    """ "safetensors only" holds for every file a load reads, not only for the file it starts from."""
+    folder = index_to_pickle(tmp_path)
+    expected = f"model.safetensors.index.json: {PICKLED_SHARD}"
+    for loader in (transformers.AutoModelForImageClassification, hf_deq.MDEQForImageClassification):
+        with pytest.raises(OSError, match="safetensors weights only") as err:
+            loader.from_pretrained(folder)
+        assert expected in str(err.value)
+    assert expected in hub.missing_local_model_dir(str(folder))
+    with pytest.raises(hub.ModelDirError, match="safetensors weights only"):
+        hub.push_model_dir(folder, "user/x")
+    with pytest.raises(hub.ModelDirError, match="safetensors weights only"):
+        hub.stage_model_dir(folder, tmp_path / "staged")
+    code, err = run_script(load_script("evaluate_deq"), capsys, "--model_name_or_path", str(folder))
+    assert code == 2 and expected in error_line(err)
+
+
+def test_a_hub_repo_whose_index_maps_to_a_pickle_is_refused_before_loading(tmp_path, monkeypatch):
+    """A Hub id: the index ``from_pretrained`` would follow is fetched and checked first (the repo's files are
+    served here from a local folder)."""
+    folder = index_to_pickle(tmp_path)
+    fetched = []
+
+    def cached_file(repo_id, filename, **kwargs):
+        fetched.append((repo_id, filename))
+        return str(folder / filename) if (folder / filename).is_file() else None
+
+    monkeypatch.setattr(transformers.utils, "cached_file", cached_file)
+    with pytest.raises(OSError, match=f"alice/indexed's safetensors index maps weights .*{PICKLED_SHARD}"):
+        hf_deq.MDEQForImageClassification.from_pretrained("alice/indexed")
+    assert fetched == [
+        ("alice/indexed", "model.safetensors"),
+        ("alice/indexed", "model.safetensors.index.json"),
+    ]

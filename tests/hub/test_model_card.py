@@ -86,6 +86,7 @@ def test_an_unrecorded_dataset_says_so():
 RESULTS = {
     "train_runtime": 125.0,
     "train_loss": 0.3125,
+    "train_loss_last_window": 0.0625,
     "train_steps": 400,
     "train_samples": 1437,
     "epoch": 3.0,
@@ -115,7 +116,8 @@ def test_the_card_reads_the_result_keys_of_both_training_scripts():
     card = hub.render_model_card(config=hf_deq.create_config("test_mdeq_tiny"), metrics=RESULTS)
     for row in (
         "| wall time (training) | 2 min 05 s (125 s) |",
-        "| final training loss | 0.3125 |",
+        "| final training loss (last logging window) | 0.0625 |",
+        "| mean training loss (whole run) | 0.3125 |",
         "| optimisation steps | 400 |",
         "| training samples | 1,437 |",
         "| epochs | 3 |",
@@ -127,7 +129,7 @@ def test_the_card_reads_the_result_keys_of_both_training_scripts():
         "| unrolled (backprop) warm-up steps | 50 |",
         "| non-finite steps skipped | 2 |",
         "| gradient estimator (training) | upg |",
-        "| parameters | 12,345 (0.01M) |",
+        "| parameters | 21,554 (0.02M) |",  # the model's (test_mdeq_tiny), not the run's number
         "| 6.25 | 8 | 3.000e-04 |",
         "| Accuracy | 0.9917 | digits, validation split |",
         "| Loss | 0.0625 | digits, validation split |",

@@ -81,3 +81,51 @@ def test_bad_flags_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit):
         load_script("evaluate_deq").parse_args(["--model_name_or_path", "m", *flags])
     assert message in capsys.readouterr().err
+
+
+def test_a_trained_lm_is_evaluated_on_the_data_it_was_trained_with(tmp_path, capsys, fresh_accelerate_state):
+    """The training record carries the text file, its split and the block size (16 here; the flag's default is
+    128): with no data flag the evaluation is the training run's final one; a flag given overrides its recorded
+    value and says so."""
+    text = small_text_file(tmp_path)
+    out = tmp_path / "lm"
+    trained = load_script("train_deq_lm").main(
+        lm_args(out, text, "--validation_split_percentage", "20", steps=2)
+    )
+    evaluate = load_script("evaluate_deq")
+    capsys.readouterr()
+    (row,) = evaluate.main(["--model_name_or_path", str(out), "--", "--torch_num_threads", "1"])
+    err = capsys.readouterr().err
+    assert row["num_examples"] == trained["eval_num_examples"] == 16
+    assert row["loss"] == pytest.approx(trained["eval_loss"], rel=1e-5)
+    assert f"--train_file {text}" in err and "--block_size 16" in err and "overrides" not in err
+
+    (row,) = evaluate.main(["--model_name_or_path", str(out), "--", "--block_size", "8"])
+    assert "note: --block_size 8 overrides the training run's --block_size 16" in capsys.readouterr().err
+    assert row["num_examples"] == 16 and row["loss"] != pytest.approx(trained["eval_loss"], rel=1e-5)
+
+
+def test_recorded_data_is_replaced_by_other_data_and_a_missing_record_is_warned(tmp_path, capsys):
+    script = load_script("evaluate_deq")
+    task = script.get_task("causal-lm")
+    model = tmp_path / "model"
+    model.mkdir()
+    defaults, messages = script.recorded_data_flags(str(model), task, [])
+    assert defaults == {} and "has no training_record.json" in messages[0]
+
+    text = tmp_path / "train.txt"
+    text.write_text("x")
+    args = {"train_file": str(text), "validation_file": None, "dataset_name": None, "block_size": 64}
+    (model / "training_record.json").write_text(json.dumps({"format_version": 1, "args": args}))
+    defaults, _ = script.recorded_data_flags(str(model), task, ["--block_size", "32"])
+    assert defaults == args  # the command line wins at parse time
+    defaults, messages = script.recorded_data_flags(str(model), task, ["--dataset_name", "org/data"])
+    assert defaults == {"block_size": 64}
+    assert (
+        f"note: --dataset_name org/data replaces the data of the training run (--train_file {text}"
+        in messages[0]
+    )
+    text.unlink()
+    with pytest.raises(SystemExit) as exit_:
+        script.recorded_data_flags(str(model), task, [])
+    assert exit_.value.code == 2 and f"--train_file {text}, recorded in" in capsys.readouterr().err
