@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..data.text import load_text_datasets, text_dataset_name, tokenize_into_blocks
 from ..data.tokenizers import TOKENIZER_KINDS, train_tokenizer
 from ..training.arguments import config_overrides
+from ..training.flag_ranges import WORKER_RANGE, count_range
 from ..training.task import TaskData, TrainingTask, register_task
 
 #: where a checkpoint keeps the run's processing class (the loop writes it there)
@@ -127,6 +128,7 @@ class CausalLMTask(TrainingTask):
         "logging_steps": 50,
     }
     forward_kwargs = {"use_cache": False}
+    flag_ranges = {"preprocessing_num_workers": WORKER_RANGE, "tokenizer_vocab_size": count_range(2)}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         data = parser.add_argument_group("text data and tokenizer")

@@ -20,6 +20,7 @@ from ..data.images import (
 )
 from ..training.arguments import config_overrides
 from ..training.evaluation import load_packaged_metric
+from ..training.flag_ranges import SEED_RANGE
 from ..training.task import TaskData, TrainingTask, register_task
 
 
@@ -77,6 +78,7 @@ class ImageClassificationTask(TrainingTask):
         "per_device_train_batch_size": 32,
         "per_device_eval_batch_size": 128,
     }
+    flag_ranges = {"split_seed": SEED_RANGE}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         data = parser.add_argument_group("image data")

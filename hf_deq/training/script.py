@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .arguments import parse_args as parse_training_args
+from .errors import TrainingError
 from .loop import train
 from .task import TrainingTask, get_task
 
@@ -25,7 +27,12 @@ def training_script(
         return parse_training_args(task, argv, script=name, description=description)
 
     def main(argv: list[str] | None = None) -> dict[str, Any]:
-        return train(task, parse_args(argv))
+        args = parse_args(argv)
+        try:
+            return train(task, args)
+        except TrainingError as err:  # a run that cannot go on or cannot be right: one line, no traceback
+            print(f"{name}: error: {err}", file=sys.stderr)
+            raise SystemExit(err.exit_status) from None
 
     return task, parse_args, main
 

@@ -44,6 +44,8 @@ class TrainingTask:
     defaults: ClassVar[dict[str, Any]] = {}
     #: keyword arguments of every training forward
     forward_kwargs: ClassVar[dict[str, Any]] = {}
+    #: ranges of the task's numeric data flags (``hf_deq.training.flag_ranges``), checked with the shared ones
+    flag_ranges: ClassVar[dict[str, Any]] = {}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The task's own data flags."""
