@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .accelerator import build_accelerator, seed_step
-from .checkpoints import OutputDirLock, remove_previous_run
+from .checkpoints import STATE_FILE, OutputDirLock, remove_previous_run
 from .errors import CheckpointSaveError, NonFiniteWeightsError, OutputDirError
 from .evaluation import evaluate, solver_stats
 from .optimizer import build_optimizer, build_scheduler
@@ -126,7 +126,9 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
     state = TrainingState()
     if checkpoint is not None:
         state = TrainingState.load(checkpoint, accelerator)
-        state.check_position(str(checkpoint), updates_per_epoch, len(train_dl), accumulation)
+        state.check_position(
+            str(Path(checkpoint) / STATE_FILE), updates_per_epoch, len(train_dl), accumulation
+        )
         accelerator.print(f"Resumed from checkpoint: {checkpoint}")
     schedule = EstimatorSchedule(unwrapped, args.unrolled_warmup_steps, args.unrolled_warmup_depth)
     step = GuardedStep(

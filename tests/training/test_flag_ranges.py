@@ -51,11 +51,12 @@ def _no_data(monkeypatch) -> None:
 
     import datasets
 
-    import hf_deq.data.images as images
-    import hf_deq.data.text as text
+    import hf_deq.tasks.causal_lm as causal_lm
+    import hf_deq.tasks.image_classification as image_classification
 
-    monkeypatch.setattr(images, "load_image_datasets", refuse)
-    monkeypatch.setattr(text, "load_text_datasets", refuse)
+    # the names the tasks call (imported before patching: a module first imported under the patch keeps it)
+    monkeypatch.setattr(image_classification, "load_image_datasets", refuse)
+    monkeypatch.setattr(causal_lm, "load_text_datasets", refuse)
     monkeypatch.setattr(datasets, "load_dataset", refuse)
 
 
