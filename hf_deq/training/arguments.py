@@ -25,6 +25,7 @@ from ..deq.solvers import SOLVERS
 from ..deq.solvers.base import STOP_MODES
 from .checkpoints import (
     CheckpointError,
+    OutputDirLock,
     holds_a_model,
     list_checkpoints,
     output_dir_problem,
@@ -469,12 +470,18 @@ def check_training_args(
     if args.optimizer == "sgd" and args.nesterov and args.momentum == 0:
         parser.error("argument --nesterov: Nesterov momentum needs --momentum > 0, got 0")
     steps = args.checkpointing_steps
-    if steps is not None and steps != "epoch" and (not steps.isdigit() or int(steps) < 1):
+    if (
+        steps is not None
+        and steps != "epoch"
+        and not (steps.isascii() and steps.isdigit() and int(steps) >= 1)
+    ):
         parser.error(f"argument --checkpointing_steps: must be a positive integer or 'epoch', got {steps!r}")
     if (args.checkpointing_steps or args.resume_from_checkpoint) and args.output_dir is None:
         parser.error("argument --output_dir: --checkpointing_steps and --resume_from_checkpoint need it")
     if args.output_dir is not None and (problem := output_dir_problem(args.output_dir)):
         parser.error(f"argument --output_dir: {problem}")
+    if args.output_dir is not None and (holder := OutputDirLock.holder(args.output_dir)):
+        parser.error(f"argument --output_dir: {args.output_dir} is in use by another run ({holder})")
     args.resume_checkpoint = None
     if args.resume_from_checkpoint is not None:
         try:

@@ -144,6 +144,27 @@ class OutputDirLock:
             os.close(fd)
         raise OutputDirError(f"--output_dir {self.path.parent}: could not take the lock {self.path}")
 
+    @staticmethod
+    def holder(output_dir: str | os.PathLike) -> str | None:
+        """Who holds the lock of ``output_dir`` now (the pid and host it wrote), or ``None``: a free lock, or a
+        stale file a dead run left. A probe (a shared lock, dropped at once) that takes nothing over."""
+        import fcntl
+
+        path = Path(output_dir) / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self.fd is None:
             return

@@ -22,6 +22,8 @@ class Range:
     low_open: bool = False
     high_open: bool = False
     integer: bool = False
+    #: how the range is said in an error, when ``describe()``'s wording would hide what matters
+    text: str | None = None
 
     def __contains__(self, value: object) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -36,6 +38,8 @@ class Range:
 
     def describe(self) -> str:
         """e.g. ``an integer >= 1``, ``> 0 and finite``, ``in [0, 1)``."""
+        if self.text is not None:
+            return self.text
         low, high = (
             None if b is None else f"{b:d}" if self.integer else f"{b:g}" for b in (self.low, self.high)
         )
@@ -68,7 +72,9 @@ THREAD_RANGE = count_range(1, 4096)
 WORKER_RANGE = count_range(0, 1024)
 POSITIVE = Range(0, low_open=True)
 #: the optimizers scale float32 tensors by it: more than float32's largest value cannot be applied
-LEARNING_RATE = Range(0, 3.4028234663852886e38, low_open=True)
+LEARNING_RATE = Range(
+    0, 3.4028234663852886e38, low_open=True, text="> 0 and at most 3.4e38 (float32's largest)"
+)
 NON_NEGATIVE = Range(0)
 UNIT_INTERVAL = Range(0, 1)
 #: Adam betas and SGD momentum: a decay factor in [0, 1)

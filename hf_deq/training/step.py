@@ -263,6 +263,11 @@ class GuardedStep:
         self.guard = NonFiniteStepGuard(max_nonfinite_steps, inspect_gradients=accelerator.scaler is None)
         self.rollback = BufferRollback(model)
         self.update_rollback = UpdateRollback(model, optimizer)
+        #: what must be finite after an update: the parameters and the floating-point buffers (BatchNorm statistics)
+        self.checked_after_update = [
+            *model.parameters(),
+            *(b for b in model.buffers() if b.is_floating_point()),
+        ]
         self.sync_buffers = BufferSync(model)
         self.log = log
 
@@ -299,7 +304,7 @@ class GuardedStep:
                             accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
                         self.update_rollback.save()
                         self.optimizer.step()
-                        weights = self.all_ranks(tensors_are_finite(self.update_rollback.parameters))
+                        weights = self.all_ranks(tensors_are_finite(self.checked_after_update))
                         ok = self.guard.check_weights(weights)
                         if ok:
                             self.sync_buffers()

@@ -20,7 +20,12 @@ MDEQ, LM = "train_mdeq_classifier", "train_deq_lm"
 CASES = [
     (MDEQ, ["--weight_decay", "nan"], "--weight_decay", ">= 0 and finite, got nan"),
     (MDEQ, ["--max_grad_norm", "nan"], "--max_grad_norm", ">= 0 and finite, got nan"),
-    (MDEQ, ["--learning_rate", "inf"], "--learning_rate", "in (0, 3.40282e+38], got inf"),
+    (
+        MDEQ,
+        ["--learning_rate", "inf"],
+        "--learning_rate",
+        "> 0 and at most 3.4e38 (float32's largest), got inf",
+    ),
     (MDEQ, ["--learning_rate", "1e300"], "--learning_rate", "got 1e+300"),
     (MDEQ, ["--learning_rate=-inf"], "--learning_rate", "got -inf"),
     (LM, ["--min_lr_ratio", "nan"], "--min_lr_ratio", "in [0, 1], got nan"),
@@ -40,6 +45,7 @@ CASES = [
     (LM, ["--tokenizer_vocab_size", "0"], "--tokenizer_vocab_size", "an integer >= 2, got 0"),
     (MDEQ, ["--unrolled_warmup_depth", "0"], "--unrolled_warmup_depth", "an integer >= 1, got 0"),
     (MDEQ, ["--max_train_samples", "0"], "--max_train_samples", "an integer >= 1, got 0"),
+    (MDEQ, ["--checkpointing_steps", "\u00b2"], "--checkpointing_steps", "got '\u00b2'"),
 ]
 
 

@@ -87,7 +87,9 @@ def test_overwrite_output_dir_removes_the_earlier_runs_files_only(tmp_path, fres
     }
 
 
-def test_a_second_run_on_the_same_output_dir_is_refused(tmp_path, fresh_accelerate_state, capsys):
+def test_a_second_run_on_the_same_output_dir_is_refused(
+    tmp_path, fresh_accelerate_state, monkeypatch, capsys
+):
     """Another process holds the folder (its lock): the run stops with one error line naming that process,
     before any data is loaded, and writes nothing; once that process is gone its lock is taken over."""
     out = tmp_path / "out"
@@ -106,11 +108,20 @@ def test_a_second_run_on_the_same_output_dir_is_refused(tmp_path, fresh_accelera
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit) as exit_info:  # seen at parse time
+            load_script(MDEQ).main(mdeq_args(out, steps=1))
+        assert exit_info.value.code == 2
+        line = _error_line(capsys)
+        assert f"error: argument --output_dir: {out} is in use by another run (pid {holder.pid} on" in line, (
+            line
+        )
+        # ... and if both runs passed that check at once, the lock itself refuses the second one
+        monkeypatch.setattr(OutputDirLock, "holder", staticmethod(lambda output_dir: None))
         with pytest.raises(SystemExit) as exit_info:
             load_script(MDEQ).main(mdeq_args(out, steps=1))
         assert exit_info.value.code == 2
         line = _error_line(capsys)
-        assert f"--output_dir {out} is in use by another run (pid {holder.pid} on" in line, line
+        assert f"error: --output_dir {out} is in use by another run (pid {holder.pid} on" in line, line
         assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
     finally:
         holder.kill()
