@@ -149,9 +149,10 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
         """No NaN/inf weight or buffer is ever saved (the step guard rolls such updates back: a last check)."""
         bad = nonfinite_tensors(unwrapped)
         if not step.all_ranks(not bad):
+            names = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "") if bad else "on another rank"
             raise NonFiniteWeightsError(
-                f"refusing to save {what}: the model holds non-finite values ({', '.join(bad[:3]) or 'another rank'}"
-                f"{' ...' if len(bad) > 3 else ''}); the checkpoints written before are kept"
+                f"refusing to save {what}: the model holds non-finite values ({names}); the checkpoints written "
+                "before are kept"
             )
 
     def save_checkpoint(name: str) -> None:

@@ -1,10 +1,11 @@
 """The shared loop's guard against non-finite steps, for both families.
 
-A step whose loss or gradient is not finite is skipped (weights, optimizer state and buffers such as BatchNorm
-statistics untouched), counted in the per-step log and in ``all_results.json``, and training goes on; after
-``--max_nonfinite_steps`` such steps in a row the run stops with one ``error:`` line (no traceback, exit status
-1), the last checkpoint stays what it was and no final model is written. A skipped batch still counts as a step, so the run's position (and a
-resume from it) is the same as without the skip."""
+A step whose loss or gradient is not finite, or whose update made a weight non-finite, is skipped (weights,
+optimizer state and buffers such as BatchNorm statistics untouched or rolled back), counted in the per-step log
+and in ``all_results.json``, and training goes on; after ``--max_nonfinite_steps`` such steps in a row the run
+stops with one ``error:`` line (no traceback, exit status 1), the last checkpoint stays what it was and no final
+model is written. A skipped batch still counts as a step, so the run's position (and a resume from it) is the
+same as without the skip."""
 
 from __future__ import annotations
 
@@ -253,3 +254,27 @@ def test_update_rollback_restores_weights_and_optimizer_state_exactly():
         torch.testing.assert_close(p, w, rtol=0, atol=0)
     for key, value in optimizer.state[model.weight].items():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_a_model_with_nonfinite_weights_is_never_saved(
+    checkpointing, tmp_path, fresh_accelerate_state, monkeypatch, capsys
+):
+    """The last line of defence, should the step guard ever miss one (here it is blinded): a checkpoint or final
+    model with a NaN/inf weight is refused with one error line, and nothing of it is written."""
+    import hf_deq.training.step as step_module
+
+    monkeypatch.setattr(step_module, "tensors_are_finite", lambda tensors: True)
+    out = tmp_path / "run"
+    extra = ["--optimizer", "sgd", "--learning_rate", "1e10", "--weight_decay", "1e30"]
+    extra += ["--lr_scheduler_type", "constant", "--max_grad_norm", "0", "--max_nonfinite_steps", "5"]
+    if checkpointing:
+        extra += ["--checkpointing_steps", "1"]
+    _stops_with_one_error_line(
+        lambda: load_script("train_mdeq_classifier").main(
+            family_args("mdeq", out, tmp_path, *extra, steps=2)
+        ),
+        capsys,
+        "error: refusing to save (checkpoint step_1|the model into .*): the model holds non-finite values \\(mdeq",
+    )
+    assert not list(out.glob("step_*")) and not (out / "model.safetensors").exists()
