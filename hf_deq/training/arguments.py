@@ -244,7 +244,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, task: TrainingTask) 
         "--max_nonfinite_steps",
         type=int,
         default=10,
-        help="stop after N steps in a row with a non-finite loss or gradient (each is skipped)",
+        help="stop after N steps in a row with a non-finite loss, gradient or updated weight (each is skipped)",
     )
     opt.add_argument(
         "--torch_num_threads",
@@ -261,7 +261,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, task: TrainingTask) 
         help="where the model, checkpoints and results go (without it nothing is written)",
     )
     out.add_argument(
-        "--overwrite_output_dir", action="store_true", help="replace the model an --output_dir already holds"
+        "--overwrite_output_dir",
+        action="store_true",
+        help="remove what an earlier run left in --output_dir (its checkpoints, model and results files; nothing "
+        "else) and write this run there",
     )
     out.add_argument(
         "--checkpointing_steps", default=None, help="save a checkpoint every N steps, or 'epoch'"
@@ -480,8 +483,10 @@ def check_training_args(
         parser.error("argument --output_dir: --checkpointing_steps and --resume_from_checkpoint need it")
     if args.output_dir is not None and (problem := output_dir_problem(args.output_dir)):
         parser.error(f"argument --output_dir: {problem}")
-    if args.output_dir is not None and (holder := OutputDirLock.holder(args.output_dir)):
-        parser.error(f"argument --output_dir: {args.output_dir} is in use by another run ({holder})")
+    # (only rank 0 of a multi-process job looks: the other ranks would see the lock their own rank 0 took)
+    if args.output_dir is not None and os.environ.get("RANK", "0") == "0":
+        if holder := OutputDirLock.holder(args.output_dir):
+            parser.error(f"argument --output_dir: {args.output_dir} is in use by another run ({holder})")
     args.resume_checkpoint = None
     if args.resume_from_checkpoint is not None:
         try:

@@ -194,3 +194,15 @@ def test_a_disk_that_fills_during_a_checkpoint_keeps_the_previous_one(
     assert resolve_checkpoint("latest", out) == out / "step_1"
     assert load_file(out / "step_1" / "model.safetensors")  # complete and readable
     assert not (out / "model.safetensors").exists() and not (out / LOCK_FILE).exists()
+
+
+def test_the_other_ranks_of_a_job_do_not_see_their_own_rank_0s_lock(tmp_path, monkeypatch):
+    """Every rank of ``accelerate launch`` parses the flags; rank 0 may hold the lock by then."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with OutputDirLock(out):
+        monkeypatch.setenv("RANK", "1")
+        assert load_script(MDEQ).parse_args(mdeq_args(out)).output_dir == str(out)
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(SystemExit):
+            load_script(MDEQ).parse_args(mdeq_args(out))
