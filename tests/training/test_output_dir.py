@@ -206,3 +206,21 @@ def test_the_other_ranks_of_a_job_do_not_see_their_own_rank_0s_lock(tmp_path, mo
         monkeypatch.setenv("RANK", "0")
         with pytest.raises(SystemExit):
             load_script(MDEQ).parse_args(mdeq_args(out))
+
+
+def test_a_disk_that_fills_while_the_final_model_is_written_is_one_error_line(
+    tmp_path, fresh_accelerate_state, monkeypatch, capsys
+):
+    import hf_deq
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(hf_deq.MDEQForImageClassification, "save_pretrained", full_disk)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(MDEQ).main(mdeq_args(out, "--checkpointing_steps", "1", steps=1))
+    assert exit_info.value.code == 1
+    line = _error_line(capsys)
+    assert f"could not write the final model into {out} (No space left on device)" in line, line
+    assert resolve_checkpoint("latest", out) == out / "step_1" and not (out / "all_results.json").exists()
