@@ -30,7 +30,9 @@ class Range:
             return False
         if self.integer and not isinstance(value, int):
             return False
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(
+            value
+        ):  # (an int is finite, and may not fit a float)
             return False
         if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
             return False
@@ -40,6 +42,8 @@ class Range:
         """e.g. ``an integer >= 1``, ``> 0 and finite``, ``in [0, 1)``."""
         if self.text is not None:
             return self.text
+        if self.integer and self.high == MAX_COUNT and self.low is not None:
+            return f"an integer >= {self.low:d} (and < 2**53)"
         low, high = (
             None if b is None else f"{b:d}" if self.integer else f"{b:g}" for b in (self.low, self.high)
         )
@@ -59,7 +63,11 @@ class Range:
         return f"{text} and finite" if text else "a finite number"
 
 
-def count_range(low: int, high: int | None = None) -> Range:
+#: the largest count: the schedules and the step arithmetic go through floats, exact up to 2**53
+MAX_COUNT = 2**53 - 1
+
+
+def count_range(low: int, high: int = MAX_COUNT) -> Range:
     """The integers ``low..high``."""
     return Range(low, high, integer=True)
 
@@ -132,6 +140,7 @@ __all__ = [
     "DECAY_FACTOR",
     "FLAG_RANGES",
     "LEARNING_RATE",
+    "MAX_COUNT",
     "NON_NEGATIVE",
     "POSITIVE",
     "SEED_RANGE",

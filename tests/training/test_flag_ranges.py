@@ -42,9 +42,20 @@ CASES = [
     (MDEQ, ["--torch_num_threads", str(10**11)], "--torch_num_threads", "an integer in [1, 4096]"),
     (MDEQ, ["--dataloader_num_workers", "100000"], "--dataloader_num_workers", "in [0, 1024]"),
     (LM, ["--preprocessing_num_workers", "-1"], "--preprocessing_num_workers", "got -1"),
-    (LM, ["--tokenizer_vocab_size", "0"], "--tokenizer_vocab_size", "an integer >= 2, got 0"),
-    (MDEQ, ["--unrolled_warmup_depth", "0"], "--unrolled_warmup_depth", "an integer >= 1, got 0"),
-    (MDEQ, ["--max_train_samples", "0"], "--max_train_samples", "an integer >= 1, got 0"),
+    (LM, ["--tokenizer_vocab_size", "0"], "--tokenizer_vocab_size", "an integer >= 2 (and < 2**53), got 0"),
+    (
+        MDEQ,
+        ["--unrolled_warmup_depth", "0"],
+        "--unrolled_warmup_depth",
+        "an integer >= 1 (and < 2**53), got 0",
+    ),
+    (MDEQ, ["--max_train_samples", "0"], "--max_train_samples", "an integer >= 1 (and < 2**53), got 0"),
+    (
+        MDEQ,
+        ["--max_train_steps", "1" + "0" * 400],
+        "--max_train_steps",
+        "an integer >= 1 (and < 2**53), got 1000",
+    ),
     (MDEQ, ["--checkpointing_steps", "\u00b2"], "--checkpointing_steps", "got '\u00b2'"),
 ]
 
@@ -132,9 +143,11 @@ def test_a_range_refuses_nan_inf_bools_and_non_integers_for_counts():
     for hostile in (math.nan, math.inf, -math.inf, True, "0.5", None):
         assert hostile not in unit and hostile not in Range(), hostile
     steps = count_range(1)
-    assert 1 in steps and 10**30 in steps and 0 not in steps and 1.0 not in steps
+    assert 1 in steps and 2**53 - 1 in steps and 2**53 not in steps and 10**400 not in steps
+    assert 0 not in steps and 1.0 not in steps
     assert Range(0, low_open=True).describe() == "> 0 and finite"
     assert count_range(0, 2**32 - 1).describe() == "an integer in [0, 4294967295]"
+    assert count_range(1).describe() == "an integer >= 1 (and < 2**53)"
     assert Range().describe() == "a finite number"
 
 
