@@ -16,6 +16,7 @@ from ..data.errors import InputError
 from ..data.text import check_text_file, load_text_datasets, text_dataset_name, tokenize_into_blocks
 from ..data.tokenizers import TOKENIZER_KINDS, train_tokenizer
 from ..training.arguments import config_overrides
+from ..training.flag_ranges import WORKER_RANGE, count_range
 from ..training.task import TaskData, TrainingTask, register_task
 
 #: where a checkpoint keeps the run's processing class (the loop writes it there)
@@ -137,6 +138,7 @@ class CausalLMTask(TrainingTask):
     forward_kwargs = {"use_cache": False}
     data_source_flags = ("train_file", "validation_file")
     evaluation_data_flags = ("text_column_name", "validation_split_percentage", "block_size")
+    flag_ranges = {"preprocessing_num_workers": WORKER_RANGE, "tokenizer_vocab_size": count_range(2)}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         data = parser.add_argument_group("text data and tokenizer")

@@ -22,6 +22,7 @@ from ..data.images import (
 )
 from ..training.arguments import config_overrides
 from ..training.evaluation import load_packaged_metric
+from ..training.flag_ranges import SEED_RANGE
 from ..training.task import TaskData, TrainingTask, register_task
 
 
@@ -81,6 +82,7 @@ class ImageClassificationTask(TrainingTask):
     }
     data_source_flags = ("train_dir", "validation_dir")
     evaluation_data_flags = ("image_column_name", "label_column_name", "train_val_split", "split_seed")
+    flag_ranges = {"split_seed": SEED_RANGE}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         data = parser.add_argument_group("image data")

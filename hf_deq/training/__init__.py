@@ -2,10 +2,13 @@
 ``TrainingTask``. It imports no model family.
 
 - ``arguments``: the shared flag vocabulary, ``--config FILE`` recipes, parse-time checks;
+- ``flag_ranges``: what every numeric flag accepts (NaN and ±inf never);
+- ``errors``: ``TrainingError``, what stops an accepted run (one ``error:`` line from a script);
 - ``accelerator``: the ``Accelerator``, threads, seeding (also per step), logging;
-- ``checkpoints`` / ``state``: atomic checkpoints and the ``TrainingState`` they carry;
+- ``checkpoints`` / ``state``: atomic checkpoints, the ``--output_dir`` guards and lock, the ``TrainingState``
+  they carry;
 - ``record``: the training record saved with the model (what its evaluation needs: data, split, block size);
-- ``step``: the guarded optimiser step (non-finite skip, buffer rollback, clipping);
+- ``step``: the guarded optimiser step (non-finite skip, buffer and update rollback, clipping);
 - ``optimizer``: parameter groups with one weight-decay rule, optimiser and schedule builders;
 - ``evaluation``: fixed ``eval_*`` keys, every example gathered once;
 - ``tracking``: trackers, progress bar, ``--log_file``, weight fingerprints;
@@ -25,18 +28,20 @@ from .arguments import (
 )
 from .checkpoints import (
     CheckpointError,
+    OutputDirLock,
     holds_a_model,
     list_checkpoints,
     resolve_checkpoint,
     save_checkpoint_atomically,
 )
+from .errors import TrainingError
 from .evaluation import EVAL_KEYS, evaluate, load_packaged_metric, packaged_metric_path, solver_stats
 from .loop import build_dataloaders, num_parameters, train
 from .optimizer import build_optimizer, build_scheduler, parameter_groups
 from .record import data_source_flags, evaluation_data_flags, training_record, write_training_record
 from .schedule import EstimatorSchedule
 from .script import training_script
-from .state import TrainingState
+from .state import TrainingState, TrainingStateError
 from .step import BufferRollback, GuardedStep, NonFiniteStepGuard, gradients_are_finite
 from .task import TaskData, TrainingTask, available_tasks, get_task, register_task
 from .tracking import log_step, state_fingerprint
@@ -49,8 +54,11 @@ __all__ = [
     "EstimatorSchedule",
     "GuardedStep",
     "NonFiniteStepGuard",
+    "OutputDirLock",
     "TaskData",
+    "TrainingError",
     "TrainingState",
+    "TrainingStateError",
     "TrainingTask",
     "add_deq_arguments",
     "add_training_arguments",

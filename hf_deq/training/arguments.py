@@ -23,7 +23,16 @@ from ..deq import available_grad_estimators, available_solvers
 from ..deq.core import FAILURE_MODES
 from ..deq.solvers import SOLVERS
 from ..deq.solvers.base import STOP_MODES
-from .checkpoints import CheckpointError, holds_a_model, resolve_checkpoint
+from .checkpoints import (
+    CheckpointError,
+    OutputDirLock,
+    holds_a_model,
+    list_checkpoints,
+    output_dir_problem,
+    resolve_checkpoint,
+)
+from .flag_ranges import FLAG_RANGES, check_flag_ranges
+from .state import TrainingState, TrainingStateError
 
 if TYPE_CHECKING:
     from .task import TrainingTask
@@ -251,7 +260,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, task: TrainingTask) 
         "--max_nonfinite_steps",
         type=int,
         default=10,
-        help="stop after N steps in a row with a non-finite loss or gradient (each is skipped)",
+        help="stop after N steps in a row with a non-finite loss, gradient or updated weight (each is skipped)",
     )
     opt.add_argument(
         "--torch_num_threads",
@@ -268,7 +277,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, task: TrainingTask) 
         help="where the model, checkpoints and results go; required by the training scripts (no default)",
     )
     out.add_argument(
-        "--overwrite_output_dir", action="store_true", help="replace the model an --output_dir already holds"
+        "--overwrite_output_dir",
+        action="store_true",
+        help="remove what an earlier run left in --output_dir (its checkpoints, model and results files; nothing "
+        "else) and write this run there",
     )
     out.add_argument(
         "--checkpointing_steps", default=None, help="save a checkpoint every N steps, or 'epoch'"
@@ -473,40 +485,44 @@ def check_training_args(
 ) -> None:
     """Every check that needs no data: flag ranges, the output folder, the checkpoint to resume, the model config,
     the Hub repo id, and the task's own data flags."""
-    positive = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"]
-    positive += ["logging_steps", "max_nonfinite_steps", "num_train_epochs", "eval_every_epochs"]
-    for name in positive + ["max_train_steps", "eval_steps", "torch_num_threads"]:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"argument --{name}: must be an integer >= 1, got {value}")
-    for name in ("num_warmup_steps", "unrolled_warmup_steps", "dataloader_num_workers"):
-        if getattr(args, name) < 0:
-            parser.error(f"argument --{name}: must be an integer >= 0, got {getattr(args, name)}")
-    for name in ("max_train_samples", "max_eval_samples"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
-    if not args.learning_rate > 0:
-        parser.error(f"argument --learning_rate: must be > 0, got {args.learning_rate}")
-    if args.weight_decay < 0:
-        parser.error(f"argument --weight_decay: must be >= 0, got {args.weight_decay}")
-    if args.max_grad_norm is not None and args.max_grad_norm < 0:
-        parser.error(f"argument --max_grad_norm: must be >= 0, got {args.max_grad_norm}")
+    check_flag_ranges(parser, args, {**FLAG_RANGES, **task.flag_ranges})
+    if args.optimizer == "sgd" and args.nesterov and args.momentum == 0:
+        parser.error("argument --nesterov: Nesterov momentum needs --momentum > 0, got 0")
     steps = args.checkpointing_steps
-    if steps is not None and steps != "epoch" and (not steps.isdigit() or int(steps) < 1):
+    if (
+        steps is not None
+        and steps != "epoch"
+        and not (steps.isascii() and steps.isdigit() and int(steps) >= 1)
+    ):
         parser.error(f"argument --checkpointing_steps: must be a positive integer or 'epoch', got {steps!r}")
     if (args.checkpointing_steps or args.resume_from_checkpoint) and args.output_dir is None:
         parser.error("argument --output_dir: --checkpointing_steps and --resume_from_checkpoint need it")
+    if args.output_dir is not None and (problem := output_dir_problem(args.output_dir)):
+        parser.error(f"argument --output_dir: {problem}")
+    # (only rank 0 of a multi-process job looks: the other ranks would see the lock their own rank 0 took)
+    if args.output_dir is not None and os.environ.get("RANK", "0") == "0":
+        if holder := OutputDirLock.holder(args.output_dir):
+            parser.error(f"argument --output_dir: {args.output_dir} is in use by another run ({holder})")
     args.resume_checkpoint = None
     if args.resume_from_checkpoint is not None:
         try:
             args.resume_checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-        except CheckpointError as err:
+            TrainingState.read(args.resume_checkpoint)  # a corrupt state file: refused before data loads
+        except (CheckpointError, TrainingStateError) as err:
             parser.error(f"argument --resume_from_checkpoint: {err}")
-    elif args.output_dir is not None and holds_a_model(args.output_dir) and not args.overwrite_output_dir:
-        parser.error(
-            f"argument --output_dir: {args.output_dir} already holds a model; pass --overwrite_output_dir to "
-            "replace it or --resume_from_checkpoint to continue that run"
-        )
+    elif args.output_dir is not None and not args.overwrite_output_dir:
+        if holds_a_model(args.output_dir):
+            parser.error(
+                f"argument --output_dir: {args.output_dir} already holds a model; pass --overwrite_output_dir to "
+                "replace it or --resume_from_checkpoint to continue that run"
+            )
+        if found := list_checkpoints(args.output_dir):
+            names = found[0].name if len(found) == 1 else f"{found[0].name} ... {found[-1].name}"
+            parser.error(
+                f"argument --output_dir: {args.output_dir} holds {len(found)} checkpoint(s) of an earlier run "
+                f"({names}); pass --resume_from_checkpoint latest to continue it or --overwrite_output_dir to "
+                "remove them"
+            )
     task.check_args(parser, args)
     check_model_config(parser, args, task)
     from ..hub import check_hub_args

@@ -7,6 +7,7 @@ exact resumes, per-step seeding, evaluation, trackers, and the results in ``all_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -19,12 +20,14 @@ from torch.utils.data import DataLoader
 
 from ..modeling_utils import count_parameters
 from .accelerator import build_accelerator, seed_step
+from .checkpoints import STATE_FILE, OutputDirLock, remove_previous_run
+from .errors import CheckpointSaveError, NonFiniteWeightsError, OutputDirError
 from .evaluation import evaluate, solver_stats
 from .optimizer import build_optimizer, build_scheduler
 from .record import write_training_record
 from .schedule import EstimatorSchedule
 from .state import TrainingState
-from .step import GuardedStep
+from .step import GuardedStep, nonfinite_tensors
 from .task import TaskData, TrainingTask
 from .tracking import RunTracker, peak_memory_mb
 
@@ -56,18 +59,49 @@ def num_parameters(model: torch.nn.Module) -> int:
     return count_parameters(model)
 
 
+@contextlib.contextmanager
+def claimed_output_dir(args: argparse.Namespace, accelerator):
+    """``--output_dir`` created and locked for this run (``OutputDirLock``, on the main process) while the block
+    runs; with ``--overwrite_output_dir`` (and no resume) an earlier run's checkpoints, model and results are
+    removed first, and said so, so that ``latest`` can never pick them."""
+    lock = None
+    if args.output_dir is not None and accelerator.is_main_process:
+        try:
+            os.makedirs(args.output_dir, exist_ok=True)
+        except OSError as err:
+            raise OutputDirError(f"--output_dir {args.output_dir} cannot be created: {err}") from None
+        lock = OutputDirLock(args.output_dir).acquire()
+    try:
+        if (
+            lock is not None
+            and args.overwrite_output_dir
+            and getattr(args, "resume_checkpoint", None) is None
+        ):
+            if removed := remove_previous_run(args.output_dir):
+                accelerator.print(
+                    f"--overwrite_output_dir: removed from {args.output_dir}: {', '.join(removed)}"
+                )
+        accelerator.wait_for_everyone()
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
     """Train, evaluate and save; return ``all_results.json``'s content plus the evaluation ``history``."""
+    accelerator = build_accelerator(args)
+    with claimed_output_dir(args, accelerator):
+        return _train(task, args, accelerator)
+
+
+def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[str, Any]:
     from accelerate.logging import get_logger
 
     from ..hub import push_from_args
 
     logger = get_logger(__name__)
-    accelerator = build_accelerator(args)
     logger.info(accelerator.state, main_process_only=False)
-    if args.output_dir is not None and accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-    accelerator.wait_for_everyone()
     checkpoint = getattr(args, "resume_checkpoint", None)
 
     with accelerator.main_process_first():
@@ -94,6 +128,9 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
     state = TrainingState()
     if checkpoint is not None:
         state = TrainingState.load(checkpoint, accelerator)
+        state.check_position(
+            str(Path(checkpoint) / STATE_FILE), updates_per_epoch, len(train_dl), accumulation
+        )
         accelerator.print(f"Resumed from checkpoint: {checkpoint}")
     schedule = EstimatorSchedule(unwrapped, args.unrolled_warmup_steps, args.unrolled_warmup_depth)
     step = GuardedStep(
@@ -110,7 +147,18 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
         f"  Epochs = {num_epochs}, optimization steps = {max_train_steps}, total batch = {total_batch}"
     )
 
+    def refuse_nonfinite(what: str) -> None:
+        """No NaN/inf weight or buffer is ever saved (the step guard rolls such updates back: a last check)."""
+        bad = nonfinite_tensors(unwrapped)
+        if not step.all_ranks(not bad):
+            names = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "") if bad else "on another rank"
+            raise NonFiniteWeightsError(
+                f"refusing to save {what}: the model holds non-finite values ({names}); the checkpoints written "
+                "before are kept"
+            )
+
     def save_checkpoint(name: str) -> None:
+        refuse_nonfinite(f"checkpoint {name}")
         state.skipped_nonfinite_steps = step.skipped
         write = processing_class.save_pretrained if processing_class is not None else None
         state.save(
@@ -236,21 +284,28 @@ def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
         "dataset_config_name": data.dataset_config_name,
     }
     if args.output_dir is not None:
-        accelerator.wait_for_everyone()
-        state_dict = accelerator.get_state_dict(model)  # FSDP: gathered on every rank (a collective)
-        unwrapped.save_pretrained(
-            args.output_dir,
-            is_main_process=accelerator.is_main_process,
-            save_function=accelerator.save,
-            state_dict=state_dict,
-        )
-        if accelerator.is_main_process:
-            if processing_class is not None:
-                processing_class.save_pretrained(args.output_dir)
-            Path(args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2))
-            Path(args.output_dir, "history.json").write_text(json.dumps(state.history, indent=2))
-            write_training_record(args.output_dir, task, args)
-        accelerator.wait_for_everyone()
+        refuse_nonfinite(f"the model into {args.output_dir}")
+        try:
+            accelerator.wait_for_everyone()
+            state_dict = accelerator.get_state_dict(model)  # FSDP: gathered on every rank (a collective)
+            unwrapped.save_pretrained(
+                args.output_dir,
+                is_main_process=accelerator.is_main_process,
+                save_function=accelerator.save,
+                state_dict=state_dict,
+            )
+            if accelerator.is_main_process:
+                if processing_class is not None:
+                    processing_class.save_pretrained(args.output_dir)
+                Path(args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2))
+                Path(args.output_dir, "history.json").write_text(json.dumps(state.history, indent=2))
+                write_training_record(args.output_dir, task, args)
+            accelerator.wait_for_everyone()
+        except OSError as err:
+            raise CheckpointSaveError(
+                f"could not write the final model into {args.output_dir} ({err.strerror or err}); the checkpoints "
+                "written before are kept"
+            ) from err
     if accelerator.is_main_process:
         push_from_args(
             args, args.output_dir, model=unwrapped, processing_class=processing_class, metrics=results

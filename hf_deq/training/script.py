@@ -1,8 +1,9 @@
 """The entry points of a training script: a script names its task and gets ``(task, parse_args, main)``.
 
 This is the one place where a training script's failures become what its user reads: a bad input of the data
-or the task (``hf_deq.data.errors.InputError``) and a failed final ``--push_to_hub`` are one ``error:`` line
-(exit status 2), never a traceback."""
+or the task (``hf_deq.data.errors.InputError``), a run that cannot go on or cannot be right (``TrainingError``: divergence,
+output folder, non-finite weights, a failed save) and a failed final ``--push_to_hub`` are one ``error:`` line,
+never a traceback."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .arguments import parse_args as parse_training_args
+from .errors import TrainingError
 from .loop import train
 from .task import TrainingTask, get_task
 
@@ -47,7 +49,8 @@ def fail(script: str, message: str) -> None:
 
 @contextlib.contextmanager
 def error_lines(script: str, output_dir: str | os.PathLike | None = None) -> Iterator[None]:
-    """Run a script's body: a bad input (``InputError``) is one ``error:`` line naming its flag and a failed
+    """Run a script's body: a bad input (``InputError``) is one ``error:`` line naming its flag, a
+    ``TrainingError`` one line with its own exit status, and a failed
     final push is one ``error:`` line with the cause, then where the model is saved and the retry command
     (exit status 2 both)."""
     from ..data.errors import InputError
@@ -57,6 +60,9 @@ def error_lines(script: str, output_dir: str | os.PathLike | None = None) -> Ite
         yield
     except InputError as err:
         fail(script, f"argument {err.flag}: {err}")
+    except TrainingError as err:  # a run that cannot go on or cannot be right: one line, no traceback
+        print(f"{script}: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_status) from None
     except HubPushError as err:
         cause, _, rest = str(err).partition("\nThe trained model is saved in ")
         print(f"{script}: error: argument --push_to_hub: {' '.join(cause.split())}", file=sys.stderr)

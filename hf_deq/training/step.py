@@ -1,6 +1,7 @@
 """One guarded optimiser step: forward, a non-finite check decided alike on every rank, backward, a gradient
-check, clipping, the update; a refused step is skipped (its buffer updates rolled back), counted, and the run
-stops after ``max_nonfinite_steps`` refused steps in a row."""
+check, clipping, the update, a check of the updated weights; a refused step is skipped (its buffer updates, and
+an update that made a weight non-finite, rolled back), counted, and the run stops after ``max_nonfinite_steps``
+refused steps in a row."""
 
 from __future__ import annotations
 
@@ -11,28 +12,33 @@ from typing import Any
 
 import torch
 
+from .errors import DivergenceError
+
 
 class NonFiniteStepGuard:
     """Counts refused steps and stops the run after ``max_in_a_row`` of them in a row (the last good checkpoint
     is kept: nothing is saved after a bad step).
 
-    A step is bad when its loss is not finite (``check_loss``, before backward) or when its loss is finite but a
+    A step is bad when its loss is not finite (``check_loss``, before backward), when its loss is finite but a
     gradient is not (``check_gradients``: a diverging backward solve of ``implicit``, bf16 overflow in the
-    Neumann/unrolled products). Under fp16 loss scaling the scaler already skips and rescales on inf gradients
-    (and must see them to lower the scale): ``inspect_gradients=False`` then."""
+    Neumann/unrolled products), or when the update made a weight non-finite (``check_weights``: an infinite
+    learning rate, a NaN weight decay; the caller rolls the update back). Only a step that passes all three ends a
+    run of bad steps. Under fp16 loss scaling the scaler already skips and rescales on inf gradients (and must see
+    them to lower the scale): ``inspect_gradients=False`` then."""
 
     def __init__(self, max_in_a_row: int = 10, inspect_gradients: bool = True) -> None:
         self.max_in_a_row = max_in_a_row
         self.inspect_gradients = inspect_gradients
         self.skipped = 0
         self.skipped_for_gradients = 0
+        self.skipped_for_weights = 0
         self.in_a_row = 0
 
     def _refuse(self, what: str) -> bool:
         self.skipped += 1
         self.in_a_row += 1
         if self.in_a_row >= self.max_in_a_row:
-            raise RuntimeError(
+            raise DivergenceError(
                 f"{self.in_a_row} training steps in a row had a non-finite {what}; stopping. The last good "
                 "checkpoint is kept; lower the learning rate, add Jacobian regularisation or use bf16-safe settings."
             )
@@ -44,7 +50,7 @@ class NonFiniteStepGuard:
         return True if finite else self._refuse("loss")
 
     def check_gradients(self, parameters: Iterable[torch.nn.Parameter] | bool) -> bool:
-        """True when every gradient is finite (the run of bad steps ends); False when the step must be skipped
+        """True when every gradient is finite (the update may be taken); False when the step must be skipped
         (and is counted). ``parameters`` may be the decision itself (a bool gathered over the ranks)."""
         if not self.inspect_gradients:
             finite = True
@@ -53,10 +59,20 @@ class NonFiniteStepGuard:
         else:
             finite = gradients_are_finite(parameters)
         if finite:
-            self.in_a_row = 0
             return True
         self.skipped_for_gradients += 1
         return self._refuse("gradient")
+
+    def check_weights(self, parameters: Iterable[torch.nn.Parameter] | bool) -> bool:
+        """After the update: True when every weight is finite (the step is good and the run of bad steps ends);
+        False when the update must be rolled back and the step counted as skipped. ``parameters`` may be the
+        decision itself (a bool gathered over the ranks)."""
+        finite = parameters if isinstance(parameters, bool) else tensors_are_finite(parameters)
+        if finite:
+            self.in_a_row = 0
+            return True
+        self.skipped_for_weights += 1
+        return self._refuse("weight after the update")
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
@@ -64,18 +80,30 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
-def gradients_are_finite(parameters: Iterable[torch.nn.Parameter]) -> bool:
-    """Whether every ``.grad`` is free of NaN/inf (one device sync). Under FSDP2 each rank holds a shard of each
-    gradient: the verdict is then the minimum over the ranks, so that all of them skip or take the step."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
+def tensors_are_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
+    """Whether every tensor (``None`` skipped) is free of NaN/inf (one device sync). Under FSDP2 each rank holds a
+    shard of each: the verdict is then the minimum over the ranks, so that all of them take the same branch."""
+    tensors = [t for t in tensors if t is not None]
+    if not tensors:
         return True
-    sharded = any(hasattr(g, "to_local") for g in grads)
-    flags = [torch.isfinite(_local(g)).all() for g in grads]
+    sharded = any(hasattr(t, "to_local") for t in tensors)
+    flags = [torch.isfinite(_local(t)).all() for t in tensors]
     verdict = torch.stack([f.to(flags[0].device) for f in flags]).all().to(torch.int32).reshape(1)
     if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(verdict, op=torch.distributed.ReduceOp.MIN)
     return bool(verdict.item())
+
+
+def gradients_are_finite(parameters: Iterable[torch.nn.Parameter]) -> bool:
+    """Whether every ``.grad`` is free of NaN/inf (``tensors_are_finite`` of the gradients)."""
+    return tensors_are_finite(p.grad for p in parameters)
+
+
+def nonfinite_tensors(model: torch.nn.Module) -> list[str]:
+    """The names of the parameters and buffers of ``model`` that hold a NaN or inf (this rank's shards), checked
+    before anything is saved."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(_local(t)).all())]
 
 
 class BufferSync:
@@ -131,6 +159,67 @@ class BufferRollback:
             buffer.copy_(saved)
 
 
+class UpdateRollback:
+    """Undo an optimizer update that made a weight non-finite: ``save()`` right before ``optimizer.step()`` copies
+    the parameters and the optimizer's state (moments, step counts) into tensors allocated once (again only when
+    the state changes, as at the first step), ``restore()`` copies them back and drops state the step created.
+    It costs a copy of the parameters and the optimizer state per update, in memory and time (no host sync)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer) -> None:
+        self.parameters = [p for p in model.parameters()]
+        self.optimizer = optimizer
+        self.saved_parameters: list[torch.Tensor] = []
+        self.saved_state: dict[torch.Tensor, dict[str, Any]] = {}
+
+    @torch.no_grad()
+    def save(self) -> None:
+        if not self.saved_parameters:
+            self.saved_parameters = [p.detach().clone() for p in self.parameters]
+        else:
+            for saved, param in zip(self.saved_parameters, self.parameters):
+                saved.copy_(param.detach())
+        state = self.optimizer.state
+        saved_state = {}
+        for param, values in state.items():
+            before = self.saved_state.get(param, {})
+            copies = {}
+            for key, value in values.items():
+                old = before.get(key)
+                if isinstance(value, torch.Tensor):
+                    if (
+                        isinstance(old, torch.Tensor)
+                        and old.shape == value.shape
+                        and old.dtype == value.dtype
+                    ):
+                        copies[key] = old.copy_(value)
+                    else:
+                        copies[key] = value.detach().clone()
+                else:
+                    copies[key] = value
+            saved_state[param] = copies
+        self.saved_state = saved_state
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for saved, param in zip(self.saved_parameters, self.parameters):
+            param.copy_(saved)
+        state = self.optimizer.state
+        for param in list(state):
+            if param not in self.saved_state:
+                del state[param]  # the step created it (the optimizer's first step)
+                continue
+            values = state[param]
+            for key in list(values):
+                if key not in self.saved_state[param]:
+                    del values[key]
+            for key, saved in self.saved_state[param].items():
+                current = values.get(key)
+                if isinstance(saved, torch.Tensor) and isinstance(current, torch.Tensor):
+                    current.copy_(saved)
+                else:
+                    values[key] = saved.clone() if isinstance(saved, torch.Tensor) else saved
+
+
 @dataclass
 class StepResult:
     outputs: Any
@@ -173,6 +262,12 @@ class GuardedStep:
         self.forward = forward
         self.guard = NonFiniteStepGuard(max_nonfinite_steps, inspect_gradients=accelerator.scaler is None)
         self.rollback = BufferRollback(model)
+        self.update_rollback = UpdateRollback(model, optimizer)
+        #: what must be finite after an update: the parameters and the floating-point buffers (BatchNorm statistics)
+        self.checked_after_update = [
+            *model.parameters(),
+            *(b for b in model.buffers() if b.is_floating_point()),
+        ]
         self.sync_buffers = BufferSync(model)
         self.log = log
 
@@ -207,8 +302,17 @@ class GuardedStep:
                     if ok:
                         if self.max_grad_norm:
                             accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+                        self.update_rollback.save()
                         self.optimizer.step()
-                        self.sync_buffers()
+                        weights = self.all_ranks(tensors_are_finite(self.checked_after_update))
+                        ok = self.guard.check_weights(weights)
+                        if ok:
+                            self.sync_buffers()
+                        else:
+                            self.update_rollback.restore()
+                            self.log(
+                                f"step {step + 1}: the update made a weight non-finite, rolled back, skipped"
+                            )
                     else:
                         self.log(f"step {step + 1}: non-finite gradient, step skipped")
             else:
@@ -232,5 +336,8 @@ __all__ = [
     "GuardedStep",
     "NonFiniteStepGuard",
     "StepResult",
+    "UpdateRollback",
     "gradients_are_finite",
+    "nonfinite_tensors",
+    "tensors_are_finite",
 ]

@@ -50,6 +50,8 @@ class TrainingTask:
     #: the task's flags that shape its evaluation split (validation share, block size, columns): recorded with
     #: the saved model, the defaults of ``evaluate_deq.py``
     evaluation_data_flags: ClassVar[tuple[str, ...]] = ()
+    #: ranges of the task's numeric data flags (``hf_deq.training.flag_ranges``), checked with the shared ones
+    flag_ranges: ClassVar[dict[str, Any]] = {}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The task's own data flags."""

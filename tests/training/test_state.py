@@ -50,3 +50,97 @@ def test_a_state_file_without_the_position_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"lacks \['batches_in_epoch', 'completed_steps'\]"):
         TrainingState.load(tmp_path)
     assert TrainingState.from_dict({"completed_steps": 1, "epoch": 0, "batches_in_epoch": 1, "new": 3})
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (
+            '{"completed_steps": "abc", "epoch": 0, "batches_in_epoch": 4}',
+            "completed_steps='abc' is not an integer >= 0",
+        ),
+        (
+            '{"completed_steps": -5, "epoch": 0, "batches_in_epoch": 4}',
+            "completed_steps=-5 is not an integer >= 0",
+        ),
+        (
+            '{"completed_steps": true, "epoch": 0, "batches_in_epoch": 4}',
+            "completed_steps=True is not an integer",
+        ),
+        ('{"completed_steps": 4, "epoch": 0.5, "batches_in_epoch": 4}', "epoch=0.5 is not an integer >= 0"),
+        (
+            '{"completed_steps": 4, "epoch": 0, "batches_in_epoch": 4, "loss_sum": NaN}',
+            "loss_sum=nan is not a finite",
+        ),
+        (
+            '{"completed_steps": 4, "epoch": 0, "batches_in_epoch": 4, "history": {}}',
+            "history={} is not a list",
+        ),
+        ('{"completed_steps": 4, "epoch": 0}', "lacks ['batches_in_epoch']"),
+        ("[4, 0, 4]", "expected a JSON object, got list"),
+        ('{"completed_steps": 4,', "not a readable JSON file"),
+    ],
+)
+def test_a_corrupt_state_file_is_one_error_line_at_resume(content, fragment, tmp_path, monkeypatch, capsys):
+    """Refused before any data is loaded, naming the file, the key and the value."""
+    from script_loading import load_script
+    from tiny_runs import mdeq_args
+
+    import hf_deq.tasks.image_classification as image_classification
+
+    monkeypatch.setattr(
+        image_classification, "load_image_datasets", lambda *a, **k: pytest.fail("data loaded")
+    )
+    state_file = tmp_path / "step_4" / "trainer_state.json"
+    state_file.parent.mkdir()
+    state_file.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("train_mdeq_classifier").main(mdeq_args(tmp_path, "--resume_from_checkpoint", "latest"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"error: argument --resume_from_checkpoint: {state_file}" in lines[0] and fragment in lines[0], (
+        lines[0]
+    )
+
+
+def test_a_position_the_run_cannot_have_is_refused_at_resume(tmp_path, fresh_accelerate_state, capsys):
+    """``completed_steps`` of 10**9 in a real checkpoint: resuming would skip all training and save the start
+    as the result, with exit status 0. It is one error line naming the file, the key and the value."""
+    from script_loading import load_script
+    from tiny_runs import mdeq_args
+
+    script = load_script("train_mdeq_classifier")
+    out = tmp_path / "out"
+    script.main(mdeq_args(out, "--checkpointing_steps", "2", steps=2))
+    state_file = out / "step_2" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert (state["completed_steps"], state["epoch"], state["batches_in_epoch"]) == (2, 0, 2)
+    state_file.write_text(json.dumps({**state, "completed_steps": 10**9}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(mdeq_args(out, "--resume_from_checkpoint", "latest", steps=4))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"{state_file}: completed_steps=1000000000" in lines[0] and "at most 2" in lines[0], lines[0]
+    assert (
+        json.loads((out / "all_results.json").read_text())["train_steps"] == 2
+    )  # the first run's, untouched
+    state_file.write_text(json.dumps(state))  # the true position resumes
+    assert script.main(mdeq_args(out, "--resume_from_checkpoint", "latest", steps=4))["train_steps"] == 4
+
+
+def test_check_position_accepts_the_positions_the_loop_writes():
+    # 5 batches per epoch, accumulation 2: 3 updates per epoch (the last one of a single batch)
+    for steps, epoch, batches in [(0, 0, 0), (1, 0, 2), (3, 0, 5), (3, 1, 0), (4, 1, 2), (2, 1, 0)]:
+        TrainingState(completed_steps=steps, epoch=epoch, batches_in_epoch=batches).check_position(
+            "s", 3, 5, 2
+        )
+    for steps, epoch, batches in [(4, 1, 0), (2, 0, 2), (1, 0, 6)]:
+        with pytest.raises(ValueError, match="s: "):
+            TrainingState(completed_steps=steps, epoch=epoch, batches_in_epoch=batches).check_position(
+                "s", 3, 5, 2
+            )
