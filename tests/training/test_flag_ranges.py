@@ -153,7 +153,7 @@ def test_a_range_refuses_nan_inf_bools_and_non_integers_for_counts():
 
 def test_the_defaults_of_both_scripts_are_in_range(tmp_path):
     for script in (MDEQ, LM):
-        args = load_script(script).parse_args([])
+        args = load_script(script).parse_args(["--output_dir", str(tmp_path / "out")])
         for name, allowed in FLAG_RANGES.items():
             value = getattr(args, name)
             assert value is None or value in allowed, (script, name, value)
