@@ -59,6 +59,10 @@ _TRANSFORMERS_KEYS = frozenset(
 )
 
 
+#: The keys that set a classifier's labels: given any of ``num_labels`` / ``id2label``, they replace all three.
+LABEL_KEYS = ("num_labels", "id2label", "label2id")
+
+
 def _field_names(config_class: type) -> list[str]:
     return [f.name for f in dataclasses.fields(config_class)]
 
@@ -148,8 +152,22 @@ class DEQConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         reject_misspelled_fields(type(self), kwargs)  # kwargs holds only the keys that are not fields
+        self._check_label_count(kwargs.get("num_labels"))
         super().__post_init__(**kwargs)
         self.validate_deq_fields()
+
+    def _check_label_count(self, num_labels: Any) -> None:
+        """Refuse a ``num_labels`` that contradicts ``id2label`` (transformers would let ``num_labels`` replace
+        the named labels with ``LABEL_i``)."""
+        if num_labels is None or self.id2label is None or num_labels == len(self.id2label):
+            return
+        raise DEQConfigError(
+            type(self).__name__,
+            "num_labels",
+            num_labels,
+            f"{len(self.id2label)}, the number of labels in id2label ({list(self.id2label.values())[:5]}...), "
+            "or num_labels without id2label",
+        )
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
@@ -159,6 +177,9 @@ class DEQConfig(PreTrainedConfig):
         ``MisspelledConfigFieldError``; other keys stay unused, as in transformers."""
         own = set(_field_names(cls)) - set(_field_names(PreTrainedConfig))
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
+        if "num_labels" in kwargs or "id2label" in overrides:  # new labels replace the saved ones
+            config_dict = {k: v for k, v in config_dict.items() if k not in LABEL_KEYS}
+            overrides.update({k: kwargs.pop(k) for k in LABEL_KEYS if k in kwargs})
         reject_misspelled_fields(cls, kwargs)
         return super().from_dict({**config_dict, **overrides}, **kwargs)
 
