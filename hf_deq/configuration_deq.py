@@ -63,6 +63,16 @@ _TRANSFORMERS_KEYS = frozenset(
 LABEL_KEYS = ("num_labels", "id2label", "label2id")
 
 
+#: Upper bound of the solver budgets (``solver_max_iter``, ``solver_eval_max_iter``, ``grad_max_iter``): DEQ
+#: solves converge in tens of iterations; one that needs more than this has no usable fixed point, and a larger
+#: budget only runs for hours (``10**12`` would never end).
+MAX_SOLVER_ITER = 10_000
+#: Upper bound of ``grad_steps``: the phantom / unrolled estimators keep the graph of every step, so memory grows
+#: linearly with it (the paper uses k <= 10).
+MAX_GRAD_STEPS = 1_000
+_BUDGET = f"an integer in [1, {MAX_SOLVER_ITER}] (a solve that needs more has no usable fixed point)"
+
+
 def _field_names(config_class: type) -> list[str]:
     return [f.name for f in dataclasses.fields(config_class)]
 
@@ -225,12 +235,12 @@ class DEQConfig(PreTrainedConfig):
                 raise self._error(
                     "solver_kwargs", f"hyperparameters that solver {self.solver!r} accepts ({err})"
                 ) from err
-        if not _is_int(self.solver_max_iter) or self.solver_max_iter < 1:
-            raise self._error("solver_max_iter", "an integer >= 1")
+        if not _is_int(self.solver_max_iter) or not 1 <= self.solver_max_iter <= MAX_SOLVER_ITER:
+            raise self._error("solver_max_iter", _BUDGET)
         if self.solver_eval_max_iter is not None and (
-            not _is_int(self.solver_eval_max_iter) or self.solver_eval_max_iter < 1
+            not _is_int(self.solver_eval_max_iter) or not 1 <= self.solver_eval_max_iter <= MAX_SOLVER_ITER
         ):
-            raise self._error("solver_eval_max_iter", "an integer >= 1 or None")
+            raise self._error("solver_eval_max_iter", f"None or {_BUDGET}")
         if not _is_finite_number(self.solver_tol) or not self.solver_tol >= 0:
             raise self._error("solver_tol", "a finite number >= 0")
         if self.solver_stop_mode not in STOP_MODES:
@@ -242,8 +252,10 @@ class DEQConfig(PreTrainedConfig):
         estimators = available_grad_estimators()
         if not isinstance(self.grad_estimator, str) or normalize_name(self.grad_estimator) not in estimators:
             raise self._error("grad_estimator", f"one of {estimators}")
-        if not _is_int(self.grad_steps) or self.grad_steps < 1:
-            raise self._error("grad_steps", "an integer >= 1")
+        if not _is_int(self.grad_steps) or not 1 <= self.grad_steps <= MAX_GRAD_STEPS:
+            raise self._error(
+                "grad_steps", f"an integer in [1, {MAX_GRAD_STEPS}] (every step keeps its graph in memory)"
+            )
         if not _is_number(self.grad_damping) or not 0 < self.grad_damping <= 1:
             raise self._error("grad_damping", "a number in (0, 1]")
         if (
@@ -251,8 +263,8 @@ class DEQConfig(PreTrainedConfig):
             or normalize_name(self.grad_solver) not in available_solvers()
         ):
             raise self._error("grad_solver", f"one of {available_solvers()}")
-        if not _is_int(self.grad_max_iter) or self.grad_max_iter < 1:
-            raise self._error("grad_max_iter", "an integer >= 1")
+        if not _is_int(self.grad_max_iter) or not 1 <= self.grad_max_iter <= MAX_SOLVER_ITER:
+            raise self._error("grad_max_iter", _BUDGET)
         if not _is_finite_number(self.grad_tol) or not self.grad_tol >= 0:
             raise self._error("grad_tol", "a finite number >= 0")
         try:  # a registered estimator's own checks of its hyperparameters
