@@ -70,7 +70,7 @@ MAX_SOLVER_ITER = 10_000
 #: Upper bound of ``grad_steps``: the phantom / unrolled estimators keep the graph of every step, so memory grows
 #: linearly with it (the paper uses k <= 10).
 MAX_GRAD_STEPS = 1_000
-_BUDGET = f"an integer in [1, {MAX_SOLVER_ITER}] (a solve that needs more has no usable fixed point)"
+BUDGET_ALLOWED = f"an integer in [1, {MAX_SOLVER_ITER}] (a solve that needs more has no usable fixed point)"
 
 
 def _field_names(config_class: type) -> list[str]:
@@ -218,6 +218,22 @@ class DEQConfig(PreTrainedConfig):
     #: Every field read at run time: a change to one of them takes effect at the model's next forward.
     DEQ_FIELDS = (*SOLVER_FIELDS, *GRAD_FIELDS, "jacobian_reg_weight")
 
+    def __setattr__(self, key: str, value: Any) -> None:
+        """Assignment checked where the value is written (constructor, ``from_pretrained`` and edits of
+        ``model.config`` alike): a name that is no attribute but a near-miss of a field
+        (``config.solver_maxiter = 3``) raises ``MisspelledConfigFieldError``, and a value that is not an
+        ``int`` for an integer DEQ field (``config.solver_max_iter = 8.0``) raises ``DEQConfigError``; the
+        ranges are checked at the next forward (``validate_deq_fields``), as several fields depend on each other."""
+        kind = _INT_DEQ_FIELDS.get(key)
+        if kind is not None:
+            if not _is_int(value) and not (value is None and kind == "int | None"):
+                raise DEQConfigError(
+                    type(self).__name__, key, value, "an integer" + " or None" * (kind != "int")
+                )
+        elif key not in object.__getattribute__(self, "__dict__") and not hasattr(type(self), key):
+            reject_misspelled_fields(type(self), {key: value})
+        super().__setattr__(key, value)
+
     def _error(self, field: str, allowed: str) -> DEQConfigError:
         return DEQConfigError(type(self).__name__, field, getattr(self, field), allowed)
 
@@ -236,11 +252,11 @@ class DEQConfig(PreTrainedConfig):
                     "solver_kwargs", f"hyperparameters that solver {self.solver!r} accepts ({err})"
                 ) from err
         if not _is_int(self.solver_max_iter) or not 1 <= self.solver_max_iter <= MAX_SOLVER_ITER:
-            raise self._error("solver_max_iter", _BUDGET)
+            raise self._error("solver_max_iter", BUDGET_ALLOWED)
         if self.solver_eval_max_iter is not None and (
             not _is_int(self.solver_eval_max_iter) or not 1 <= self.solver_eval_max_iter <= MAX_SOLVER_ITER
         ):
-            raise self._error("solver_eval_max_iter", f"None or {_BUDGET}")
+            raise self._error("solver_eval_max_iter", f"None or {BUDGET_ALLOWED}")
         if not _is_finite_number(self.solver_tol) or not self.solver_tol >= 0:
             raise self._error("solver_tol", "a finite number >= 0")
         if self.solver_stop_mode not in STOP_MODES:
@@ -264,7 +280,7 @@ class DEQConfig(PreTrainedConfig):
         ):
             raise self._error("grad_solver", f"one of {available_solvers()}")
         if not _is_int(self.grad_max_iter) or not 1 <= self.grad_max_iter <= MAX_SOLVER_ITER:
-            raise self._error("grad_max_iter", _BUDGET)
+            raise self._error("grad_max_iter", BUDGET_ALLOWED)
         if not _is_finite_number(self.grad_tol) or not self.grad_tol >= 0:
             raise self._error("grad_tol", "a finite number >= 0")
         try:  # a registered estimator's own checks of its hyperparameters
@@ -278,5 +294,12 @@ class DEQConfig(PreTrainedConfig):
         if not _is_finite_number(self.jacobian_reg_weight) or not self.jacobian_reg_weight >= 0:
             raise self._error("jacobian_reg_weight", "a finite number >= 0")
 
+
+#: The integer DEQ fields and their annotation (``"int"`` or ``"int | None"``), checked at assignment.
+_INT_DEQ_FIELDS = {
+    f.name: f.type
+    for f in dataclasses.fields(DEQConfig)
+    if f.name in DEQConfig.DEQ_FIELDS and "int" in str(f.type)
+}
 
 __all__ = ["DEQConfig", "DEQConfigError", "MisspelledConfigFieldError", "reject_misspelled_fields"]

@@ -4,13 +4,15 @@ safetensors-only loading, and ``push_to_hub`` with hf_deq's model card and remot
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import importlib
 import json
 import operator
 import os
 from typing import Any
 
-from .configuration_deq import DEQConfig
+from .configuration_deq import MISSPELLING_CUTOFF, DEQConfig, MisspelledConfigFieldError
 from .deq import DEQFixedPoint, get_solver, remove_norm
 from .deq.core import GRAD_CONFIG_FIELDS
 
@@ -69,6 +71,15 @@ def _refuse_pickled_weights(path: Any, subfolder: str = "") -> None:
                 "If you trust the file, convert it once: load the state dict with torch.load(..., "
                 "weights_only=True), then model.save_pretrained(...) writes model.safetensors."
             )
+
+
+def _reject_near_misses(config: DEQConfig, keys: dict[str, Any], allowed: list[str]) -> None:
+    """Raise ``MisspelledConfigFieldError`` for the first key of ``keys`` that is a near-miss of a name in
+    ``allowed`` (``solver_maxiter`` for ``solver_max_iter``)."""
+    for key, value in keys.items():
+        match = difflib.get_close_matches(key, allowed, n=1, cutoff=MISSPELLING_CUTOFF)
+        if match:
+            raise MisspelledConfigFieldError(type(config).__name__, key, value, match[0])
 
 
 class DEQModelMixin:
@@ -224,6 +235,8 @@ class DEQModelMixin:
             updates[GRAD_CONFIG_FIELDS.get(key, key)] = value
         bad = sorted(set(updates) - set(DEQConfig.GRAD_FIELDS))
         if bad:
+            allowed = [*DEQConfig.GRAD_FIELDS[1:], *GRAD_CONFIG_FIELDS]
+            _reject_near_misses(self.config, {key: fields.get(key) for key in bad}, allowed)
             raise TypeError(f"set_grad_estimator got {bad}; it takes {list(DEQConfig.GRAD_FIELDS[1:])}")
         self._apply_deq_fields(updates)
 
@@ -238,7 +251,10 @@ class DEQModelMixin:
             try:
                 get_solver(name, **hyper)
             except TypeError:
-                raise  # an unknown hyperparameter, like any unexpected keyword
+                # an unknown hyperparameter: a near-miss of a field says which, else as Python does
+                fields_of_config = [f.name for f in dataclasses.fields(self.config)]
+                _reject_near_misses(self.config, hyper, fields_of_config)
+                raise
             except ValueError:
                 pass  # a bad value or solver name: the config check below names the field
         if hyper or "solver_kwargs" not in updates:
