@@ -122,7 +122,7 @@ LM_INVALID = {
     "num_attention_heads": int_at_least_1(),  # odd head size
     "intermediate_size": int_at_least_1(),
     "max_position_embeddings": int_at_least_1(),
-    "trained_context_length": st.one_of(int_at_least_1(), st.integers(10**6, 10**12)),  # > max_position_embeddings
+    "trained_context_length": st.one_of(int_at_least_1(), st.integers(10**6, 10**12)),  # above max positions
     "hidden_act": st.one_of(st.sampled_from(["gelu2", "", None, 3, "GELU!"])),
     "layer_norm_eps": number_above_0(),
     "rope_theta": number_above_0(),
