@@ -187,7 +187,10 @@ class DEQConfig(PreTrainedConfig):
         ``MisspelledConfigFieldError``; other keys stay unused, as in transformers."""
         own = set(_field_names(cls)) - set(_field_names(PreTrainedConfig))
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
-        if "num_labels" in kwargs or "id2label" in overrides:  # new labels replace the saved ones
+        saved, count = config_dict.get("id2label"), kwargs.get("num_labels")
+        if "id2label" in overrides or (
+            count is not None and len(saved or ()) != count
+        ):  # new labels: replace
             config_dict = {k: v for k, v in config_dict.items() if k not in LABEL_KEYS}
             overrides.update({k: kwargs.pop(k) for k in LABEL_KEYS if k in kwargs})
         reject_misspelled_fields(cls, kwargs)

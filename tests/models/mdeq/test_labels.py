@@ -46,6 +46,8 @@ def test_a_saved_classifier_takes_new_labels_at_load_time(tmp_path):
     hf_deq.create_model("mdeq-tiny-digits").save_pretrained(tmp_path)
     saved = MDEQForImageClassification.from_pretrained(tmp_path)
     assert saved.config.id2label == {i: str(i) for i in range(10)}
+    same = MDEQForImageClassification.from_pretrained(tmp_path, num_labels=10)  # the saved count: names kept
+    assert same.config.id2label == saved.config.id2label
     new = MDEQForImageClassification.from_pretrained(tmp_path, num_labels=4, ignore_mismatched_sizes=True)
     assert new.config.num_labels == 4 and new.classifier.out_features == 4
     named = MDEQForImageClassification.from_pretrained(
