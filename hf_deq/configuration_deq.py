@@ -188,9 +188,8 @@ class DEQConfig(PreTrainedConfig):
         own = set(_field_names(cls)) - set(_field_names(PreTrainedConfig))
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
         saved, count = config_dict.get("id2label"), kwargs.get("num_labels")
-        if "id2label" in overrides or (
-            count is not None and len(saved or ()) != count
-        ):  # new labels: replace
+        # Labels given at load time (another id2label, or another number of them) replace the saved ones.
+        if "id2label" in overrides or (count is not None and len(saved or ()) != count):
             config_dict = {k: v for k, v in config_dict.items() if k not in LABEL_KEYS}
             overrides.update({k: kwargs.pop(k) for k in LABEL_KEYS if k in kwargs})
         reject_misspelled_fields(cls, kwargs)
