@@ -47,7 +47,11 @@ def test_the_bounds_themselves_are_accepted(fields):
 @pytest.mark.parametrize(
     ("solver", "kwargs", "message"),
     [
-        ("anderson", {"memory": MAX_HISTORY + 1}, f"Anderson.memory must be an integer in [1, {MAX_HISTORY}]"),
+        (
+            "anderson",
+            {"memory": MAX_HISTORY + 1},
+            f"Anderson.memory must be an integer in [1, {MAX_HISTORY}]",
+        ),
         ("broyden", {"memory": 10**9}, f"Broyden.memory must be an integer in [1, {MAX_HISTORY}]"),
         ("gmres", {"restart": 10**9}, f"GMRES.restart must be an integer in [1, {MAX_HISTORY}]"),
         ("anderson", {"regularization": float("inf")}, "Anderson.regularization must be a finite number"),
