@@ -31,6 +31,7 @@ from hf_deq import (
     MDEQForImageClassification,
     available_grad_estimators,
 )
+from hf_deq.deq import normalize_name
 from hf_deq.models.mdeq.modeling_mdeq import branch_resolutions
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -63,8 +64,10 @@ def fraction_in_0_1():  # [0, 1)
 
 
 def bad_name():
+    registered = {*hf_deq.available_solvers(), *available_grad_estimators()}  # " NPG" is a valid name
     return st.one_of(
-        st.sampled_from(["", "no_such", "ANDERSON!", None, 3, ["anderson"]]), st.text(max_size=6)
+        st.sampled_from(["", "no_such", "ANDERSON!", None, 3, ["anderson"]]),
+        st.text(max_size=6).filter(lambda text: normalize_name(text) not in registered),
     )
 
 
