@@ -59,6 +59,20 @@ _TRANSFORMERS_KEYS = frozenset(
 )
 
 
+#: The keys that set a classifier's labels: given any of ``num_labels`` / ``id2label``, they replace all three.
+LABEL_KEYS = ("num_labels", "id2label", "label2id")
+
+
+#: Upper bound of the solver budgets (``solver_max_iter``, ``solver_eval_max_iter``, ``grad_max_iter``): DEQ
+#: solves converge in tens of iterations; one that needs more than this has no usable fixed point, and a larger
+#: budget only runs for hours (``10**12`` would never end).
+MAX_SOLVER_ITER = 10_000
+#: Upper bound of ``grad_steps``: the phantom / unrolled estimators keep the graph of every step, so memory grows
+#: linearly with it (the paper uses k <= 10).
+MAX_GRAD_STEPS = 1_000
+BUDGET_ALLOWED = f"an integer in [1, {MAX_SOLVER_ITER}] (a solve that needs more has no usable fixed point)"
+
+
 def _field_names(config_class: type) -> list[str]:
     return [f.name for f in dataclasses.fields(config_class)]
 
@@ -148,8 +162,22 @@ class DEQConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         reject_misspelled_fields(type(self), kwargs)  # kwargs holds only the keys that are not fields
+        self._check_label_count(kwargs.get("num_labels"))
         super().__post_init__(**kwargs)
         self.validate_deq_fields()
+
+    def _check_label_count(self, num_labels: Any) -> None:
+        """Refuse a ``num_labels`` that contradicts ``id2label`` (transformers would let ``num_labels`` replace
+        the named labels with ``LABEL_i``)."""
+        if num_labels is None or self.id2label is None or num_labels == len(self.id2label):
+            return
+        raise DEQConfigError(
+            type(self).__name__,
+            "num_labels",
+            num_labels,
+            f"{len(self.id2label)}, the number of labels in id2label ({list(self.id2label.values())[:5]}...), "
+            "or num_labels without id2label",
+        )
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
@@ -159,6 +187,11 @@ class DEQConfig(PreTrainedConfig):
         ``MisspelledConfigFieldError``; other keys stay unused, as in transformers."""
         own = set(_field_names(cls)) - set(_field_names(PreTrainedConfig))
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in own}
+        saved, count = config_dict.get("id2label"), kwargs.get("num_labels")
+        # Labels given at load time (another id2label, or another number of them) replace the saved ones.
+        if "id2label" in overrides or (count is not None and len(saved or ()) != count):
+            config_dict = {k: v for k, v in config_dict.items() if k not in LABEL_KEYS}
+            overrides.update({k: kwargs.pop(k) for k in LABEL_KEYS if k in kwargs})
         reject_misspelled_fields(cls, kwargs)
         return super().from_dict({**config_dict, **overrides}, **kwargs)
 
@@ -187,6 +220,22 @@ class DEQConfig(PreTrainedConfig):
     #: Every field read at run time: a change to one of them takes effect at the model's next forward.
     DEQ_FIELDS = (*SOLVER_FIELDS, *GRAD_FIELDS, "jacobian_reg_weight")
 
+    def __setattr__(self, key: str, value: Any) -> None:
+        """Assignment checked where the value is written (constructor, ``from_pretrained`` and edits of
+        ``model.config`` alike): a name that is no attribute but a near-miss of a field
+        (``config.solver_maxiter = 3``) raises ``MisspelledConfigFieldError``, and a value that is not an
+        ``int`` for an integer DEQ field (``config.solver_max_iter = 8.0``) raises ``DEQConfigError``; the
+        ranges are checked at the next forward (``validate_deq_fields``), as several fields depend on each other."""
+        kind = _INT_DEQ_FIELDS.get(key)
+        if kind is not None:
+            if not _is_int(value) and not (value is None and kind == "int | None"):
+                raise DEQConfigError(
+                    type(self).__name__, key, value, "an integer" + " or None" * (kind != "int")
+                )
+        elif key not in object.__getattribute__(self, "__dict__") and not hasattr(type(self), key):
+            reject_misspelled_fields(type(self), {key: value})
+        super().__setattr__(key, value)
+
     def _error(self, field: str, allowed: str) -> DEQConfigError:
         return DEQConfigError(type(self).__name__, field, getattr(self, field), allowed)
 
@@ -204,12 +253,12 @@ class DEQConfig(PreTrainedConfig):
                 raise self._error(
                     "solver_kwargs", f"hyperparameters that solver {self.solver!r} accepts ({err})"
                 ) from err
-        if not _is_int(self.solver_max_iter) or self.solver_max_iter < 1:
-            raise self._error("solver_max_iter", "an integer >= 1")
+        if not _is_int(self.solver_max_iter) or not 1 <= self.solver_max_iter <= MAX_SOLVER_ITER:
+            raise self._error("solver_max_iter", BUDGET_ALLOWED)
         if self.solver_eval_max_iter is not None and (
-            not _is_int(self.solver_eval_max_iter) or self.solver_eval_max_iter < 1
+            not _is_int(self.solver_eval_max_iter) or not 1 <= self.solver_eval_max_iter <= MAX_SOLVER_ITER
         ):
-            raise self._error("solver_eval_max_iter", "an integer >= 1 or None")
+            raise self._error("solver_eval_max_iter", f"None or {BUDGET_ALLOWED}")
         if not _is_finite_number(self.solver_tol) or not self.solver_tol >= 0:
             raise self._error("solver_tol", "a finite number >= 0")
         if self.solver_stop_mode not in STOP_MODES:
@@ -221,8 +270,10 @@ class DEQConfig(PreTrainedConfig):
         estimators = available_grad_estimators()
         if not isinstance(self.grad_estimator, str) or normalize_name(self.grad_estimator) not in estimators:
             raise self._error("grad_estimator", f"one of {estimators}")
-        if not _is_int(self.grad_steps) or self.grad_steps < 1:
-            raise self._error("grad_steps", "an integer >= 1")
+        if not _is_int(self.grad_steps) or not 1 <= self.grad_steps <= MAX_GRAD_STEPS:
+            raise self._error(
+                "grad_steps", f"an integer in [1, {MAX_GRAD_STEPS}] (every step keeps its graph in memory)"
+            )
         if not _is_number(self.grad_damping) or not 0 < self.grad_damping <= 1:
             raise self._error("grad_damping", "a number in (0, 1]")
         if (
@@ -230,8 +281,8 @@ class DEQConfig(PreTrainedConfig):
             or normalize_name(self.grad_solver) not in available_solvers()
         ):
             raise self._error("grad_solver", f"one of {available_solvers()}")
-        if not _is_int(self.grad_max_iter) or self.grad_max_iter < 1:
-            raise self._error("grad_max_iter", "an integer >= 1")
+        if not _is_int(self.grad_max_iter) or not 1 <= self.grad_max_iter <= MAX_SOLVER_ITER:
+            raise self._error("grad_max_iter", BUDGET_ALLOWED)
         if not _is_finite_number(self.grad_tol) or not self.grad_tol >= 0:
             raise self._error("grad_tol", "a finite number >= 0")
         try:  # a registered estimator's own checks of its hyperparameters
@@ -245,5 +296,12 @@ class DEQConfig(PreTrainedConfig):
         if not _is_finite_number(self.jacobian_reg_weight) or not self.jacobian_reg_weight >= 0:
             raise self._error("jacobian_reg_weight", "a finite number >= 0")
 
+
+#: The integer DEQ fields and their annotation (``"int"`` or ``"int | None"``), checked at assignment.
+_INT_DEQ_FIELDS = {
+    f.name: f.type
+    for f in dataclasses.fields(DEQConfig)
+    if f.name in DEQConfig.DEQ_FIELDS and "int" in str(f.type)
+}
 
 __all__ = ["DEQConfig", "DEQConfigError", "MisspelledConfigFieldError", "reject_misspelled_fields"]

@@ -4,13 +4,18 @@ safetensors-only loading, and ``push_to_hub`` with hf_deq's model card and remot
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import importlib
 import json
 import operator
 import os
 from typing import Any
 
-from .configuration_deq import DEQConfig
+import torch
+from torch.nn.utils import parametrize
+
+from .configuration_deq import MISSPELLING_CUTOFF, DEQConfig, MisspelledConfigFieldError
 from .deq import DEQFixedPoint, get_solver, remove_norm
 from .deq.core import GRAD_CONFIG_FIELDS
 
@@ -148,6 +153,42 @@ def _refuse_pickled_weights(path: Any, subfolder: str = "") -> None:
             )
 
 
+def _reject_near_misses(config: DEQConfig, keys: dict[str, Any], allowed: list[str]) -> None:
+    """Raise ``MisspelledConfigFieldError`` for the first key of ``keys`` that is a near-miss of a name in
+    ``allowed`` (``solver_maxiter`` for ``solver_max_iter``)."""
+    for key, value in keys.items():
+        match = difflib.get_close_matches(key, allowed, n=1, cutoff=MISSPELLING_CUTOFF)
+        if match:
+            raise MisspelledConfigFieldError(type(config).__name__, key, value, match[0])
+
+
+#: Marks a weight-normalised layer of an hf_deq model (set by ``DEQModelMixin.post_init``).
+_NORMALISED_WEIGHT_TAG = "_hf_deq_normalised_weight"
+
+
+def _refuse_adapter_on_normalised_weight(parent: torch.nn.Module, name: str, child: Any) -> None:
+    """Global module-registration hook: refuse (``ValueError``) a peft tuner layer (LoRA, ...) wrapping a
+    weight-normalised layer of an hf_deq model. peft merges an adapter with ``base_layer.weight.data += delta``;
+    a weight-normalised ``weight`` is recomputed from ``g`` and ``v`` at each access, so ``merge_and_unload`` would
+    silently drop the adapter and return a different model."""
+    base = getattr(child, "base_layer", None)
+    if (
+        isinstance(base, torch.nn.Module)
+        and base.__dict__.get(_NORMALISED_WEIGHT_TAG)
+        and parametrize.is_parametrized(base, "weight")
+    ):
+        raise ValueError(
+            f"cannot add a {type(child).__name__} adapter to {type(parent).__name__}.{name}: its weight is "
+            "weight-normalised (w = g v / ||v||, recomputed at every access), so peft's merge_and_unload would "
+            "drop the adapter and give a different model. Call model.remove_weight_norm() before get_peft_model "
+            "or PeftModel.from_pretrained (the frozen base weights need no normalisation; the model computes the "
+            "same function)."
+        )
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_refuse_adapter_on_normalised_weight)
+
+
 class DEQModelMixin:
     """Mixin for ``PreTrainedModel`` subclasses holding ``DEQFixedPoint`` layers built with ``from_config``.
 
@@ -248,7 +289,7 @@ class DEQModelMixin:
 
         Call it before adding LoRA adapters (``peft``) to a model with weight norm: the frozen base weights need no
         re-normalisation, and peft's ``merge_and_unload`` adds the adapters to plain weights only (it would leave a
-        weight-normalised layer unchanged)."""
+        weight-normalised layer unchanged), so an adapter on a weight-normalised layer is refused (``ValueError``)."""
         remove_norm(self)
         if hasattr(self.config, "weight_norm"):
             self.config.weight_norm = False
@@ -259,6 +300,9 @@ class DEQModelMixin:
     def post_init(self) -> None:
         super().post_init()
         self._remember_deq_fields()
+        for module in self.modules():
+            if parametrize.is_parametrized(module, "weight"):
+                module.__dict__[_NORMALISED_WEIGHT_TAG] = True
 
     def _remember_deq_fields(self) -> None:
         """Record the DEQ field values the layers now run with, on this model and its DEQ submodels."""
@@ -305,6 +349,8 @@ class DEQModelMixin:
             updates[GRAD_CONFIG_FIELDS.get(key, key)] = value
         bad = sorted(set(updates) - set(DEQConfig.GRAD_FIELDS))
         if bad:
+            allowed = [*DEQConfig.GRAD_FIELDS[1:], *GRAD_CONFIG_FIELDS]
+            _reject_near_misses(self.config, {key: fields.get(key) for key in bad}, allowed)
             raise TypeError(f"set_grad_estimator got {bad}; it takes {list(DEQConfig.GRAD_FIELDS[1:])}")
         self._apply_deq_fields(updates)
 
@@ -319,7 +365,10 @@ class DEQModelMixin:
             try:
                 get_solver(name, **hyper)
             except TypeError:
-                raise  # an unknown hyperparameter, like any unexpected keyword
+                # an unknown hyperparameter: a near-miss of a field says which, else as Python does
+                fields_of_config = [f.name for f in dataclasses.fields(self.config)]
+                _reject_near_misses(self.config, hyper, fields_of_config)
+                raise
             except ValueError:
                 pass  # a bad value or solver name: the config check below names the field
         if hyper or "solver_kwargs" not in updates:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .configuration_deq import LABEL_KEYS
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -45,9 +47,14 @@ def get_variant(name: str) -> Variant:
 
 
 def create_config(name: str, **overrides: Any):
-    """The config of preset ``name`` with ``overrides`` applied (validated like any config)."""
+    """The config of preset ``name`` with ``overrides`` applied (validated like any config). Labels given as
+    ``num_labels`` or ``id2label`` replace the preset's labels (all of ``num_labels``, ``id2label``,
+    ``label2id``); a ``num_labels`` that contradicts the given ``id2label`` is an error."""
     variant = get_variant(name)
-    return variant.config_class(**{**variant.config_kwargs, **overrides})
+    preset = variant.config_kwargs
+    if "num_labels" in overrides or "id2label" in overrides:
+        preset = {k: v for k, v in preset.items() if k not in LABEL_KEYS}
+    return variant.config_class(**{**preset, **overrides})
 
 
 def create_model(name: str, model_class: type | None = None, **overrides: Any):

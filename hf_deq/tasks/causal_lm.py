@@ -91,6 +91,8 @@ def build_language_model(args: argparse.Namespace, tokenizer):
             args.block_size,
             f"{args.block_size} exceeds the model's max_position_embeddings {model.config.max_position_embeddings}",
         )
+    if "trained_context_length" not in overrides:  # the model crops its context past the trained one
+        model.config.trained_context_length = args.block_size
     return model
 
 

@@ -31,6 +31,7 @@ from hf_deq import (
     MDEQForImageClassification,
     available_grad_estimators,
 )
+from hf_deq.deq import normalize_name
 from hf_deq.models.mdeq.modeling_mdeq import branch_resolutions
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -63,8 +64,10 @@ def fraction_in_0_1():  # [0, 1)
 
 
 def bad_name():
+    registered = {*hf_deq.available_solvers(), *available_grad_estimators()}  # " NPG" is a valid name
     return st.one_of(
-        st.sampled_from(["", "no_such", "ANDERSON!", None, 3, ["anderson"]]), st.text(max_size=6)
+        st.sampled_from(["", "no_such", "ANDERSON!", None, 3, ["anderson"]]),
+        st.text(max_size=6).filter(lambda text: normalize_name(text) not in registered),
     )
 
 
@@ -122,6 +125,7 @@ LM_INVALID = {
     "num_attention_heads": int_at_least_1(),  # odd head size
     "intermediate_size": int_at_least_1(),
     "max_position_embeddings": int_at_least_1(),
+    "trained_context_length": st.one_of(int_at_least_1(), st.integers(10**6, 10**12)),  # above max positions
     "hidden_act": st.one_of(st.sampled_from(["gelu2", "", None, 3, "GELU!"])),
     "layer_norm_eps": number_above_0(),
     "rope_theta": number_above_0(),

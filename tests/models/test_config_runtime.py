@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModel
 
 import hf_deq
 from hf_deq import DEQConfigError, MisspelledConfigFieldError
+from hf_deq.configuration_deq import BUDGET_ALLOWED as BUDGET
 
 KINDS = ["mdeq", "lm"]
 PRESET = {"mdeq": "test_mdeq_tiny", "lm": "test_deq_transformer_tiny"}
@@ -168,6 +169,40 @@ def test_near_misses_of_any_field(kind, key, meant):
         hf_deq.create_config(PRESET[kind], **{key: 1})
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_misspelled_or_mistyped_assignment_is_refused_where_it_is_written(kind):
+    model = tiny_model(kind)
+    with pytest.raises(MisspelledConfigFieldError, match="did you mean 'solver_max_iter'"):
+        model.config.solver_maxiter = 3
+    assert not hasattr(model.config, "solver_maxiter")
+    with pytest.raises(DEQConfigError, match=r"solver_max_iter=8.0 is invalid: expected an integer"):
+        model.config.solver_max_iter = 8.0
+    with pytest.raises(DEQConfigError, match=r"grad_steps=True is invalid"):
+        model.config.grad_steps = True
+    assert model.config.solver_max_iter == tiny_model(kind).config.solver_max_iter  # nothing written
+    model.config.solver_eval_max_iter = None  # None is a value of this field
+    model.config.solver_max_iter = 7
+    model.config.my_note = "kept"  # an unrelated new attribute, as in transformers
+    assert (model.config.solver_max_iter, model.config.my_note) == (7, "kept")
+
+
+@pytest.mark.parametrize(
+    "call, meant",
+    [
+        (lambda m: m.set_solver("anderson", solver_maxiter=5), "solver_max_iter"),
+        (lambda m: m.set_solver("broyden", solver_tol_=1e-4), "solver_tol"),
+        (lambda m: m.set_grad_estimator("npg", grad_step=3), "grad_steps"),
+        (lambda m: m.set_grad_estimator("npg", dampng=0.5), "damping"),
+    ],
+)
+def test_set_solver_and_set_grad_estimator_name_the_field_a_near_miss_meant(call, meant):
+    model = tiny_model("mdeq")
+    before = model.config.to_dict()
+    with pytest.raises(MisspelledConfigFieldError, match=f"did you mean '{meant}'"):
+        call(model)
+    assert model.config.to_dict() == before
+
+
 def test_a_misspelled_key_in_a_config_file_names_the_field(tmp_path):
     cls, path = _saved(tmp_path, "mdeq")
     config = json.loads((path / "config.json").read_text())
@@ -228,7 +263,7 @@ def test_a_bad_value_gets_the_same_error_from_every_entry_point(tmp_path, kind):
         with pytest.raises(DEQConfigError) as info:
             call()
         assert (info.value.field, info.value.value) == ("solver_max_iter", -5), entry
-        assert str(info.value) == f"{name}.solver_max_iter=-5 is invalid: expected an integer >= 1", entry
+        assert str(info.value) == f"{name}.solver_max_iter=-5 is invalid: expected {BUDGET}", entry
 
 
 def test_a_bad_solver_hyperparameter_in_set_solver_names_solver_kwargs():

@@ -333,3 +333,41 @@ def test_lora_on_the_mdeq_cell_convolutions(mdeq_base, tmp_path):
     with torch.no_grad():
         out = merged(**probe)
     torch.testing.assert_close(out.logits[solved], unmerged.logits[solved], rtol=1e-4, atol=1e-4)
+
+
+def test_lora_on_a_weight_normalised_layer_is_refused_and_merges_exactly_after_remove_weight_norm(tmp_path):
+    """peft merges with ``base_layer.weight.data += delta``; a weight-normalised weight is recomputed from ``g``
+    and ``v`` at each access, so the merge would drop the adapter (merged and unmerged logits differed by 1.43 on
+    an MDEQ). Adding the adapter is refused with the reason; after ``remove_weight_norm`` the merge is exact."""
+    torch.manual_seed(0)
+    # tol 0: merged and unmerged models run the same 30 solver steps, so their outputs differ by rounding only
+    fields = {"solver_tol": 0.0, "solver_max_iter": 30, "solver_on_failure": "ignore"}
+    model = hf_deq.create_model("test_mdeq_tiny", **fields).double().eval()
+    assert model.config.weight_norm is True
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=_cell_convolutions(model), init_lora_weights=False)
+    with pytest.raises(ValueError, match=r"weight-normalised .*Call model\.remove_weight_norm\(\)"):
+        get_peft_model(model, lora)
+    lm = hf_deq.create_model("test_deq_transformer_tiny_post")
+    with pytest.raises(ValueError, match="remove_weight_norm"):
+        get_peft_model(lm, LoraConfig(r=2, target_modules=LM_TARGETS))
+
+    model = hf_deq.create_model("test_mdeq_tiny", **fields).double().eval()
+    model.remove_weight_norm()
+    pixels = torch.randn(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    peft_model = get_peft_model(model, lora).eval()
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            param.data.mul_(0.05)  # a small adapter
+    with torch.no_grad():
+        unmerged = peft_model(pixel_values=pixels)
+        with peft_model.disable_adapter():
+            base = peft_model(pixel_values=pixels)
+    assert not torch.allclose(unmerged.logits, base.logits, atol=1e-3)  # the adapter matters
+    peft_model.save_pretrained(tmp_path / "adapter")
+    with torch.no_grad():
+        merged = peft_model.merge_and_unload()(pixel_values=pixels)
+    torch.testing.assert_close(merged.logits, unmerged.logits, rtol=0, atol=1e-5)
+
+    # Loading the adapter onto a base that still has weight norm is refused too.
+    with pytest.raises(ValueError, match="remove_weight_norm"):
+        PeftModel.from_pretrained(hf_deq.create_model("test_mdeq_tiny"), tmp_path / "adapter")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -19,19 +21,26 @@ from .base import (
     squared_norm_residuals,
 )
 
+#: Upper bound of a solver's history (Anderson / Broyden ``memory``, GMRES ``restart``): each slot holds copies of
+#: the whole state of every sample, allocated up front.
+MAX_HISTORY = 1_000
+
 
 def _check_float(name: str, value: object, low: float, high: float, low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (low < value if low_open else low <= value) and value <= high
     if not ok:
         bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value!r}")
+        raise ValueError(f"{name} must be a finite number in {bracket}{low}, {high}], got {value!r}")
     return float(value)
 
 
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+def _check_int(name: str, value: object, low: int, high: int = MAX_HISTORY) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(
+            f"{name} must be an integer in [{low}, {high}] (each slot holds copies of the whole state), "
+            f"got {value!r}"
+        )
     return value
 
 

@@ -23,6 +23,11 @@ class DEQTransformerConfig(DEQConfig):
         num_attention_heads: attention heads; must divide ``hidden_size`` into an even head size (rotary).
         intermediate_size: width of the MLP.
         max_position_embeddings: longest sequence (prompt plus generated tokens) the model accepts.
+        trained_context_length: the block size the model was trained on (training sets it from ``--block_size``);
+            ``None`` (models saved before this field): unknown, no cropping. Past it, each token's state is that
+            of the window of the ``trained_context_length`` tokens ending at it (nanoGPT's crop,
+            ``context_window.py``), in generation and in eval forwards; a training forward longer than it is
+            refused.
         hidden_act: MLP activation (a key of ``transformers.activations.ACT2FN``).
         layer_norm_eps: epsilon of the LayerNorms.
         rope_theta: base of the rotary position frequencies.
@@ -56,6 +61,7 @@ class DEQTransformerConfig(DEQConfig):
     num_attention_heads: int = 8
     intermediate_size: int = 2048
     max_position_embeddings: int = 1024
+    trained_context_length: int | None = None
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
@@ -123,6 +129,12 @@ class DEQTransformerConfig(DEQConfig):
             raise self._error(
                 "hidden_size",
                 f"hidden_size / num_attention_heads even for rotary positions (got head size {self.head_dim})",
+            )
+        context = self.trained_context_length
+        if context is not None and (not _is_int(context) or not 1 <= context <= self.max_position_embeddings):
+            raise self._error(
+                "trained_context_length",
+                f"None or an integer in [1, max_position_embeddings={self.max_position_embeddings}]",
             )
         if self.norm_position not in NORM_POSITIONS:
             raise self._error("norm_position", f"one of {list(NORM_POSITIONS)}")

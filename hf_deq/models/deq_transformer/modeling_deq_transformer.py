@@ -37,6 +37,7 @@ from ...modeling_outputs import CACHE_FIELD, DEQCausalLMOutput, DEQModelOutput
 from ...modeling_utils import accumulation_share, add_jacobian_loss, init_weight_norm_
 from .adaptive_softmax import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from .configuration_deq_transformer import DEQTransformerConfig
+from .context_window import past_context_forward, remember_context
 from .loss_deq_transformer import adaptive_causal_lm_loss, causal_lm_loss, check_lm_labels
 
 
@@ -293,6 +294,66 @@ class DEQTransformerModel(DEQTransformerPreTrainedModel):
             allowed = (allowed & keep) | (key_pos[None, :] == query_pos[:, None])[None, None]
         return allowed, False
 
+    def _solve_and_cache(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        cache: Cache | None,
+        past_length: int,
+        use_cache: bool,
+    ):
+        """Solve for the equilibrium states of ``embeds`` (at ``position_ids``, after the ``past_length`` cached
+        positions); with ``use_cache``, append their keys/values to ``cache``. Returns ``(states, result,
+        injection)``."""
+        batch, length, hidden = embeds.shape
+        device = embeds.device
+        mask, is_causal = self._attention_mask(attention_mask, batch, length, past_length, device)
+        injection = self.embedding_dropout(self.injection_norm(embeds))
+        rope = self.rotary_emb(position_ids.to(device), injection.dtype)
+        past_kv = None
+        if past_length > 0:
+            layer = cache.layers[0]
+            past_kv = (layer.keys, layer.values)
+
+        last_call: list = []  # (input, keys/values) of the latest evaluation of F without autograd
+
+        def fn(z_flat: torch.Tensor) -> torch.Tensor:
+            z = z_flat.view(batch, length, hidden)
+            out, kv = self.block(z, injection, rope, mask, is_causal, past_kv)
+            if use_cache and not torch.is_grad_enabled():
+                last_call[:] = [z_flat, kv]
+            return out.reshape(batch, length * hidden).to(z_flat.dtype)
+
+        z0 = torch.zeros(batch, length * hidden, dtype=injection.dtype, device=device)
+        stored_length, previous = getattr(cache, "deq_last_state", (None, None))
+        if past_length > 0 and stored_length == past_length and previous.shape == (batch, hidden):
+            # Warm start from the last cached position's equilibrium: the fixed point is the same, but the
+            # solver needs about half the iterations per generated token (scripts/benchmark_generation.py).
+            z0 = previous.to(injection.dtype).repeat(1, length)
+        if self.training and torch.is_grad_enabled() and self.config.jacobian_reg_weight > 0:
+            # The Jacobian term is differentiated twice; only the math SDPA backend has a double backward.
+            with sdpa_kernel(SDPBackend.MATH):
+                z_flat, result = self.deq(fn, z0)
+        else:
+            z_flat, result = self.deq(fn, z0)
+        hidden_states = z_flat.view(batch, length, hidden)
+
+        if use_cache:
+            # Keys/values at the equilibrium: the fixed context of later tokens. A solver that stops on
+            # convergence returns the input of its last evaluation of F, whose keys/values are then reused.
+            if last_call and not self.training and torch.equal(last_call[0], z_flat):
+                k, v = last_call[1]
+            else:
+                with torch.no_grad():
+                    _, (k, v) = self.block(
+                        hidden_states.detach(), injection.detach(), rope, mask, is_causal, past_kv
+                    )
+            cache.update(k, v, 0)
+            cache.deq_last_state = (past_length + length, hidden_states[:, -1].detach())
+
+        return hidden_states, result, injection
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -362,56 +423,27 @@ class DEQTransformerModel(DEQTransformerPreTrainedModel):
                 f"position id {int(position_ids.max())} is not below max_position_embeddings="
                 f"{self.config.max_position_embeddings}"
             )
-        mask, is_causal = self._attention_mask(attention_mask, batch, length, past_length, device)
-        injection = self.embedding_dropout(self.injection_norm(embeds))
-        rope = self.rotary_emb(position_ids.to(device), injection.dtype)
-        past_kv = None
-        if past_length > 0:
-            layer = cache.layers[0]
-            past_kv = (layer.keys, layer.values)
-
-        last_call: list = []  # (input, keys/values) of the latest evaluation of F without autograd
-
-        def fn(z_flat: torch.Tensor) -> torch.Tensor:
-            z = z_flat.view(batch, length, hidden)
-            out, kv = self.block(z, injection, rope, mask, is_causal, past_kv)
-            if use_cache and not torch.is_grad_enabled():
-                last_call[:] = [z_flat, kv]
-            return out.reshape(batch, length * hidden).to(z_flat.dtype)
-
-        z0 = torch.zeros(batch, length * hidden, dtype=injection.dtype, device=device)
-        stored_length, previous = getattr(cache, "deq_last_state", (None, None))
-        if past_length > 0 and stored_length == past_length and previous.shape == (batch, hidden):
-            # Warm start from the last cached position's equilibrium: the fixed point is the same, but the
-            # solver needs about half the iterations per generated token (scripts/benchmark_generation.py).
-            z0 = previous.to(injection.dtype).repeat(1, length)
-        if self.training and torch.is_grad_enabled() and self.config.jacobian_reg_weight > 0:
-            # The Jacobian term is differentiated twice; only the math SDPA backend has a double backward.
-            with sdpa_kernel(SDPBackend.MATH):
-                z_flat, result = self.deq(fn, z0)
+        context = self.config.trained_context_length
+        if context is not None and past_length + length > context:
+            # Past the trained context: each later token sees only the last `context` tokens (context_window.py).
+            hidden_states, nstep, residual, jacobian_loss = past_context_forward(
+                self, embeds, attention_mask, position_ids, cache, past_length, use_cache
+            )
+            injection = self.injection_norm(embeds)
         else:
-            z_flat, result = self.deq(fn, z0)
-        hidden_states = z_flat.view(batch, length, hidden)
-
-        if use_cache:
-            # Keys/values at the equilibrium: the fixed context of later tokens. A solver that stops on
-            # convergence returns the input of its last evaluation of F, whose keys/values are then reused.
-            if last_call and not self.training and torch.equal(last_call[0], z_flat):
-                k, v = last_call[1]
-            else:
-                with torch.no_grad():
-                    _, (k, v) = self.block(
-                        hidden_states.detach(), injection.detach(), rope, mask, is_causal, past_kv
-                    )
-            cache.update(k, v, 0)
-            cache.deq_last_state = (past_length + length, hidden_states[:, -1].detach())
+            hidden_states, result, injection = self._solve_and_cache(
+                embeds, attention_mask, position_ids, cache, past_length, use_cache
+            )
+            nstep, residual, jacobian_loss = result.nstep, result.residual.float(), result.jacobian_loss
+            if use_cache and context is not None:
+                remember_context(cache, embeds, context)
 
         output = DEQModelOutput(
             last_hidden_state=hidden_states,
             hidden_states=(injection, hidden_states) if output_hidden_states else None,
-            solver_nstep=result.nstep,
-            solver_residual=result.residual.float(),
-            jacobian_loss=result.jacobian_loss,
+            solver_nstep=nstep,
+            solver_residual=residual,
+            jacobian_loss=jacobian_loss,
             **{CACHE_FIELD: cache if use_cache else None},
         )
         return output if return_dict is not False else output.to_tuple()

@@ -395,6 +395,7 @@ def test_training_script_runs_end_to_end_and_saves_a_reloadable_model(tmp_path, 
     tokenizer = AutoTokenizer.from_pretrained(first)
     assert isinstance(model, DEQTransformerForCausalLM) and model.config.grad_estimator == "upg"
     assert model.config.vocab_size == len(tokenizer) and model.config.hidden_dropout == 0.1
+    assert model.config.trained_context_length == 32  # the block size: later tokens see that many (cropped)
     assert tokenizer.decode(tokenizer("Citizen")["input_ids"]) == "Citizen"
 
     assert (first / "step_2" / "processing_class" / "tokenizer_config.json").is_file()
