@@ -115,14 +115,14 @@ _SCRIPT_DEFECTS = {
         "preprocessing_num_workers": ("zero", "negative", "huge"),
         "split_seed": ("negative", "huge"),
         "tokenizer_vocab_size": ("zero", "negative"),
-        "validation_split_percentage": ("nan", "inf", "negative", "huge"),
+        "validation_split_percentage": ("nan", "inf", "negative", "huge", "wrong_type", "unicode", "zero"),
     },
     NEW_RESUME: {"resume_from_checkpoint": ("empty",)},
 }
 _CONFIG_DEFECTS = {
     MODELS_HUGE: {
-        n: ("huge",)
-        for n in ("solver_max_iter", "solver_eval_max_iter", "grad_steps", "grad_max_iter", "solver_kwargs")
+        **{n: ("huge",) for n in ("solver_max_iter", "solver_eval_max_iter", "grad_steps", "grad_max_iter")},
+        "solver_kwargs": ("huge", "inf"),  # memory=10**9, regularization=inf
     },
 }
 _ASSIGNMENT_DEFECTS = {  # a value equal to the old one (8.0 == 8, 0 == False) is never checked

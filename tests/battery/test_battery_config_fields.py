@@ -69,11 +69,20 @@ def _choice(*choices: str):
     return lambda value: isinstance(value, str) and value in choices
 
 
+def _check_every(value: Any) -> bool | None:
+    """An integer >= 1, or None / 0 for "only at the end"; a huge one is as good as None."""
+    if value is None or (value == 0 and type(value) is int):
+        return True
+    if type(value) is not int or value < 1:
+        return False
+    return None if value >= HUGE else True
+
+
 SOLVER_KWARGS = {  # hyperparameter of the presets' solver (Anderson) -> what it accepts
     "memory": _int,
-    "regularization": lambda v: None if _number(0)(v) is not False and v != 0 else _number(0)(v),
+    "regularization": _number(0),
     "mixing": _number(0, 1, low_open=True),
-    "check_every": lambda v: True if v is None else (False if _int(v) is False else None),
+    "check_every": _check_every,
 }
 
 

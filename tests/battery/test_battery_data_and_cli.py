@@ -94,7 +94,7 @@ def test_data_flag(family, name, kind, tmp_path, capsys, fresh_accelerate_state)
         DATA_ENTRY,
         name,
         kind,
-        value,
+        Path(value).name if value else value,  # what the error must show (the table shows no tmp path)
         lambda: script(family).main(argv),
         capsys,
         names=[f"--{name}"],
