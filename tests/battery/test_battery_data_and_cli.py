@@ -4,12 +4,16 @@ real command line, which must print one ``error:`` line and no traceback."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from battery_probe import case, known_reason, record
+import torch
+from battery_probe import BATTERY, case, known_reason, record, timed
+from hypothesis import given
+from hypothesis import strategies as st
 from script_probe import probe_entry, script
 from tiny_runs import LM_SCRIPT, MDEQ_SCRIPT, REPO, script_env, small_text_file
 
@@ -152,3 +156,55 @@ def test_command_line(path, name, kind, value, tmp_path):
         record(CLI_ENTRY, name, kind, value, "failed", f"unclear or wrote {out}: {lines[0]}")
     else:
         record(CLI_ENTRY, name, kind, value, "refused", lines[0])
+
+
+# -- accepted boundary values give a correct run -------------------------------------------------------------------
+RUN_ENTRY = "boundary values (main, in-process run)"
+BOUNDARY_VALUES = [  # (flag, value): legal but extreme; the run must train, save finite weights, report finite
+    ("weight_decay", "0"),
+    ("max_grad_norm", "0"),
+    ("solver_tol", "0"),
+    ("learning_rate", "1e-300"),
+    ("num_warmup_steps", "1000000000000"),
+    ("logging_steps", "1000000000000"),
+    ("eval_steps", "1000000000000"),
+    ("checkpointing_steps", "1000000000000"),
+    ("max_train_samples", "1000000000000"),
+    ("per_device_train_batch_size", "1000000000000"),
+    ("per_device_eval_batch_size", "1000000000000"),
+    ("unrolled_warmup_steps", "1000000000000"),
+    ("max_nonfinite_steps", "1000000000000"),
+    ("gradient_accumulation_steps", "1000000000000"),
+]
+
+
+@BATTERY
+@given(flag_value=st.sampled_from(BOUNDARY_VALUES))
+def test_accepted_boundary_value_runs(flag_value, tmp_path_factory, capsys):
+    """A legal but extreme value (a huge logging interval, a zero clip) trains, saves and reports."""
+
+    from accelerate.state import AcceleratorState
+    from safetensors.torch import load_file
+
+    name, value = flag_value
+    out = tmp_path_factory.mktemp("run") / "out"
+    argv = _mdeq_argv(out) + [f"--{name}={value}"]
+    AcceleratorState._reset_state(True)
+    result, err, seconds = timed(lambda: script("mdeq").main(argv))
+    AcceleratorState._reset_state(True)
+    if err is not None:
+        record(
+            RUN_ENTRY, name, "boundary", value, "failed", f"{type(err).__name__} after {seconds:.1f} s: {err}"
+        )
+    capsys.readouterr()
+    weights = load_file(out / "model.safetensors") if (out / "model.safetensors").is_file() else {}
+    metrics = {k: v for k, v in result.items() if isinstance(v, float)}
+    if not weights:
+        problem = "no model.safetensors"
+    elif not all(torch.isfinite(w).all() for w in weights.values()):
+        problem = "non-finite weights saved"
+    elif not metrics or not all(math.isfinite(v) for v in metrics.values()):
+        problem = f"results {metrics}"
+    else:
+        problem = ""
+    record(RUN_ENTRY, name, "boundary", value, "failed" if problem else "handled", problem)
