@@ -35,7 +35,7 @@ BATTERY = settings(
     phases=[Phase.explicit, Phase.generate],  # no shrinking: the hostile values are few and already small
 )
 #: an attempt that takes longer than this has hung (the battery's inputs are all tiny)
-SECONDS = 20.0
+SECONDS = 30.0
 KNOWN_HANG_SECONDS = 1.5
 
 NAN, INF = float("nan"), float("inf")

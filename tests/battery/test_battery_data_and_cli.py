@@ -4,6 +4,7 @@ real command line, which must print one ``error:`` line and no traceback."""
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from battery_probe import BATTERY, case, known_reason, record, timed
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from script_probe import probe_entry, script
 from tiny_runs import LM_SCRIPT, MDEQ_SCRIPT, REPO, script_env, small_text_file
@@ -99,7 +100,7 @@ def test_data_flag(family, name, kind, tmp_path, capsys, fresh_accelerate_state)
         name,
         kind,
         Path(value).name if value else value,  # what the error must show (the table shows no tmp path)
-        lambda: script(family).main(argv),
+        functools.partial(script(family).main, argv),
         capsys,
         names=[f"--{name}"],
         valid=False,
@@ -178,7 +179,10 @@ BOUNDARY_VALUES = [  # (flag, value): legal but extreme; the run must train, sav
 ]
 
 
-@BATTERY
+RUN_SECONDS = 120.0  # a whole (tiny) run: imports, data, 1 step, evaluation, saving
+
+
+@settings(BATTERY, deadline=None)
 @given(flag_value=st.sampled_from(BOUNDARY_VALUES))
 def test_accepted_boundary_value_runs(flag_value, tmp_path_factory, capsys):
     """A legal but extreme value (a huge logging interval, a zero clip) trains, saves and reports."""
@@ -190,7 +194,7 @@ def test_accepted_boundary_value_runs(flag_value, tmp_path_factory, capsys):
     out = tmp_path_factory.mktemp("run") / "out"
     argv = _mdeq_argv(out) + [f"--{name}={value}"]
     AcceleratorState._reset_state(True)
-    result, err, seconds = timed(lambda: script("mdeq").main(argv))
+    result, err, seconds = timed(functools.partial(script("mdeq").main, argv), RUN_SECONDS)
     AcceleratorState._reset_state(True)
     if err is not None:
         record(

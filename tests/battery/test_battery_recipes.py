@@ -5,6 +5,7 @@ reaches the run as the command line would give it, when it is one a run can take
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 
@@ -37,7 +38,7 @@ def _run(family, tmp_path, capsys, recipe, name, kind, shown, valid, expected):
         name,
         kind,
         shown,
-        lambda: script(family).parse_args(["--config", str(path), "--output_dir", str(out)]),
+        functools.partial(script(family).parse_args, ["--config", str(path), "--output_dir", str(out)]),
         capsys,
         names=[repr(name), name],
         valid=valid,
@@ -92,7 +93,7 @@ def test_recipe_unknown_key(family, key, tmp_path, capsys):
         "(unknown key)",
         "key",
         key,
-        lambda: script(family).parse_args(["--config", str(path), "--output_dir", str(out)]),
+        functools.partial(script(family).parse_args, ["--config", str(path), "--output_dir", str(out)]),
         capsys,
         names=["unknown key"],
         valid=False,

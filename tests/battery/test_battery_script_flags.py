@@ -6,6 +6,7 @@ reaches the run unchanged, when it is one a run can take."""
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 
 import pytest
@@ -42,7 +43,7 @@ def _parse_and_check(family, name, kind, text, valid, expected, tmp_path, capsys
         name,
         kind,
         text,
-        lambda: script(family).parse_args(argv),
+        functools.partial(script(family).parse_args, argv),
         capsys,
         names=[f"--{name}"],
         valid=valid,
