@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,19 @@ ENTRIES = {"mdeq": "train_mdeq_classifier.py flags", "lm": "train_deq_lm.py flag
 
 def script(family: str):
     return load_script(SCRIPT_MODULES[family])
+
+
+def flag_parser(family: str) -> argparse.ArgumentParser:
+    """The training flags of ``family``'s script, as a parser that checks nothing beyond argparse."""
+    from hf_deq.training.arguments import add_training_arguments
+
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser, script(family).TASK)
+    return parser
+
+
+def flag_defaults(family: str) -> dict[str, Any]:
+    return {a.dest: a.default for a in flag_parser(family)._actions}
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -13,13 +13,13 @@ import pytest
 from battery_probe import BATTERY, VALUE_KINDS, case, hostile_json, non_ascii_text
 from hypothesis import given
 from hypothesis import strategies as st
-from script_probe import probe_entry, same, script
+from script_probe import flag_defaults, probe_entry, same, script
 from training_flags import FLAGS, json_value
 
 ENTRY = "--config recipe keys"
 SWITCHES = ("nesterov", "disable_tqdm", "overwrite_output_dir", "compile_cell", "with_tracking")
 _files = itertools.count()
-DEFAULTS = {family: vars(script(family).parse_args([])) for family in ("mdeq", "lm")}
+DEFAULTS = {family: flag_defaults(family) for family in ("mdeq", "lm")}
 
 
 def _run(family, tmp_path, capsys, recipe, name, kind, shown, valid, expected):

@@ -13,7 +13,7 @@ import pytest
 from battery_probe import BATTERY, VALUE_KINDS, case, hostile_text
 from hypothesis import given
 from hypothesis import strategies as st
-from script_probe import ENTRIES, probe_entry, same, script
+from script_probe import ENTRIES, flag_parser, probe_entry, same, script
 from training_flags import FLAGS, parse_number
 
 import hf_deq
@@ -55,10 +55,7 @@ def _parse_and_check(family, name, kind, text, valid, expected, tmp_path, capsys
 @pytest.mark.parametrize("family", ["mdeq", "lm"])
 def test_every_flag_has_a_spec(family):
     """Guards the oracle: a numeric or choice flag added later must get its spec in training_flags.FLAGS."""
-    from hf_deq.training.arguments import add_training_arguments
-
-    parser = argparse.ArgumentParser()
-    add_training_arguments(parser, script(family).TASK)
+    parser = flag_parser(family)
     typed = {
         a.dest
         for a in parser._actions
