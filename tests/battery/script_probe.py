@@ -43,8 +43,9 @@ def same(a: Any, b: Any) -> bool:
 
 
 def written(paths: list[Path]) -> list[str]:
-    """The paths that a refused or parse-only attempt must not have created."""
-    return [str(p) for p in paths if p.exists()]
+    """The paths that a refused or parse-only attempt must have left absent or empty (an empty folder is no
+    loss to anyone)."""
+    return [str(p) for p in paths if p.exists() and not (p.is_dir() and not any(p.iterdir()))]
 
 
 def probe_entry(

@@ -13,7 +13,7 @@ import pytest
 from battery_probe import BATTERY, VALUE_KINDS, case, hostile_json, non_ascii_text
 from hypothesis import given
 from hypothesis import strategies as st
-from script_probe import flag_defaults, probe_entry, same, script
+from script_probe import flag_defaults, probe_entry, same, script, written
 from training_flags import FLAGS, json_value
 
 ENTRY = "--config recipe keys"
@@ -28,7 +28,7 @@ def _run(family, tmp_path, capsys, recipe, name, kind, shown, valid, expected):
     out = tmp_path / "out"
 
     def check(args) -> str:
-        if out.exists():
+        if written([out]):
             return f"parsing wrote {out}"
         got = getattr(args, name)
         return "" if expected is None or same(got, expected) else f"the run gets {got!r}, not {expected!r}"

@@ -13,7 +13,7 @@ import pytest
 from battery_probe import BATTERY, VALUE_KINDS, case, hostile_text
 from hypothesis import given
 from hypothesis import strategies as st
-from script_probe import ENTRIES, flag_parser, probe_entry, same, script
+from script_probe import ENTRIES, flag_parser, probe_entry, same, script, written
 from training_flags import FLAGS, parse_number
 
 import hf_deq
@@ -33,7 +33,7 @@ def _parse_and_check(family, name, kind, text, valid, expected, tmp_path, capsys
     argv = ["--output_dir", str(out), *extra, f"--{name}={text}"]
 
     def check(args) -> str:
-        if out.exists():
+        if written([out]):
             return f"parsing wrote {out}"
         got = getattr(args, name)
         return "" if expected is None or same(got, expected) else f"the run gets {got!r}, not {expected!r}"

@@ -71,7 +71,7 @@ FLAGS: dict[str, Flag] = {
     "augment": Flag("choice", choice("none", "crop", "crop_flip"), ("mdeq",)),
     "validation_split_percentage": Flag("float", number(0, 100, low_open=True, high_open=True), ("lm",)),
     "block_size": Flag("int", count(2, huge=False), ("lm",)),
-    "preprocessing_num_workers": Flag("int", count(1, huge=False), ("lm",)),
+    "preprocessing_num_workers": Flag("int", count(0, huge=False), ("lm",)),  # 0: no worker processes
     "tokenizer_vocab_size": Flag("int", count(1, huge=None), ("lm",)),
     "train_tokenizer": Flag("choice", choice("char", "word", "bpe"), ("lm",)),
     # DEQ (the config's own checks)
