@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from datetime import timedelta
 
 import pytest
 import torch
@@ -26,6 +27,14 @@ os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf_deq_test_home_"))
 # a temporary folder. Failures print their example.
 set_hypothesis_home_dir(tempfile.mkdtemp(prefix="hf_deq_hypothesis_"))
 settings.register_profile("hf_deq", database=None, deadline=None, print_blob=True)
+# The bad-input battery (tests/battery): "ci" is quick and draws the same values every run, "long"
+# (HYPOTHESIS_PROFILE=long) draws many more, at random; the deadline catches an input that hangs.
+settings.register_profile(
+    "ci", settings.get_profile("hf_deq"), max_examples=2, deadline=timedelta(seconds=30), derandomize=True
+)
+settings.register_profile(
+    "long", settings.get_profile("hf_deq"), max_examples=60, deadline=timedelta(seconds=30)
+)
 settings.load_profile("hf_deq")
 
 TINYSHAKESPEARE = os.path.join(
