@@ -21,8 +21,9 @@ class Flag:
     scripts: tuple[str, ...] = ("mdeq", "lm")
 
 
-def count(low: int, huge: bool | None = True) -> Callable[[int], bool | None]:
-    """An integer ``>= low``; ``huge`` says whether a huge one (>= ``HUGE``) is valid (``None``: either)."""
+def count(low: int, huge: bool | None = None) -> Callable[[int], bool | None]:
+    """An integer ``>= low``; ``huge`` says whether a huge one (>= ``HUGE``) is valid (``None``: either: a
+    step count or interval past what a float holds exactly, 2**53, may be refused with its bound)."""
 
     def valid(value: int) -> bool | None:
         if value < low:
