@@ -132,8 +132,14 @@ class CompiledSolve:
         if kept is None:
             if len(self._kept) >= 4:  # a few shapes (e.g. the training batch and a smaller last one)
                 self._kept.pop(next(iter(self._kept)))
-            if z0.device.type == "cuda":
-                for tensor in fresh.values():
+            width = z0.shape[1]
+            for tensor in fresh.values():
+                # Only the batch and the state width are dynamic: the solver's own dimensions (history
+                # slots) are constants of the step, never to be confused with a batch of the same size.
+                for dim in range(1, tensor.dim()):
+                    if not (dim == tensor.dim() - 1 and tensor.shape[dim] == width):
+                        torch._dynamo.mark_static(tensor, dim)
+                if z0.device.type == "cuda":
                     torch._dynamo.mark_static_address(tensor, guard=False)
             self._kept[key] = fresh
             return fresh

@@ -156,7 +156,9 @@ class DEQFixedPoint(nn.Module):
         self.on_failure = on_failure
         self._warned = False
         self.compile_kwargs = compile_kwargs
-        self.compiled_cell = CompiledCell(compile_kwargs) if compile_cell or compile_solve else None
+        # Under compile_solve the cell's graphs are dynamic too: a smaller last batch compiles nothing new.
+        cell_kwargs = {"dynamic": True, **(compile_kwargs or {})} if compile_solve else compile_kwargs
+        self.compiled_cell = CompiledCell(cell_kwargs) if compile_cell or compile_solve else None
         self.compiled_solve = CompiledSolve(compile_kwargs) if compile_solve else None
 
     @property
