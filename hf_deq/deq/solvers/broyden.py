@@ -158,14 +158,17 @@ class Broyden(Solver):
         rows[:, 2].copy_(products[:, 2])
 
     def init_state(self, z0: Tensor) -> State:
-        """``_solve``'s buffers at full size and in a fixed order (rows: ``g``, ``y``, ``b = B g``, then
-        ``u_i, v_i``), zero where not yet written; ``b = 0`` makes the first step evaluate ``z0`` itself."""
+        """``_solve``'s buffers at full size: the latest (sanitised) residual ``g``, ``b = B g`` and the
+        history ``u_i, v_i`` (rows ``2i``, ``2i + 1``), zero where not yet written; ``b = 0`` makes the first
+        step evaluate ``z0`` itself. Separate tensors, so that each step writes each in place once."""
         batch, dim = z0.shape
         work = torch.promote_types(z0.dtype, torch.float32)
         return {
             **new_state(z0),
             "x": z0.detach().to(work, copy=True),
-            "rows": torch.zeros(batch, 3 + 2 * self.memory, dim, dtype=work, device=z0.device),
+            "g": torch.zeros(batch, dim, dtype=work, device=z0.device),
+            "b": torch.zeros(batch, dim, dtype=work, device=z0.device),
+            "history": torch.zeros(batch, 2 * self.memory, dim, dtype=work, device=z0.device),
             "g_ok": torch.ones(batch, dtype=torch.bool, device=z0.device),
             "n_updates": torch.zeros((), dtype=torch.long, device=z0.device),
         }
@@ -174,19 +177,19 @@ class Broyden(Solver):
         """``_solve``'s iteration on a fixed-shape ``state`` (``hf_deq.deq.solvers.stepped``): the step from
         ``x``, one evaluation, and the update of ``_update`` written into slot ``n_updates % memory`` (masked
         off at the first evaluation, which only sets ``g`` and ``b = -g``)."""
-        x, rows, g_ok, n_updates = state["x"], state["rows"], state["g_ok"], state["n_updates"]
+        x, g, b, history = state["x"], state["g"], state["b"], state["history"]
+        g_ok, n_updates = state["g_ok"], state["n_updates"]
         best_z = state["best_z"]
         work, m, s = x.dtype, self.memory, self.step_size
         first = state["count"] == 0
         with solver_precision(x.device):
-            x_new = torch.add(x, rows[:, 2], alpha=-s)
+            x_new = torch.add(x, b, alpha=-s)
             x_new = torch.where(g_ok.unsqueeze(1), x_new, best_z.to(work))
         z = x_new.to(best_z.dtype)
         fx = check_step_shape(fn(z), z)
         with solver_precision(x.device):
             g_new = fx.to(work) - x_new
-            head = torch.stack([g_new, g_new - rows[:, 0], rows[:, 2]], dim=1)  # g_new, y, b
-            history = rows[:, 3:]
+            head = torch.stack([g_new, g_new - g, b], dim=1)  # g_new, y, b
             dots_head = torch.bmm(head, head.transpose(1, 2))  # (B, 3, 3)
             dots = torch.bmm(head, history.transpose(1, 2))  # (B, 3, 2m): with u_i, v_i
             if z is x_new and torch.promote_types(fx.dtype, torch.float32) == work:
@@ -197,7 +200,7 @@ class Broyden(Solver):
         with solver_precision(x.device):
             new_ok = abs_res < float("inf")
             head = torch.nan_to_num(head[:, :2], nan=0.0, posinf=0.0, neginf=0.0)  # sanitised g_new, y
-            head = torch.cat([head, rows[:, 2:3]], dim=1)
+            head = torch.cat([head, b.unsqueeze(1)], dim=1)
             # _update's coefficients over all memory slots (unwritten ones are zero rows: zero dots).
             okf = new_ok.to(work).unsqueeze(1)
             c1 = torch.nan_to_num(dots[:, 0, 1::2] * okf, nan=0.0)  # v_i . g_new
@@ -231,11 +234,11 @@ class Broyden(Solver):
                 dim=1,
             )
             products = torch.bmm(coeff_head, head) + torch.bmm(coeff_history, history)
-            at = (3 + 2 * slot + torch.arange(2, device=x.device)).view(2)
-            new_uv = torch.where(first, rows.index_select(1, at), products[:, :2])
-            rows[:, :2].copy_(head[:, :2])
-            rows[:, 2].copy_(torch.where(first, -head[:, 0], products[:, 2]))
-            rows.index_copy_(1, at, new_uv)
+            at = 2 * slot + torch.arange(2, device=x.device)
+            new_uv = torch.where(first, history.index_select(1, at), products[:, :2])
+            history.index_copy_(1, at, new_uv)
+            g.copy_(head[:, 0])
+            b.copy_(torch.where(first, -head[:, 0], products[:, 2]))
             g_ok.copy_(new_ok)
             n_updates.copy_(n_updates + (~first).long())
             x.copy_(x_new)
