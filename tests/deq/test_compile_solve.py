@@ -20,8 +20,9 @@ import torch
 from deq_helpers import ESTIMATORS, contraction
 from torch._dynamo.utils import counters
 
-from hf_deq.deq import CompiledCell, DEQFixedPoint, get_grad_estimator, get_solver
+from hf_deq.deq import CompiledCell, DEQFixedPoint, Solver, get_grad_estimator, get_solver
 from hf_deq.deq.compile import CompiledSolve
+from hf_deq.deq.solvers.base import evaluate
 
 BACKEND = os.environ.get("HF_DEQ_TEST_COMPILE_BACKEND", "inductor")
 #: one hyperparameter setting per solver (non-default mixing/damping/step exercise every branch of a step)
@@ -249,3 +250,45 @@ def test_compile_solve_option_is_checked_and_reconfigurable():
     config.compile_solve = False
     deq.reconfigure(config)
     assert not deq.compile_solve and not deq.compile_cell
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_compiled_step_under_bf16_autocast(name):
+    """The step keeps the solver's own algebra outside autocast, as the eager solvers do (``aot_eager``: only
+    the capture is at stake here)."""
+    gen = torch.Generator().manual_seed(0)
+    w = contraction(16, 0.8, gen, dtype=torch.float32)
+    x = torch.randn(4, 16, generator=gen)
+
+    def fn(z):
+        return torch.tanh(torch.addmm(x, z, w.T))
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = get_solver(name).solve(fn, torch.zeros(4, 16), max_iter=40, tol=2e-2)
+        result = CompiledSolve({"backend": "aot_eager"}).solve(
+            get_solver(name, check_every=4), fn, torch.zeros(4, 16), max_iter=40, tol=2e-2
+        )
+    assert result.z.dtype == torch.float32 and bool(result.converged.all())
+    torch.testing.assert_close(result.z, reference.z, rtol=1e-6, atol=1e-6)
+    assert torch.equal(result.nstep, reference.nstep)
+
+
+def test_solver_without_a_step_is_solved_eagerly():
+    """A registered solver without ``init_state``/``step`` still solves under ``compile_solve``."""
+
+    class Plain(Solver):
+        def _solve(self, fn, z0, max_iter, tracker):
+            z = z0
+            for _ in range(max_iter):
+                fz, done = evaluate(fn, z, tracker)
+                if tracker.should_stop(done):
+                    return
+                z = fz
+
+    fn, z0, _ = staggered_map()
+    assert not Plain.has_step
+    before = graphs()
+    result = CompiledSolve({"backend": BACKEND}).solve(Plain(), fn, z0, max_iter=80, tol=1e-9)
+    reference = Plain().solve(fn, z0, max_iter=80, tol=1e-9)
+    assert graphs() == before
+    assert_same_per_sample(result, reference)
