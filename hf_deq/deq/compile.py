@@ -182,5 +182,9 @@ class CompiledSolve:
                     break
             return result_of(state, nfev, tol, stop_mode)
 
+    def __getstate__(self) -> dict:
+        """Copied and pickled without the kept state buffers (a copy starts with none)."""
+        return {**self.__dict__, "_kept": {}}
+
     def __repr__(self) -> str:
         return f"CompiledSolve({self.compile_kwargs})"
