@@ -88,6 +88,7 @@ SHARED_INVALID = {
     "solver_stop_mode": st.one_of(st.sampled_from(["relative", "ABS", "", None, 1]), st.text(max_size=4)),
     "solver_on_failure": st.sampled_from(["warning", "error", "", None, True, 0]),
     "compile_cell": not_bool(),
+    "compile_solve": not_bool(),
     "grad_estimator": bad_name(),
     "grad_steps": int_at_least_1(),
     "grad_damping": st.one_of(
