@@ -126,6 +126,8 @@ class DEQConfig(PreTrainedConfig):
         jacobian_reg_weight: weight of the Jacobian regularisation term added to the loss (0 = off).
         compile_cell: evaluate the cell ``f`` through ``torch.compile`` in the solve and in the backward
             (compiled once per input shape; ``DEQFixedPoint(compile_cell=True)``).
+        compile_solve: run each solver iteration (``f``, the solver's update, the residuals, the stop test) as
+            one compiled step, and compile the cell in the backward (``DEQFixedPoint(compile_solve=True)``).
     """
 
     model_type = ""
@@ -138,6 +140,7 @@ class DEQConfig(PreTrainedConfig):
     solver_stop_mode: str = "rel"
     solver_on_failure: str = "warn"
     compile_cell: bool = False
+    compile_solve: bool = False
     grad_estimator: str = "upg"
     grad_steps: int = 5
     grad_damping: float = 0.5
@@ -182,6 +185,7 @@ class DEQConfig(PreTrainedConfig):
         "solver_stop_mode",
         "solver_on_failure",
         "compile_cell",
+        "compile_solve",
     )
     GRAD_FIELDS = ("grad_estimator", *GRAD_CONFIG_FIELDS.values())
     #: Every field read at run time: a change to one of them takes effect at the model's next forward.
@@ -218,6 +222,8 @@ class DEQConfig(PreTrainedConfig):
             raise self._error("solver_on_failure", f"one of {list(FAILURE_MODES)}")
         if not isinstance(self.compile_cell, bool):
             raise self._error("compile_cell", "True or False")
+        if not isinstance(self.compile_solve, bool):
+            raise self._error("compile_solve", "True or False")
         estimators = available_grad_estimators()
         if not isinstance(self.grad_estimator, str) or normalize_name(self.grad_estimator) not in estimators:
             raise self._error("grad_estimator", f"one of {estimators}")

@@ -4,11 +4,12 @@ through Accelerate. Prints step time, throughput, forward/backward time and peak
     python scripts/gpu_check.py                      # needs a CUDA device; CI never runs it
     python scripts/gpu_check.py --steps 6 --estimators upg,implicit
     python scripts/gpu_check.py --fsdp               # the same steps under FSDP2 (every visible GPU, at most 2)
-    python scripts/gpu_check.py --variants eager,compiled,sync_free,compiled_sync_free
+    python scripts/gpu_check.py --variants eager,compiled,sync_free,compiled_sync_free,compiled_solve,compiled_solve_sync_free
 
 ``--variants`` times each estimator in each variant of the solve: ``eager`` (the config as saved), ``compiled``
 (``compile_cell=True``), ``sync_free`` (the solver's ``check_every=None``: the host reads the stop test only at
-the end of the budget; converged samples freeze on the device) and both together. Every row also reports the
+the end of the budget; converged samples freeze on the device), both together, ``compiled_solve``
+(``compile_solve=True``: one compiled solver step per iteration, CUDA graphs) and that sync-free. Every row also reports the
 GPU's kernel time for one profiled step (``torch.profiler``) and its share of that step's wall time: a
 launch-bound step keeps the GPU idle between small kernels and host syncs.
 
@@ -50,6 +51,8 @@ VARIANTS: dict[str, dict] = {
     "compiled": {"compile_cell": True},
     "sync_free": {"solver_kwargs": {"check_every": None}},
     "compiled_sync_free": {"compile_cell": True, "solver_kwargs": {"check_every": None}},
+    "compiled_solve": {"compile_solve": True},
+    "compiled_solve_sync_free": {"compile_solve": True, "solver_kwargs": {"check_every": None}},
 }
 FSDP_CONFIG = Path(__file__).resolve().parent / "configs" / "accelerate_fsdp2.yaml"
 

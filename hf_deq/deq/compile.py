@@ -27,11 +27,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .solvers.base import FixedPointFn
+from .solvers.base import FixedPointFn, Solver, SolverResult, check_solve_args
+from .solvers.stepped import State, result_of
 
 
 def _call(fn: FixedPointFn, z: Tensor) -> Tensor:
     return fn(z)
+
+
+def _solver_step(solver: Solver, fn: FixedPointFn, state: State, tol: float, stop_mode: str) -> None:
+    solver.step(fn, state, tol, stop_mode)
 
 
 def _jacobian_frobenius(fn: FixedPointFn, z: Tensor, eps: Tensor) -> Tensor:
@@ -81,3 +86,95 @@ class CompiledCell:
 
     def __repr__(self) -> str:
         return f"CompiledCell({self.compile_kwargs})"
+
+
+class CompiledSolve:
+    """The solve of one ``DEQFixedPoint`` as a Python loop over one compiled solver step (``compile_solve``).
+
+    Each iteration calls ``solver.step(fn, state, tol, stop_mode)`` compiled as one graph (``fullgraph``): the
+    evaluation of ``f``, the solver's update, the residuals, the per-sample best iterate and the device-side
+    stop flag, on a fixed-shape state updated in place (``hf_deq.deq.solvers.stepped``). The iteration count
+    is a tensor in the state and ``max_iter`` stays in the Python loop, so one graph serves every iteration,
+    every budget (training and eval) and, with ``dynamic=True`` (the default here), every batch size. The
+    host reads the stop flag every ``solver.check_every`` iterations (``None``: never), and between reads does
+    nothing but launch the step: no host synchronisation.
+
+    The state's buffers are kept for the next solve of the same shapes (stable addresses); on CUDA they are
+    marked static and the step compiles with ``mode="reduce-overhead"`` (CUDA graphs) unless ``compile_kwargs``
+    names a mode. Solvers without a fixed-shape step (``Solver.has_step`` false) are solved by their eager
+    ``solve``.
+
+    Args:
+        compile_kwargs: passed to ``torch.compile``; ``dynamic`` is ``True`` and ``fullgraph`` ``True`` unless
+            given.
+    """
+
+    def __init__(self, compile_kwargs: dict[str, Any] | None = None) -> None:
+        self.compile_kwargs = {"dynamic": True, "fullgraph": True, **(compile_kwargs or {})}
+        self._steps: dict[str, Any] = {}
+        self._kept: dict[tuple, State] = {}
+
+    def step_function(self, device: torch.device) -> Any:
+        """The compiled step for tensors on ``device`` (one per device type: CUDA graphs on CUDA)."""
+        step = self._steps.get(device.type)
+        if step is None:
+            options = dict(self.compile_kwargs)
+            if device.type == "cuda" and "mode" not in options and "options" not in options:
+                options["mode"] = "reduce-overhead"
+            step = self._steps[device.type] = torch.compile(_own_copy(_solver_step), **options)
+        return step
+
+    def state(self, solver: Solver, z0: Tensor) -> State:
+        """``solver.init_state(z0)`` in the buffers of the previous solve of the same shapes, if any."""
+        fresh = solver.init_state(z0)
+        key = (type(solver), tuple((k, tuple(v.shape), v.dtype, v.device) for k, v in fresh.items()))
+        kept = self._kept.get(key)
+        if kept is None:
+            if len(self._kept) >= 4:  # a few shapes (e.g. the training batch and a smaller last one)
+                self._kept.pop(next(iter(self._kept)))
+            if z0.device.type == "cuda":
+                for tensor in fresh.values():
+                    torch._dynamo.mark_static_address(tensor, guard=False)
+            self._kept[key] = fresh
+            return fresh
+        for name, tensor in kept.items():
+            tensor.copy_(fresh[name])
+        return kept
+
+    def solve(
+        self,
+        solver: Solver,
+        fn: FixedPointFn,
+        z0: Tensor,
+        *,
+        max_iter: int,
+        tol: float,
+        stop_mode: str = "rel",
+        eager_first: bool = False,
+    ) -> SolverResult:
+        """``solver.solve(fn, z0, ...)`` (the same result, ``nfev`` aside as with ``check_every``) by the
+        compiled step. ``eager_first`` runs the first step eagerly: it draws the forward's dropout masks
+        (``VariationalDropout``), which compiled graphs read but never draw."""
+        check_solve_args(max_iter, tol, stop_mode)
+        if not solver.has_step:
+            return solver.solve(fn, z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode)
+        if z0.dim() != 2:
+            raise ValueError(f"z0 must have shape (batch, dim), got shape {tuple(z0.shape)}")
+        tol = float(tol)
+        check_every = solver.check_every
+        step = self.step_function(z0.device)
+        with torch.no_grad():
+            state = self.state(solver, z0)
+            nfev = 0
+            while nfev < max_iter:
+                if eager_first and nfev == 0:
+                    solver.step(fn, state, tol, stop_mode)
+                else:
+                    step(solver, fn, state, tol, stop_mode)
+                nfev += 1
+                if check_every and nfev % check_every == 0 and nfev < max_iter and not bool(state["running"]):
+                    break
+            return result_of(state, nfev, tol, stop_mode)
+
+    def __repr__(self) -> str:
+        return f"CompiledSolve({self.compile_kwargs})"

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .compile import CompiledCell
+from .compile import CompiledCell, CompiledSolve
 from .dropout import new_dropout_masks
 from .grad import GRAD_ESTIMATORS, GradientEstimator, get_grad_estimator
 from .norm import norm_cache
@@ -98,7 +98,11 @@ class DEQFixedPoint(nn.Module):
         on_failure: ``"warn"``, ``"raise"`` or ``"ignore"``.
         compile_cell: evaluate ``f`` through ``torch.compile`` (``CompiledCell``) in the solve, in every
             estimator's backward and in the Jacobian term; compiled once per input shape.
-        compile_kwargs: passed to ``torch.compile`` when ``compile_cell`` (e.g. ``{"mode": "max-autotune"}``).
+        compile_solve: run the solve as one compiled solver step per iteration (``CompiledSolve``: ``f``, the
+            solver's update, the residuals, the best iterate and the stop test in one graph); implies
+            ``compile_cell`` for the estimators' backward and the Jacobian term.
+        compile_kwargs: passed to ``torch.compile`` when ``compile_cell`` or ``compile_solve`` (e.g.
+            ``{"mode": "max-autotune"}``).
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class DEQFixedPoint(nn.Module):
         jacobian_reg_weight: float = 0.0,
         on_failure: str = "warn",
         compile_cell: bool = False,
+        compile_solve: bool = False,
         compile_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -130,6 +135,8 @@ class DEQFixedPoint(nn.Module):
             raise ValueError(f"jacobian_reg_weight must be a number >= 0, got {jacobian_reg_weight!r}")
         if not isinstance(compile_cell, bool):
             raise ValueError(f"compile_cell must be True or False, got {compile_cell!r}")
+        if not isinstance(compile_solve, bool):
+            raise ValueError(f"compile_solve must be True or False, got {compile_solve!r}")
         if compile_kwargs is not None and not isinstance(compile_kwargs, dict):
             raise ValueError(
                 f"compile_kwargs must be a dict of torch.compile arguments or None, got {compile_kwargs!r}"
@@ -149,11 +156,17 @@ class DEQFixedPoint(nn.Module):
         self.on_failure = on_failure
         self._warned = False
         self.compile_kwargs = compile_kwargs
-        self.compiled_cell = CompiledCell(compile_kwargs) if compile_cell else None
+        self.compiled_cell = CompiledCell(compile_kwargs) if compile_cell or compile_solve else None
+        self.compiled_solve = CompiledSolve(compile_kwargs) if compile_solve else None
 
     @property
     def compile_cell(self) -> bool:
+        """Whether ``f`` is compiled (``compile_cell`` or ``compile_solve``)."""
         return self.compiled_cell is not None
+
+    @property
+    def compile_solve(self) -> bool:
+        return self.compiled_solve is not None
 
     @classmethod
     def from_config(cls, config: Any) -> DEQFixedPoint:
@@ -172,6 +185,7 @@ class DEQFixedPoint(nn.Module):
             jacobian_reg_weight=config.jacobian_reg_weight,
             on_failure=config.solver_on_failure,
             compile_cell=config.compile_cell,
+            compile_solve=config.compile_solve,
         )
 
     def reconfigure(self, config: Any) -> None:
@@ -190,6 +204,8 @@ class DEQFixedPoint(nn.Module):
             setattr(self, name, getattr(fresh, name))
         if fresh.compile_cell != self.compile_cell:  # an unchanged flag keeps the graphs compiled so far
             self.compiled_cell = fresh.compiled_cell
+        if fresh.compile_solve != self.compile_solve:
+            self.compiled_solve = fresh.compiled_solve
 
     def forward(self, fn: FixedPointFn, z0: Tensor) -> tuple[Tensor, SolverResult]:
         new_dropout_masks()
@@ -203,10 +219,21 @@ class DEQFixedPoint(nn.Module):
             result = self._stats_of(cell, z.detach(), getattr(estimator, "steps", 0), cache)
         else:
             max_iter = self.max_iter if self.training or self.eval_max_iter is None else self.eval_max_iter
-            with cache():
-                result = self.solver.solve(
-                    cell, z0, max_iter=max_iter, tol=self.tol, stop_mode=self.stop_mode
+            if self.compiled_solve is not None and self.solver.has_step:
+                result = self.compiled_solve.solve(
+                    self.solver,
+                    fn,
+                    z0,
+                    max_iter=max_iter,
+                    tol=self.tol,
+                    stop_mode=self.stop_mode,
+                    eager_first=self.training,
                 )
+            else:
+                with cache():
+                    result = self.solver.solve(
+                        cell, z0, max_iter=max_iter, tol=self.tol, stop_mode=self.stop_mode
+                    )
             self._check_failure(result)
             z = result.z.to(z0.dtype)
             if grad_needed:
@@ -265,4 +292,5 @@ class DEQFixedPoint(nn.Module):
             f"solver={self.solver!r}, grad_estimator={self.grad_estimator!r}, max_iter={self.max_iter}, "
             f"tol={self.tol:g}, stop_mode={self.stop_mode!r}, eval_max_iter={self.eval_max_iter}"
             + (", compile_cell=True" if self.compile_cell else "")
+            + (", compile_solve=True" if self.compile_solve else "")
         )

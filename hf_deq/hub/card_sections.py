@@ -213,7 +213,7 @@ def recipe_rows(training: Mapping[str, Any], metrics: Mapping[str, Any]) -> list
 DEQ_FIELDS = (
     "solver", "solver_kwargs", "solver_max_iter", "solver_eval_max_iter", "solver_tol", "solver_stop_mode",
     "solver_on_failure", "grad_estimator", "grad_steps", "grad_damping", "grad_solver", "grad_max_iter", "grad_tol",
-    "jacobian_reg_weight", "compile_cell",
+    "jacobian_reg_weight", "compile_cell", "compile_solve",
 )  # fmt: skip
 _CONFIG_NOISE = {
     "architectures", "auto_map", "model_type", "transformers_version", "dtype", "torch_dtype", "id2label", "label2id",

@@ -132,6 +132,7 @@ def test_compile_cell_option_is_checked_and_reconfigurable():
         "jacobian_reg_weight": 0.0,
         "solver_on_failure": "warn",
         "compile_cell": True,
+        "compile_solve": False,
     }.items():
         setattr(config, name, value)
     deq.reconfigure(config)

@@ -30,11 +30,19 @@ def test_every_variant_of_the_solve_is_a_valid_config_of_both_presets():
 
     script = load_script("gpu_check")
     args = script.parse_args(["--variants", ",".join(script.VARIANTS)])
-    assert args.variants.split(",") == ["eager", "compiled", "sync_free", "compiled_sync_free"]
+    assert args.variants.split(",") == [
+        "eager",
+        "compiled",
+        "sync_free",
+        "compiled_sync_free",
+        "compiled_solve",
+        "compiled_solve_sync_free",
+    ]
     for preset in ("test_mdeq_tiny", "test_deq_transformer_tiny"):
         for overrides in script.VARIANTS.values():
             config = hf_deq.create_config(preset, **overrides)
             assert config.compile_cell is overrides.get("compile_cell", False)
+            assert config.compile_solve is overrides.get("compile_solve", False)
             assert (config.solver_kwargs or {}).get("check_every", 1) == overrides.get(
                 "solver_kwargs", {}
             ).get("check_every", 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -18,6 +20,7 @@ from .base import (
     solver_precision,
     squared_norm_residuals,
 )
+from .stepped import State, check_step_shape, new_state, record
 
 
 def _check_float(name: str, value: object, low: float, high: float, low_open: bool = False) -> float:
@@ -54,6 +57,8 @@ class Anderson(Solver):
         check_every: the host reads the stop test every this many evaluations; ``None`` (or 0): only at the
             end of ``max_iter`` (see ``hf_deq.deq.solvers.base``).
     """
+
+    has_step = True
 
     def __init__(
         self,
@@ -130,16 +135,79 @@ class Anderson(Solver):
                 # x_next mixes every stored f: it is finite where they all are (a cheap per-sample test).
                 x = restart_where(x_next, finite[:, :n].all(dim=1), tracker)
 
+    def init_state(self, z0: Tensor) -> State:
+        """``_solve``'s buffers at full size: unwritten history slots are zero (they add nothing to any
+        product), and the bordered system has an identity block for them (their coefficients are 0)."""
+        batch, dim = z0.shape
+        m, device = self.memory, z0.device
+        work = torch.promote_types(z0.dtype, torch.float32)
+        system = torch.zeros(batch, m + 1, m + 1, dtype=work, device=device)
+        system[:, 1:, 1:] = torch.eye(m, dtype=work, device=device)
+        return {
+            **new_state(z0),
+            "x": z0.detach().to(work, copy=True),
+            "fs": torch.zeros(batch, m, dim, dtype=work, device=device),
+            "gs": torch.zeros(batch, m, dim, dtype=work, device=device),
+            "system": system,
+            "scale": torch.zeros(batch, m, dtype=work, device=device),
+            "finite": torch.ones(batch, m, dtype=torch.bool, device=device),
+        }
+
+    def step(self, fn: FixedPointFn, state: State, tol: float, stop_mode: str) -> None:
+        """``_solve``'s iteration on a fixed-shape ``state`` (``hf_deq.deq.solvers.stepped``): the slot written
+        is ``count % memory``, chosen by masks, so every iteration is the same computation."""
+        x, fs, gs, system, scale, finite = (state[k] for k in ("x", "fs", "gs", "system", "scale", "finite"))
+        best_z = state["best_z"]
+        work, m = x.dtype, self.memory
+        z = x.to(best_z.dtype)
+        fx = check_step_shape(fn(z), z)
+        slot = (state["count"] % m).view(1)
+        selected = torch.arange(m, device=x.device) == slot  # (m,): the slot written now
+        with solver_precision(x.device):
+            g = fx.to(work) - x
+            fs.index_copy_(1, slot, fx.to(work).unsqueeze(1))
+            gs.index_copy_(1, slot, g.unsqueeze(1))
+            row = torch.bmm(g.unsqueeze(1), gs.transpose(1, 2)).squeeze(1)  # (B, m), 0 at unwritten slots
+            sq_norm = (row * selected).sum(dim=1)
+            if z is x and torch.promote_types(fx.dtype, torch.float32) == work:
+                abs_res, rel_res = squared_norm_residuals(sq_norm, fx.to(work))
+            else:
+                abs_res, rel_res = residual_norms(fx, z)
+        record(state, z, abs_res, rel_res, tol, stop_mode)
+        with solver_precision(x.device):
+            finite.copy_(torch.where(selected, (sq_norm < float("inf")).unsqueeze(1), finite))
+            s_new = sq_norm.clamp_min(1e-30).rsqrt().unsqueeze(1)
+            scale.copy_(torch.where(selected, s_new, scale))
+            scaled = row * scale * s_new
+            # Row and column slot + 1 of the bordered system: [s_new, scaled + reg e_slot].
+            reg = selected.to(work) * (self.regularization + 1e-10)
+            border = torch.cat([s_new, scaled + reg], dim=1)
+            at = torch.cat([selected.new_zeros(1), selected])  # (m + 1,)
+            new_system = torch.where(at[:, None], border.unsqueeze(1), system)
+            system.copy_(torch.where(at, border.unsqueeze(2), new_system))
+            rhs = (torch.arange(m + 1, device=x.device) == 0).to(work).expand(x.shape[0], m + 1)
+            alpha, ok = self._coefficients(system, rhs, scale, own_threads=False)
+            alpha = torch.where(ok, alpha, selected.to(work)).unsqueeze(1)
+            x_next = torch.bmm(alpha, fs).squeeze(1)
+            if self.mixing != 1.0:
+                x_next = x_next - (1.0 - self.mixing) * torch.bmm(alpha, gs).squeeze(1)
+            restart = finite.all(dim=1, keepdim=True)
+            x.copy_(torch.where(restart, x_next, best_z.to(work)))
+
     @staticmethod
-    def _coefficients(system: Tensor, rhs: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    def _coefficients(
+        system: Tensor, rhs: Tensor, scale: Tensor, own_threads: bool = True
+    ) -> tuple[Tensor, Tensor]:
         """Per sample, minimise ``a^T H a`` with ``sum(a) = 1``; return ``(a, ok)`` (never raises).
 
         ``H`` is scaled to unit diagonal first (``S H S`` with ``S = diag(H)^{-1/2}``), so residuals of very
         different sizes do not make the system ill-conditioned, then regularised by ``regularization * I``.
         The bordered system ``[[0, s^T], [s, S H S + reg I]] [mu, b] = [1, 0]`` gives ``a = S b``. ``ok`` is
         false where the solve failed; the caller falls back to a plain fixed-point step there.
+        ``own_threads=False`` (inside a compiled step, which cannot change the thread count) keeps the
+        threads as they are.
         """
-        with small_solve_threads(system.device):
+        with small_solve_threads(system.device) if own_threads else contextlib.nullcontext():
             solution, info = torch.linalg.solve_ex(system, rhs)
         alpha = solution[:, 1:].mul_(scale)
         # A non-finite entry makes the sum non-finite (NaN < inf is false); so would an overflow, also a failure.

@@ -262,6 +262,18 @@ class Solver:
     def _solve(self, fn: FixedPointFn, z0: Tensor, max_iter: int, tracker: BestIterateTracker) -> None:
         raise NotImplementedError
 
+    #: True for solvers with a fixed-shape step (``init_state`` and ``step``), which ``compile_solve`` runs as
+    #: one compiled function per iteration (``hf_deq.deq.solvers.stepped``); others are solved eagerly there.
+    has_step: bool = False
+
+    def init_state(self, z0: Tensor) -> dict[str, Tensor]:
+        """The state of a solve from ``z0`` (``stepped.new_state`` plus the solver's own buffers)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fixed-shape step")
+
+    def step(self, fn: FixedPointFn, state: dict[str, Tensor], tol: float, stop_mode: str) -> None:
+        """One evaluation of ``fn`` and the update it allows, on ``state`` in place, without a host read."""
+        raise NotImplementedError(f"{type(self).__name__} has no fixed-shape step")
+
     def workspace(
         self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     ) -> Tensor:

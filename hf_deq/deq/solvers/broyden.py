@@ -19,6 +19,7 @@ from .base import (
     solver_precision,
     squared_norm_residuals,
 )
+from .stepped import State, check_step_shape, new_state, record
 
 
 class Broyden(Solver):
@@ -36,6 +37,8 @@ class Broyden(Solver):
         check_every: the host reads the stop test every this many evaluations; ``None`` (or 0): only at the
             end of ``max_iter`` (see ``hf_deq.deq.solvers.base``).
     """
+
+    has_step = True
 
     def __init__(self, memory: int = 20, step_size: float = 1.0, check_every: int | None = 1) -> None:
         self.memory = _check_int("Broyden.memory", memory, 1)
@@ -153,3 +156,86 @@ class Broyden(Solver):
         slot = n if dropped is None else dropped
         rows[:, 3 + 2 * slot : 5 + 2 * slot].copy_(products[:, :2])
         rows[:, 2].copy_(products[:, 2])
+
+    def init_state(self, z0: Tensor) -> State:
+        """``_solve``'s buffers at full size and in a fixed order (rows: ``g``, ``y``, ``b = B g``, then
+        ``u_i, v_i``), zero where not yet written; ``b = 0`` makes the first step evaluate ``z0`` itself."""
+        batch, dim = z0.shape
+        work = torch.promote_types(z0.dtype, torch.float32)
+        return {
+            **new_state(z0),
+            "x": z0.detach().to(work, copy=True),
+            "rows": torch.zeros(batch, 3 + 2 * self.memory, dim, dtype=work, device=z0.device),
+            "g_ok": torch.ones(batch, dtype=torch.bool, device=z0.device),
+            "n_updates": torch.zeros((), dtype=torch.long, device=z0.device),
+        }
+
+    def step(self, fn: FixedPointFn, state: State, tol: float, stop_mode: str) -> None:
+        """``_solve``'s iteration on a fixed-shape ``state`` (``hf_deq.deq.solvers.stepped``): the step from
+        ``x``, one evaluation, and the update of ``_update`` written into slot ``n_updates % memory`` (masked
+        off at the first evaluation, which only sets ``g`` and ``b = -g``)."""
+        x, rows, g_ok, n_updates = state["x"], state["rows"], state["g_ok"], state["n_updates"]
+        best_z = state["best_z"]
+        work, m, s = x.dtype, self.memory, self.step_size
+        first = state["count"] == 0
+        with solver_precision(x.device):
+            x_new = torch.add(x, rows[:, 2], alpha=-s)
+            x_new = torch.where(g_ok.unsqueeze(1), x_new, best_z.to(work))
+        z = x_new.to(best_z.dtype)
+        fx = check_step_shape(fn(z), z)
+        with solver_precision(x.device):
+            g_new = fx.to(work) - x_new
+            head = torch.stack([g_new, g_new - rows[:, 0], rows[:, 2]], dim=1)  # g_new, y, b
+            history = rows[:, 3:]
+            dots_head = torch.bmm(head, head.transpose(1, 2))  # (B, 3, 3)
+            dots = torch.bmm(head, history.transpose(1, 2))  # (B, 3, 2m): with u_i, v_i
+            if z is x_new and torch.promote_types(fx.dtype, torch.float32) == work:
+                abs_res, rel_res = squared_norm_residuals(dots_head[:, 0, 0], fx)
+            else:
+                abs_res, rel_res = residual_norms(fx, z)
+        record(state, z, abs_res, rel_res, tol, stop_mode)
+        with solver_precision(x.device):
+            new_ok = abs_res < float("inf")
+            head = torch.nan_to_num(head[:, :2], nan=0.0, posinf=0.0, neginf=0.0)  # sanitised g_new, y
+            head = torch.cat([head, rows[:, 2:3]], dim=1)
+            # _update's coefficients over all memory slots (unwritten ones are zero rows: zero dots).
+            okf = new_ok.to(work).unsqueeze(1)
+            c1 = torch.nan_to_num(dots[:, 0, 1::2] * okf, nan=0.0)  # v_i . g_new
+            vy = torch.nan_to_num(dots[:, 1, 1::2] * okf, nan=0.0)  # v_i . y
+            c2 = dots[:, 2, 0::2]  # u_i . b
+            q = (dots_head[:, 2, 0] - (c1 * c2).sum(dim=1)) * s  # v . g_new
+            denom = (dots_head[:, 2, 1] - (vy * c2).sum(dim=1)) * s  # v . y
+            ok = g_ok & new_ok & (denom.abs() > 1e-20) & (denom.abs() < float("inf"))
+            r = torch.where(ok, denom.reciprocal(), 0.0)
+            qr = torch.where(ok, q, 0.0) * r
+            keep = ok.to(work)
+            slot = n_updates % m
+            dropped = (torch.arange(m, device=x.device) == slot) & (n_updates >= m)
+            zero = torch.zeros_like(r)
+            coeff_head = torch.stack(
+                [
+                    torch.stack([zero, -s * r, (s * s) * r], dim=1),  # u' = -s u
+                    torch.stack([zero, zero, -keep], dim=1),  # v' = v / -s
+                    torch.stack([torch.full_like(r, -1.0), qr, -s * qr], dim=1),  # B+ g_new
+                ],
+                dim=1,
+            )
+            zeros = torch.zeros_like(c1)
+            b_on_u = c1 - vy * qr.unsqueeze(1) - torch.where(dropped, c1, 0.0)
+            coeff_history = torch.stack(
+                [
+                    torch.stack([vy * (s * r).unsqueeze(1), zeros], dim=2).flatten(1),
+                    torch.stack([zeros, c2 * keep.unsqueeze(1)], dim=2).flatten(1),
+                    torch.stack([b_on_u, zeros], dim=2).flatten(1),
+                ],
+                dim=1,
+            )
+            products = torch.bmm(coeff_head, head) + torch.bmm(coeff_history, history)
+            at = (3 + 2 * slot + torch.arange(2, device=x.device)).view(2)
+            new_uv = torch.where(first, rows.index_select(1, at), products[:, :2])
+            rows[:, :2].copy_(head[:, :2])
+            rows[:, 2].copy_(torch.where(first, -head[:, 0], products[:, 2]))
+            rows.index_copy_(1, at, new_uv)
+            g_ok.copy_(new_ok)
+            n_updates.copy_(n_updates + (~first).long())
+            x.copy_(x_new)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .base import (
@@ -10,8 +11,10 @@ from .base import (
     Solver,
     check_check_every,
     evaluate,
+    residual_norms,
     restart_nonfinite,
 )
+from .stepped import State, check_step_shape, new_state, record
 
 
 class FixedPointIteration(Solver):
@@ -22,6 +25,8 @@ class FixedPointIteration(Solver):
         check_every: the host reads the stop test every this many evaluations; ``None`` (or 0): only at the
             end of ``max_iter`` (see ``hf_deq.deq.solvers.base``).
     """
+
+    has_step = True
 
     def __init__(self, damping: float = 1.0, check_every: int | None = 1) -> None:
         if not isinstance(damping, (int, float)) or isinstance(damping, bool) or not 0 < damping <= 1:
@@ -37,3 +42,17 @@ class FixedPointIteration(Solver):
                 return
             z_next = fz if self.damping == 1.0 else z + self.damping * (fz.to(z.dtype) - z)
             z = restart_nonfinite(z_next.to(z0.dtype), tracker)
+
+    def init_state(self, z0: Tensor) -> State:
+        return {**new_state(z0), "x": z0.detach().clone()}
+
+    def step(self, fn: FixedPointFn, state: State, tol: float, stop_mode: str) -> None:
+        """``_solve``'s iteration on a fixed-shape ``state`` (``hf_deq.deq.solvers.stepped``)."""
+        x = state["x"]
+        fz = check_step_shape(fn(x), x)
+        abs_res, rel_res = residual_norms(fz, x)
+        record(state, x, abs_res, rel_res, tol, stop_mode)
+        z_next = fz if self.damping == 1.0 else x + self.damping * (fz.to(x.dtype) - x)
+        z_next = z_next.to(x.dtype)
+        finite = torch.isfinite(z_next).all(dim=1, keepdim=True)
+        x.copy_(torch.where(finite, z_next, state["best_z"].to(x.dtype)))
