@@ -82,7 +82,7 @@ def build_model(
     preset: str, variant: str, seed: int, compile_backend: str = "inductor", **fields: Any
 ) -> nn.Module:
     """``preset``'s model with ``variant``'s fields and ``fields`` (the same weights for every variant of one
-    seed). ``compile_backend`` replaces inductor in ``compile_cell`` (e.g. ``aot_eager`` for a smoke run)."""
+    seed). ``compile_backend`` replaces inductor in the compiled cell and solve (``aot_eager`` for a smoke run)."""
     merged = {**fields, **VARIANTS[variant]}
     if "solver_kwargs" in fields and "solver_kwargs" in VARIANTS[variant]:
         merged["solver_kwargs"] = {**fields["solver_kwargs"], **VARIANTS[variant]["solver_kwargs"]}
@@ -90,9 +90,13 @@ def build_model(
     model = hf_deq.create_model(preset, **merged)
     if "compile_solve" in merged and getattr(model.config, "compile_solve", None) is not True:
         raise RuntimeError(f"{preset}: the config did not take compile_solve=True")
-    if merged.get("compile_cell") and compile_backend != "inductor":
+    if compile_backend != "inductor":
         for layer in model.deq_layers():
-            layer.compiled_cell = CompiledCell({"backend": compile_backend})
+            if layer.compiled_cell is not None:
+                layer.compiled_cell = CompiledCell({"backend": compile_backend})
+            solve = getattr(layer, "compiled_solve", None)
+            if solve is not None:  # the engine's CompiledSolve, where it has one
+                layer.compiled_solve = type(solve)({"backend": compile_backend})
     return model
 
 
