@@ -1,8 +1,8 @@
 """Operators dispatched per solver iteration (issue 15, item 3): inside ``f``, outside it, host syncs.
 
 One eval forward (``no_grad``, ``EVAL_MAX_ITER`` evaluations, tolerance ``EVAL_TOL`` so the whole budget runs)
-is profiled with ``torch.profiler`` (CPU, shapes not recorded) after two unprofiled forwards (warm-up and, for
-the compiled variants, compilation). What is counted, inside each DEQ call (``solve_setup.SOLVE_RANGE``):
+is profiled with ``torch.profiler`` (CPU, shapes not recorded) after unprofiled forwards (warm-up and, for the
+compiled variants, compilation). What is counted, inside each DEQ call (``solve_setup.SOLVE_RANGE``):
 
 * a **dispatch** is a top-level ATen operator (an ``aten::`` event with no ``aten::`` event above it: the ops
   an operator calls internally are not counted again) or a call of a compiled region (``Torch-Compiled
@@ -17,8 +17,10 @@ the compiled variants, compilation). What is counted, inside each DEQ call (``so
 * **host syncs**: ``aten::is_nonzero``, ``aten::item`` and ``aten::_local_scalar_dense`` events, each counted
   once (not again for the ones it calls).
 
-Each figure is the count over the solve divided by ``nfev``, the evaluations of ``f`` (the once-per-solve work
-is spread over the ``EVAL_MAX_ITER`` evaluations); the raw integer counts are kept beside it.
+Two figures per count: over the solve, the count divided by ``nfev`` (the once-per-solve setup and result
+spread over the ``EVAL_MAX_ITER`` evaluations), and steady, per further iteration: a second forward with twice
+the budget is profiled, and the difference of the counts is divided by the difference of ``nfev`` (what one more
+iteration dispatches; the target is checked on this one). The raw integer counts are kept beside them.
 """
 
 from __future__ import annotations
@@ -88,6 +90,15 @@ def count_dispatches(events: Iterable[Any]) -> dict[str, int]:
     return counts
 
 
+def _profile_forward(model, inputs: dict, separable: bool) -> tuple[dict[str, int], int]:
+    """Counts and ``nfev`` of one profiled forward (after one unprofiled forward of the same budget)."""
+    model(**inputs)
+    with instrument(model, wrap_f=separable) as probe, quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+            model(**inputs)
+    return count_dispatches(prof.events()), probe.nfev
+
+
 def profile_solve(
     preset: str,
     solver: str,
@@ -98,32 +109,33 @@ def profile_solve(
     seed: int = 0,
     compile_backend: str = "inductor",
 ) -> dict[str, Any]:
-    """The row of one preset, solver and variant: raw counts, ``nfev`` and the figures per evaluation."""
+    """The row of one preset, solver and variant: raw counts and ``nfev`` of a solve of ``max_iter`` and of
+    ``2 * max_iter`` evaluations, the figures per evaluation over the first (``per_eval``) and per further
+    iteration (``per_iteration``, the difference of the two over the difference of their ``nfev``)."""
     fields = {"solver": solver, "solver_eval_max_iter": max_iter, "solver_tol": EVAL_TOL}
     model = build_model(preset, variant, seed, compile_backend, solver_on_failure="ignore", **fields).eval()
     inputs = make_inputs(model.config, batch, seq_len, torch.Generator().manual_seed(seed), labels=False)
     separable = variant in F_SEPARABLE
     with torch.no_grad():
-        for _ in range(2):
-            model(**inputs)
-        with instrument(model, wrap_f=separable) as probe, quiet_stderr():
-            with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
-                model(**inputs)
-    counts = count_dispatches(prof.events())
-    nfev = probe.nfev
+        model(**inputs)  # compilation, for the compiled variants
+        counts, nfev = _profile_forward(model, inputs, separable)
+        model.config.solver_eval_max_iter = 2 * max_iter  # applied to the layers at the next forward
+        counts_long, nfev_long = _profile_forward(model, inputs, separable)
     per_eval = {key: value / nfev for key, value in counts.items()}
+    per_iteration = {key: (counts_long[key] - value) / (nfev_long - nfev) for key, value in counts.items()}
     if not separable:
-        per_eval["inside_f"] = per_eval["outside_f"] = None
-    return {"preset": preset, "solver": solver, "variant": variant, "nfev": nfev, "counts": counts} | {
-        "per_eval": per_eval
-    }
+        for figures in (per_eval, per_iteration):
+            figures["inside_f"] = figures["outside_f"] = None
+    row = {"preset": preset, "solver": solver, "variant": variant, "nfev": nfev, "counts": counts}
+    row |= {"nfev_long": nfev_long, "counts_long": counts_long}
+    return row | {"per_eval": per_eval, "per_iteration": per_iteration}
 
 
 def target_met(row: dict[str, Any]) -> bool | None:
     """Whether ``row`` meets ``MAX_OPS_PER_ITERATION`` (``None`` where the target does not apply)."""
     if row["solver"] not in TARGET_SOLVERS or row["variant"] not in TARGET_VARIANTS or "skipped" in row:
         return None
-    return row["per_eval"]["total"] <= MAX_OPS_PER_ITERATION
+    return row["per_iteration"]["total"] <= MAX_OPS_PER_ITERATION
 
 
 def ops_suite(
@@ -161,42 +173,44 @@ def ops_suite(
 def ops_lines(rows: list[dict[str, Any]], max_iter: int = EVAL_MAX_ITER) -> list[str]:
     """The table of ``ops_suite``'s rows and its notes."""
 
-    def per(row: dict, key: str) -> str:
-        value = row["per_eval"][key]
-        return "-" if value is None else f"{value:.1f}"
+    def fmt(figures: dict, key: str) -> str:
+        return "-" if figures[key] is None else f"{figures[key]:.1f}"
 
     cells = []
     for row in rows:
+        head = [row["preset"], row["solver"], row["variant"]]
         if "skipped" in row:
-            cells.append(
-                [row["preset"], row["solver"], row["variant"], "-", "-", "-", "-", "-", row["skipped"]]
-            )
+            cells.append([*head, *("-" * 8), row["skipped"]])
             continue
         met = row["target_met"]
         target = "" if met is None else f"<= {MAX_OPS_PER_ITERATION}: {'met' if met else 'MISSED'}"
+        each, further = row["per_eval"], row["per_iteration"]
         cells.append(
             [
-                row["preset"],
-                row["solver"],
-                row["variant"],
+                *head,
                 str(row["nfev"]),
-                per(row, "inside_f"),
-                per(row, "outside_f"),
-                per(row, "total"),
-                per(row, "host_syncs"),
+                fmt(each, "inside_f"),
+                fmt(each, "outside_f"),
+                fmt(each, "total"),
+                fmt(each, "host_syncs"),
+                fmt(further, "outside_f"),
+                fmt(further, "total"),
+                fmt(further, "host_syncs"),
                 target,
             ]
         )
-    headers = ["preset", "solver", "variant", "nfev", "ops in f", "ops outside f", "ops / iteration"]
-    headers += ["host syncs / iteration", "target"]
+    headers = ["preset", "solver", "variant", "nfev", "in f", "outside f", "total", "syncs"]
+    headers += ["outside f, steady", "total, steady", "syncs, steady", "target (steady)"]
     return [
         f"### Operators per evaluation of f (eval forward, {max_iter} evaluations, tol {EVAL_TOL:g})",
         "",
         table(headers, cells),
         "",
-        "- Counted with torch.profiler inside the DEQ call: top-level ATen operators plus compiled-region calls "
-        "(and the ATen ops inductor leaves outside its kernels), divided by nfev; host syncs: is_nonzero / item / "
-        "_local_scalar_dense. compile_solve fuses f into the step: total only. "
+        f"- in f / outside f / total / syncs: counts over a solve of {max_iter} evaluations divided by nfev (the "
+        f"solve's one-off setup spread over them); steady: the extra counts of a {2 * max_iter}-evaluation solve "
+        "per extra evaluation (what one more iteration dispatches). Counted with torch.profiler inside the DEQ "
+        "call: top-level ATen operators plus compiled-region calls and the ATen ops inductor leaves outside its "
+        "kernels; syncs: is_nonzero / item / _local_scalar_dense. compile_solve fuses f into the step: totals only. "
         f"Target: <= {MAX_OPS_PER_ITERATION} per iteration, f included, for Anderson and Broyden with "
         "compile_solve.",
     ]
