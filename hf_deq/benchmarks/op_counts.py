@@ -164,8 +164,9 @@ def ops_suite(
                 row["inputs"] = f"{batch} x {seq_len} tokens" if model_type != "mdeq" else f"{batch} images"
                 row["target_met"] = target_met(row)
                 rows.append(row)
+                each, further = row["per_eval"]["total"], row["per_iteration"]["total"]
                 echo(
-                    f"  counted {preset} / {solver} / {variant}: {row['per_eval']['total']:.1f} per evaluation"
+                    f"  counted {preset} / {solver} / {variant}: {each:.1f} ops per evaluation, {further:.1f} steady"
                 )
     return rows
 
