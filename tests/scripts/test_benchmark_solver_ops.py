@@ -1,5 +1,6 @@
 """``scripts/benchmark_solver_ops.py``: operator counts per solver iteration and step times per engine variant,
-on the tiny test preset (2 evaluations, ``aot_eager`` for the compiled cell: seconds, not inductor's minutes)."""
+on the tiny test preset (2 evaluations; dynamo's ``eager`` backend for the compiled variants: seconds, not
+inductor's minutes)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def test_benchmark_prints_and_writes_counts_and_step_times(tmp_path, capsys, mon
     )  # the n/a column, on any engine
     out = tmp_path / "ops.json"
     argv = ["--presets", "test_deq_transformer_tiny", "--variants", "eager,compile_cell,compile_solve"]
-    argv += ["--compile_backend", "aot_eager", "--max_iter", "2", "--batch_size", "2", "--seq_len", "6"]
+    argv += ["--compile_backend", "eager", "--max_iter", "2", "--batch_size", "2", "--seq_len", "6"]
     argv += ["--rounds", "1", "--block_steps", "1", "--warmup_steps", "1", "--repeats", "1"]
     results = load_script("benchmark_solver_ops").main([*argv, "--output_file", str(out)])
     printed = capsys.readouterr().out
@@ -95,3 +96,17 @@ def test_bad_arguments_name_the_flag(argv, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_script("benchmark_solver_ops").parse_args(argv)
     assert exit_info.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_compile_solve_rows_count_the_fused_step_as_a_whole(capsys):
+    if solve_setup.compile_solve_unavailable() is not None:
+        pytest.skip("this engine has no compile_solve")
+    argv = ["--mode", "ops", "--presets", "test_deq_transformer_tiny", "--variants", "eager,compile_solve"]
+    argv += ["--solvers", "anderson", "--compile_backend", "eager", "--max_iter", "2", "--batch_size", "2"]
+    results = load_script("benchmark_solver_ops").main([*argv, "--seq_len", "6"])
+    eager, fused = results["ops"]
+    assert fused["variant"] == "compile_solve" and fused["nfev"] == 2
+    assert fused["per_eval"]["inside_f"] is None and fused["per_iteration"]["outside_f"] is None
+    assert fused["counts"]["total"] > 0 and fused["counts"]["inside_f"] == 0  # f is traced into the step
+    assert isinstance(fused["target_met"], bool) and eager["target_met"] is None
+    assert "<= 20: " in capsys.readouterr().out
