@@ -23,6 +23,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import hf_deq
+from hf_deq.benchmarks.solve_setup import make_inputs
 from hf_deq.benchmarks.tables import table
 from hf_deq.deq import CompiledCell
 from hf_deq.variants import get_variant, list_variants
@@ -80,17 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.output_file is not None and Path(args.output_file).exists() and not args.overwrite_output_file:
         parser.error(f"--output_file {args.output_file} exists; pass --overwrite_output_file to replace it")
     return args
-
-
-def make_inputs(config, batch: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    if config.model_type == "mdeq":
-        side = config.image_size
-        return {
-            "pixel_values": torch.randn(batch, config.num_channels, side, side, generator=generator),
-            "labels": torch.randint(0, config.num_labels, (batch,), generator=generator),
-        }
-    ids = torch.randint(0, config.vocab_size, (batch, seq_len), generator=generator)
-    return {"input_ids": ids, "labels": ids.clone()}
 
 
 def train_step(model, inputs) -> float:
