@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--char_steps", type=int, default=60, help="training steps of the char recipe's slice"
     )
+    parser.add_argument(
+        "--run_timeout", type=float, default=None, help="stop a run after this many seconds (reported as '>')"
+    )
     parser.add_argument("--output_file", default=None, help="write every timing as JSON")
     args = parser.parse_args(argv)
     args.jobs = csv_choices(parser, "--jobs", args.jobs, JOBS)
@@ -104,7 +107,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     start = time.perf_counter()
     results = run_load_benchmark(
-        jobs, settings, args.busy, args.repeats, args.busy_kind, echo=lambda s: print(s, flush=True)
+        jobs,
+        settings,
+        args.busy,
+        args.repeats,
+        args.busy_kind,
+        echo=lambda s: print(s, flush=True),
+        timeout=args.run_timeout,
     )
     lines = slowdown_lines(results, jobs, settings, args.busy)
     print("\n".join(["", *lines]))

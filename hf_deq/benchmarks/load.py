@@ -58,7 +58,8 @@ class Setting:
 @dataclass
 class Timing:
     """One run of a job: training wall and CPU time (``all_results.json``), the whole process's wall time, the
-    threads it ended with, and the machine's 1-minute load average when it started."""
+    threads it ended with, and the machine's 1-minute load average when it started. A run stopped at the time
+    limit has ``timed_out`` and, as its training time, the limit (a lower bound)."""
 
     job: str
     setting: str
@@ -70,6 +71,7 @@ class Timing:
     torch_num_threads: int
     loadavg_before: float
     eval_loss: float | None = None
+    timed_out: bool = False
 
 
 @dataclass
@@ -80,6 +82,9 @@ class LoadResults:
     def median(self, job: str, setting: str, busy: int) -> float:
         values = [t.train_runtime for t in self.timings if (t.job, t.setting, t.busy) == (job, setting, busy)]
         return statistics.median(values) if values else float("nan")
+
+    def timed_out(self, job: str, setting: str, busy: int) -> bool:
+        return any(t.timed_out for t in self.timings if (t.job, t.setting, t.busy) == (job, setting, busy))
 
     def threads(self, job: str, setting: str, busy: int) -> list[int]:
         return [
@@ -164,13 +169,29 @@ def busy_processes(count: int, kind: str = "python", python: str = sys.executabl
                 proc.wait()
 
 
-def run_job(job: Job, setting: Setting, busy: int, repeat: int, python: str = sys.executable) -> Timing:
-    """Run ``job`` under ``setting`` into a temporary folder; its ``all_results.json`` gives the times."""
+def run_job(
+    job: Job,
+    setting: Setting,
+    busy: int,
+    repeat: int,
+    python: str = sys.executable,
+    timeout: float | None = None,
+) -> Timing:
+    """Run ``job`` under ``setting`` into a temporary folder; its ``all_results.json`` gives the times. A run
+    longer than ``timeout`` seconds is stopped and reported as ``timed_out``."""
     with tempfile.TemporaryDirectory(prefix="hf_deq_load_") as out:
         cmd = [python, *job.argv, *setting.flags, "--output_dir", out]
         load = os.getloadavg()[0]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, env=clean_env(setting.env), capture_output=True, text=True, cwd=REPO)
+        try:
+            proc = subprocess.run(
+                cmd, env=clean_env(setting.env), capture_output=True, text=True, cwd=REPO, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            nan = float("nan")
+            return Timing(
+                job.name, setting.name, busy, repeat, float(timeout), nan, float(timeout), 0, load, None, True
+            )
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -197,6 +218,7 @@ def run_load_benchmark(
     busy_kind: str = "python",
     python: str = sys.executable,
     echo: Callable[[str], None] = print,
+    timeout: float | None = None,
 ) -> LoadResults:
     """Every job under every setting beside each number of busy processes, ``repeats`` times; within a repeat the
     settings of a job run back to back beside the same busy processes, so they see the same load."""
@@ -206,8 +228,13 @@ def run_load_benchmark(
             with busy_processes(busy, busy_kind, python):
                 for job in jobs:
                     for setting in settings:
-                        timing = run_job(job, setting, busy, repeat, python)
+                        timing = run_job(job, setting, busy, repeat, python, timeout)
                         results.timings.append(timing)
+                        if timing.timed_out:
+                            echo(
+                                f"repeat {repeat} busy {busy} {job.name} [{setting.name}]: stopped after {timeout} s"
+                            )
+                            continue
                         echo(
                             f"repeat {repeat} busy {busy} {job.name} [{setting.name}]: "
                             f"{timing.train_runtime:.2f} s training ({timing.train_cpu_runtime:.2f} s CPU), "
@@ -229,13 +256,13 @@ def slowdown_lines(
             cells = []
             for b in loaded:
                 t = results.median(job.name, setting.name, b)
-                threads = sorted(set(results.threads(job.name, setting.name, b)))
-                cells.append(f"{t:.2f} (**{t / quiet:.2f}x**, threads {threads})")
-            quiet_threads = sorted(set(results.threads(job.name, setting.name, 0)))
+                threads = sorted(set(results.threads(job.name, setting.name, b)) - {0})
+                more = ">" if results.timed_out(job.name, setting.name, b) else ""
+                cells.append(f"{more}{t:.2f} (**{more}{t / quiet:.2f}x**, threads {threads})")
+            quiet_threads = sorted(set(results.threads(job.name, setting.name, 0)) - {0})
             lines.append(
-                f"| {job.name} | {setting.name} | {quiet:.2f} (threads {quiet_threads}) | "
-                + " | ".join(cells)
-                + " |"
+                f"| {job.name} | {setting.name} | {'>' if results.timed_out(job.name, setting.name, 0) else ''}"
+                f"{quiet:.2f} (threads {quiet_threads}) | " + " | ".join(cells) + " |"
             )
     return lines
 

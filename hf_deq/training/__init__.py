@@ -2,7 +2,8 @@
 ``TrainingTask``. It imports no model family.
 
 - ``arguments``: the shared flag vocabulary, ``--config FILE`` recipes, parse-time checks;
-- ``accelerator``: the ``Accelerator``, threads, seeding (also per step), logging;
+- ``accelerator``: the ``Accelerator``, seeding (also per step), logging;
+- ``threads``: the intra-op thread count, from the CPUs other processes leave free unless the user chose;
 - ``checkpoints`` / ``state``: atomic checkpoints and the ``TrainingState`` they carry;
 - ``step``: the guarded optimiser step (non-finite skip, buffer rollback, clipping);
 - ``optimizer``: parameter groups with one weight-decay rule, optimiser and schedule builders;

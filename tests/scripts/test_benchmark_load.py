@@ -44,6 +44,15 @@ def test_a_job_slice_beside_a_busy_process(tmp_path):
     assert timing.train_runtime > 0 and timing.process_wall > timing.train_runtime
 
 
+def test_a_run_past_the_time_limit_is_stopped_and_marked():
+    sleeper = Job("sleeper", ("-c", "import time; time.sleep(60)"))
+    timing = run_job(sleeper, Setting("library"), busy=0, repeat=0, timeout=1.0)
+    assert timing.timed_out and timing.train_runtime == 1.0
+    results = LoadResults(timings=[Timing("sleeper", "library", 0, 0, 2.0, 2.0, 3.0, 1, 0.0), timing])
+    timing.busy = 1
+    assert ">0.50x" in slowdown_lines(results, [sleeper], [Setting("library")], (0, 1))[2]
+
+
 def test_slowdown_table():
     jobs = [Job("j", ())]
     settings = [Setting("library"), Setting("old")]
@@ -80,4 +89,4 @@ def test_bad_flags_are_one_error_line(argv, flag, capsys):
         load_script("benchmark_load").parse_args(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and f"error: argument {flag}" in err[-1]  # usage line, then the error
+    assert f"error: argument {flag}" in err[-1] and all("Traceback" not in line for line in err)
