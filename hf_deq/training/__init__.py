@@ -4,7 +4,8 @@
 - ``arguments``: the shared flag vocabulary, ``--config FILE`` recipes, parse-time checks;
 - ``flag_ranges``: what every numeric flag accepts (NaN and ±inf never);
 - ``errors``: ``TrainingError``, what stops an accepted run (one ``error:`` line from a script);
-- ``accelerator``: the ``Accelerator``, threads, seeding (also per step), logging;
+- ``accelerator``: the ``Accelerator``, seeding (also per step), logging;
+- ``threads``: the intra-op thread count, from the CPUs other processes leave free unless the user chose;
 - ``checkpoints`` / ``state``: atomic checkpoints, the ``--output_dir`` guards and lock, the ``TrainingState``
   they carry;
 - ``record``: the training record saved with the model (what its evaluation needs: data, split, block size);

@@ -1,6 +1,6 @@
-"""Setting up a run: CPU threads, the ``Accelerator`` (seedable sampler, trackers, mixed precision from the flags
+"""Setting up a run: the ``Accelerator`` (seedable sampler, trackers, mixed precision from the flags
 or the accelerate config), logging per process, the seed; and the per-step seed that makes a resumed run draw
-the randomness (dropout, augmentation) the uninterrupted run drew."""
+the randomness (dropout, augmentation) the uninterrupted run drew. CPU threads: ``threads.ThreadGovernor``."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ def build_accelerator(args: argparse.Namespace):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
-    if args.torch_num_threads is not None:
-        torch.set_num_threads(args.torch_num_threads)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,

@@ -266,8 +266,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, task: TrainingTask) 
         "--torch_num_threads",
         type=int,
         default=None,
-        help="intra-op CPU threads per process (torch.set_num_threads); 1 is much faster on a CPU shared with "
-        "other jobs",
+        help="intra-op CPU threads per process (torch.set_num_threads); default: OMP_NUM_THREADS if set, else the "
+        "CPUs other processes leave free, re-checked every few seconds",
     )
 
     out = parser.add_argument_group("output")
@@ -301,9 +301,14 @@ def add_training_arguments(parser: argparse.ArgumentParser, task: TrainingTask) 
         help="append one JSON line per optimizer step (step, loss, skipped steps) and a final one with the "
         "weights' SHA-256; process i > 0 writes <log_file>.rank<i>",
     )
-    out.add_argument("--eval_steps", type=int, default=None, help="also evaluate every N steps")
     out.add_argument(
-        "--eval_every_epochs", type=int, default=1, help="evaluate every N epochs (and always at the end)"
+        "--eval_steps", type=int, default=None, help="evaluate every N steps (then not at each epoch's end)"
+    )
+    out.add_argument(
+        "--eval_every_epochs",
+        type=int,
+        default=None,
+        help="evaluate every N epochs (default 1 without --eval_steps, none with it; always at the end)",
     )
     out.add_argument("--disable_tqdm", action="store_true", help="no progress bar")
     from ..hub import add_hub_arguments

@@ -5,6 +5,7 @@ metric, and the solver statistics."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -40,11 +41,27 @@ def solver_stats(outputs) -> dict[str, float]:
     }
 
 
+def epoch_evaluation_due(
+    epoch: int, last_epoch: bool, eval_every_epochs: int | None, eval_steps: int | None
+) -> bool:
+    """Whether the loop evaluates at the end of ``epoch`` (0-based): always after the last one; else every
+    ``eval_every_epochs`` epochs, which defaults to 1 without ``eval_steps`` and to never with it (an epoch's
+    end falls anywhere between two ``--eval_steps`` evaluations: one more there would evaluate twice in a row)."""
+    if last_epoch:
+        return True
+    if eval_every_epochs is None:
+        eval_every_epochs = None if eval_steps else 1
+    return eval_every_epochs is not None and (epoch + 1) % eval_every_epochs == 0
+
+
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator, task: TrainingTask) -> dict[str, Any]:
+def evaluate(
+    model, dataloader, accelerator, task: TrainingTask, on_batch: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """``EVAL_KEYS`` and ``eval_<metric>``: ``eval_loss`` is the sum of the per-example losses over the sum of
     their item counts (tokens for a language model, 1 per image), so it is exact whatever the batching. A task
-    whose ``eval_step`` returns no solver statistics (an explicit model) gets NaN for them."""
+    whose ``eval_step`` returns no solver statistics (an explicit model) gets NaN for them. ``on_batch`` is called
+    after each batch (a progress bar)."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in dataloader:
@@ -52,6 +69,8 @@ def evaluate(model, dataloader, accelerator, task: TrainingTask) -> dict[str, An
         gathered = accelerator.gather_for_metrics({k: v.detach() for k, v in per_example.items()})
         for key, value in gathered.items():
             parts.setdefault(key, []).append(value.cpu())
+        if on_batch is not None:
+            on_batch()
     model.train()
     values = {k: torch.cat(v) for k, v in parts.items()}
     loss = float(values["loss_sum"].double().sum() / values["num_items"].double().sum())
@@ -86,4 +105,11 @@ def load_packaged_metric(name: str, **kwargs: Any):
     return evaluate.load(packaged_metric_path(name), **kwargs)
 
 
-__all__ = ["EVAL_KEYS", "evaluate", "load_packaged_metric", "packaged_metric_path", "solver_stats"]
+__all__ = [
+    "EVAL_KEYS",
+    "epoch_evaluation_due",
+    "evaluate",
+    "load_packaged_metric",
+    "packaged_metric_path",
+    "solver_stats",
+]

@@ -22,13 +22,14 @@ from ..modeling_utils import count_parameters
 from .accelerator import build_accelerator, seed_step
 from .checkpoints import STATE_FILE, OutputDirLock, remove_previous_run
 from .errors import CheckpointSaveError, NonFiniteWeightsError, OutputDirError
-from .evaluation import evaluate, solver_stats
+from .evaluation import epoch_evaluation_due, evaluate, solver_stats
 from .optimizer import build_optimizer, build_scheduler
 from .record import write_training_record
 from .schedule import EstimatorSchedule
 from .state import TrainingState
 from .step import GuardedStep, nonfinite_tensors
 from .task import TaskData, TrainingTask
+from .threads import ThreadGovernor
 from .tracking import RunTracker, peak_memory_mb
 
 
@@ -102,6 +103,9 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
 
     logger = get_logger(__name__)
     logger.info(accelerator.state, main_process_only=False)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    threads = ThreadGovernor(args.torch_num_threads, local_processes)
+    logger.info(f"intra-op threads: {torch.get_num_threads()} ({threads.describe()})")
     checkpoint = getattr(args, "resume_checkpoint", None)
 
     with accelerator.main_process_first():
@@ -173,7 +177,15 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
 
     def run_evaluation() -> None:
         last_eval.clear()
-        last_eval.update(evaluate(model, eval_dl, accelerator, task), step=state.completed_steps)
+        with tracker.evaluation_progress(len(eval_dl)) as advance:
+
+            def on_batch() -> None:
+                advance()
+                threads.update()
+
+            last_eval.update(
+                evaluate(model, eval_dl, accelerator, task, on_batch), step=state.completed_steps
+            )
         metrics = {k: v for k, v in last_eval.items() if k.startswith("eval_")}
         state.history.append(
             {
@@ -220,6 +232,7 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
                 continue
             state.completed_steps += 1
             state.skipped_nonfinite_steps = step.skipped
+            threads.update()
             now, cpu_now = time.perf_counter(), time.process_time()
             state.train_time, clock = state.train_time + now - clock, now
             state.train_cpu_time, cpu_clock = state.train_cpu_time + cpu_now - cpu_clock, cpu_now
@@ -247,7 +260,7 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
             if done >= max_train_steps:
                 break
         last_epoch = epoch == num_epochs - 1 or state.completed_steps >= max_train_steps
-        due = (epoch + 1) % args.eval_every_epochs == 0 or last_epoch
+        due = epoch_evaluation_due(epoch, last_epoch, args.eval_every_epochs, args.eval_steps)
         if due and last_eval.get("step") != state.completed_steps:  # not twice at one step (--eval_steps)
             run_evaluation()
         state.epoch, state.batches_in_epoch = epoch + 1, 0

@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import resource
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,18 @@ class RunTracker:
         self.progress.update(1)
         if self.args.log_file:
             log_step(self.args.log_file, self.accelerator, record)
+
+    @contextmanager
+    def evaluation_progress(self, total: int) -> Iterator[Callable[[], None]]:
+        """A second bar, under the training bar, for the ``total`` batches of one evaluation (gone when it ends):
+        the context gives the function that advances it by one batch."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="eval", leave=False, position=1, disable=self.progress.disable)
+        try:
+            yield lambda: bar.update(1)
+        finally:
+            bar.close()
 
     def log(self, logs: dict[str, float], step: int, postfix: dict[str, str] | None = None) -> None:
         if postfix:
