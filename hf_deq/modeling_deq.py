@@ -366,8 +366,11 @@ class DEQModelMixin:
             yield
             return
         self._sync_deq_config()  # an edit of the config made before this call applies, under the override
-        self._check_budget_keywords(given)
         applied = self.__dict__.get("_deq_fields_applied")
+        checked = (applied, tuple((key, type(value), value) for key, value in given.items()))
+        if self.__dict__.get("_budget_checked") != checked:  # generate: checked at its first forward only
+            self._check_budget_keywords(given)
+            self.__dict__["_budget_checked"] = checked
         try:
             with contextlib.ExitStack() as stack:
                 for layer in self.deq_layers():

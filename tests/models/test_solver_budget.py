@@ -74,10 +74,13 @@ def test_training_forward_takes_solver_max_iter(kind):
         ("solver_tol", float("nan"), "a finite number"),
         ("solver_tol", -1.0, "a finite number"),
         ("solver_eval_max_iter", "4", "an integer"),
+        ("solver_eval_max_iter", True, "an integer"),
     ],
 )
 def test_a_bad_budget_names_the_keyword_and_changes_nothing(kind, keyword, value, expected):
     model = slow_model(kind).eval()
+    with torch.no_grad():
+        model(**eval_inputs(kind, model), **{keyword: 1})  # a valid value, checked just before
     before = budget_state(model)
     with pytest.raises(
         SolverBudgetError, match=rf"^{keyword}=.*this call's solver budget: expected .*{expected}"
