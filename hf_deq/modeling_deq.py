@@ -3,19 +3,23 @@ safetensors-only loading, and ``push_to_hub`` with hf_deq's model card and remot
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
+import functools
 import importlib
+import inspect
 import json
 import operator
 import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.nn.utils import parametrize
 
-from .configuration_deq import MISSPELLING_CUTOFF, DEQConfig, MisspelledConfigFieldError
+from .configuration_deq import MISSPELLING_CUTOFF, DEQConfig, DEQConfigError, MisspelledConfigFieldError
 from .deq import DEQFixedPoint, get_solver, remove_norm
 from .deq.core import GRAD_CONFIG_FIELDS
 
@@ -31,6 +35,49 @@ def _deq_field_values(config: DEQConfig) -> tuple:
         return _deq_fields_of_dict(object.__getattribute__(config, "__dict__"))
     except KeyError:
         return _deq_fields_of_config(config)
+
+
+#: The keywords of a forward (and of ``generate``) that set the solver budget of that call only, each named like the
+#: config field whose value it replaces for the call, and the ``DEQFixedPoint.budget_override`` argument it becomes.
+SOLVER_BUDGET_KEYWORDS = {
+    "solver_max_iter": "max_iter",
+    "solver_eval_max_iter": "eval_max_iter",
+    "solver_tol": "tol",
+}
+
+
+class SolverBudgetError(DEQConfigError):
+    """A per-call solver budget keyword (``model(..., solver_eval_max_iter=0)``) holds an invalid value."""
+
+    def __init__(self, keyword: str, value: Any, allowed: str) -> None:
+        self.field, self.value, self.allowed = keyword, value, allowed
+        ValueError.__init__(
+            self, f"{keyword}={value!r} is invalid for this call's solver budget: expected {allowed}"
+        )
+
+
+def accepts_solver_budget(forward: Callable) -> Callable:
+    """Decorate a DEQ model's ``forward`` so that it takes the ``SOLVER_BUDGET_KEYWORDS`` (keyword-only, default
+    ``None``: the config's value) and runs inside ``self.solver_budget(...)``: ``model(x, solver_eval_max_iter=4)``
+    solves with that budget for this call only. They are in the forward's signature, so ``generate`` accepts them
+    and passes them to every forward of its loop."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        if kwargs.keys().isdisjoint(SOLVER_BUDGET_KEYWORDS):
+            return forward(self, *args, **kwargs)
+        budget = {key: kwargs.pop(key) for key in SOLVER_BUDGET_KEYWORDS if key in kwargs}
+        with self.solver_budget(**budget):
+            return forward(self, *args, **kwargs)
+
+    signature = inspect.signature(forward)
+    params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    params += [
+        inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None) for key in SOLVER_BUDGET_KEYWORDS
+    ]
+    params += [p for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    wrapper.__signature__ = signature.replace(parameters=params)
+    return wrapper
 
 
 #: weight files that are Python pickles: loading one can run arbitrary code
@@ -297,6 +344,59 @@ class DEQModelMixin:
     def deq_layers(self) -> list[DEQFixedPoint]:
         return [m for m in self.modules() if isinstance(m, DEQFixedPoint)]
 
+    @contextlib.contextmanager
+    def solver_budget(
+        self,
+        *,
+        solver_max_iter: int | None = None,
+        solver_eval_max_iter: int | None = None,
+        solver_tol: float | None = None,
+    ) -> Iterator[None]:
+        """Run the forwards of the ``with`` block with these solver budgets (``None``: the config's), as if the
+        config fields of those names held them; ``model.config`` is not touched and later calls run with its
+        budget again. A bad value raises ``SolverBudgetError`` (a ``DEQConfigError``) naming the keyword, checked
+        as the config field is. What the forward keywords and ``generate(..., solver_eval_max_iter=4)`` use; a
+        pipeline that refuses unknown keywords (image classification) runs inside it."""
+        given = {
+            key: value
+            for key, value in zip(SOLVER_BUDGET_KEYWORDS, (solver_max_iter, solver_eval_max_iter, solver_tol))
+            if value is not None
+        }
+        if not given:
+            yield
+            return
+        self._sync_deq_config()  # an edit of the config made before this call applies, under the override
+        applied = self.__dict__.get("_deq_fields_applied")
+        checked = (applied, tuple((key, type(value), value) for key, value in given.items()))
+        if self.__dict__.get("_budget_checked") != checked:  # generate: checked at its first forward only
+            self._check_budget_keywords(given)
+            self.__dict__["_budget_checked"] = checked
+        try:
+            with contextlib.ExitStack() as stack:
+                for layer in self.deq_layers():
+                    override = {SOLVER_BUDGET_KEYWORDS[key]: value for key, value in given.items()}
+                    stack.enter_context(layer.budget_override(**override))
+                yield
+        finally:
+            if self.__dict__.get("_deq_fields_applied") is not applied:  # the config was edited inside
+                for layer in self.deq_layers():
+                    layer.reconfigure(self.config)
+
+    def _check_budget_keywords(self, given: dict[str, Any]) -> None:
+        """Check per-call budget values with the config fields' own checks, on a copy of the config."""
+        trial = copy.copy(self.config)
+        for key, value in given.items():
+            try:
+                setattr(trial, key, value)
+            except DEQConfigError as err:
+                raise SolverBudgetError(key, value, err.allowed) from None
+        try:
+            trial.validate_deq_fields()
+        except DEQConfigError as err:
+            if err.field not in given:
+                raise
+            raise SolverBudgetError(err.field, err.value, err.allowed) from None
+
     def post_init(self) -> None:
         super().post_init()
         self._remember_deq_fields()
@@ -376,4 +476,4 @@ class DEQModelMixin:
         self._apply_deq_fields(updates)
 
 
-__all__ = ["DEQModelMixin"]
+__all__ = ["SOLVER_BUDGET_KEYWORDS", "DEQModelMixin", "SolverBudgetError", "accepts_solver_budget"]

@@ -25,7 +25,10 @@ one training evaluated on; a flag given here overrides its recorded value and sa
 data (``--dataset_name``, ``--train_file``, ...) replaces the recorded data. The tokenizer or image processor
 is the one saved with the model. A model without a record is evaluated with the flags given (and their
 defaults), with a warning. Runs under ``accelerate launch`` too (the split is sharded and gathered, each example
-counted once). Prints a table and, with ``--output_file``, writes the rows as JSON.
+counted once). Prints a table and, with ``--output_file``, writes the rows as JSON and a plot of the metric and
+the time per example against the budget (``--plot_file``, by default beside ``--output_file`` as .png; needs
+matplotlib). ``--save_to_model_dir`` saves the sweep with a local model (``budget_sweep.json`` and
+``budget_sweep.png``), where its model card shows them (``scripts/push_to_hub.py`` uploads both).
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ from transformers import AutoConfig
 
 from hf_deq.deq import available_solvers
 from hf_deq.hub import TRAINING_RECORD_FILE, missing_local_model_dir, read_training_record
+from hf_deq.hub.budget_sweep import (
+    BUDGET_SWEEP_FILE,
+    BUDGET_SWEEP_PLOT,
+    metric_text,
+    plot_budget_sweep,
+    write_budget_sweep,
+)
 from hf_deq.tasks import get_task
 from hf_deq.training import build_dataloaders, data_source_flags, evaluate, evaluation_data_flags
 from hf_deq.training import parse_args as parse_training_args
@@ -95,22 +105,50 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "--output_file", default=None, help="write the rows as JSON (never over a model file)"
     )
     parser.add_argument(
-        "--overwrite_output_file", action="store_true", help="replace an existing --output_file"
+        "--plot_file",
+        default=None,
+        help="write a PNG of the metric and the time per example against the budget (default: beside "
+        "--output_file, as .png)",
+    )
+    parser.add_argument(
+        "--save_to_model_dir",
+        action="store_true",
+        help=f"save the sweep with the (local) model: {BUDGET_SWEEP_FILE} and {BUDGET_SWEEP_PLOT}, shown by its "
+        "model card",
+    )
+    parser.add_argument(
+        "--overwrite_output_file",
+        action="store_true",
+        help="replace an existing --output_file, --plot_file or the model's saved sweep",
     )
     args, passthrough = parser.parse_known_args(argv)
     if passthrough and passthrough[0] == "--":
         passthrough = passthrough[1:]
     if problem := missing_local_model_dir(args.model_name_or_path):
         parser.error(f"argument --model_name_or_path: {problem}")
-    if args.output_file is not None:
-        if Path(args.output_file).name in ("config.json", "model.safetensors"):
+    if args.plot_file is None and args.output_file is not None:
+        args.plot_file = str(Path(args.output_file).with_suffix(".png"))
+    for flag in ("output_file", "plot_file"):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if Path(value).name in ("config.json", "model.safetensors"):
+            parser.error(f"--{flag} {value} would overwrite a model file; choose another name")
+        if Path(value).exists() and not args.overwrite_output_file:
+            parser.error(f"--{flag} {value} exists; pass --overwrite_output_file to replace it")
+    if args.save_to_model_dir:
+        model_dir = Path(args.model_name_or_path)
+        if not model_dir.is_dir():
             parser.error(
-                f"--output_file {args.output_file} would overwrite a model file; choose another name"
+                f"--save_to_model_dir needs a local model folder; {args.model_name_or_path} is not one (use "
+                "--output_file)"
             )
-        if Path(args.output_file).exists() and not args.overwrite_output_file:
-            parser.error(
-                f"--output_file {args.output_file} exists; pass --overwrite_output_file to replace it"
-            )
+        for name in (BUDGET_SWEEP_FILE, BUDGET_SWEEP_PLOT):
+            if (model_dir / name).exists() and not args.overwrite_output_file:
+                parser.error(
+                    f"--save_to_model_dir: {model_dir / name} exists (an earlier sweep); pass "
+                    "--overwrite_output_file to replace it"
+                )
     return args, passthrough
 
 
@@ -237,7 +275,26 @@ def evaluate_sweep(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if args.output_file is not None:
             Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
             Path(args.output_file).write_text(json.dumps(rows, indent=2) + "\n")
+        plots = [Path(args.plot_file)] if args.plot_file is not None else []
+        if args.save_to_model_dir:
+            write_budget_sweep(args.model_name_or_path, rows, device=describe_device(accelerator))
+            plots.append(Path(args.model_name_or_path) / BUDGET_SWEEP_PLOT)
+        for plot in plots:
+            plot.parent.mkdir(parents=True, exist_ok=True)
+            if not plot_budget_sweep(rows, plot):
+                print(f"note: matplotlib is not installed, so no plot was written ({plot})", file=sys.stderr)
+                break
     return rows
+
+
+def describe_device(accelerator: Accelerator) -> str:
+    """What the sweep was timed on: the accelerator's name, or the CPU with its thread count."""
+    import torch
+
+    if accelerator.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(accelerator.device)} x {accelerator.num_processes}"
+    threads, processes = torch.get_num_threads(), accelerator.num_processes
+    return f"{accelerator.device.type}, {threads} thread(s) x {processes} process(es)"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -247,7 +304,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        value = f"{100 * r['metric']:.2f}%" if name == "accuracy" else f"{r['metric']:.3f}"
+        value = metric_text(name, r["metric"])
         lines.append(
             f"| {r['solver']} | {r['budget']} | {value} | {r['loss']:.4f} | {r['solver_nstep']:.1f} | "
             f"{r['solver_residual']:.2e} | {r['num_examples'] / max(r['seconds'], 1e-9):.1f} |"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -227,6 +228,34 @@ class DEQFixedPoint(nn.Module):
             self.compiled_cell = fresh.compiled_cell
         if fresh.compile_solve != self.compile_solve:
             self.compiled_solve = fresh.compiled_solve
+
+    @contextlib.contextmanager
+    def budget_override(
+        self, *, max_iter: int | None = None, eval_max_iter: int | None = None, tol: float | None = None
+    ) -> Iterator[None]:
+        """Solve with these budgets / tolerance inside the ``with`` block only (``None``: keep the layer's own):
+        a per-call knob that leaves the layer's settings as they were on exit, even after an error. Checked here,
+        once, as ``solve`` checks its arguments (``ValueError``); the solver loop is unchanged."""
+        overrides = {
+            name: value
+            for name, value in (("max_iter", max_iter), ("eval_max_iter", eval_max_iter), ("tol", tol))
+            if value is not None
+        }
+        check_solve_args(
+            overrides.get("max_iter", self.max_iter), overrides.get("tol", self.tol), self.stop_mode
+        )
+        if eval_max_iter is not None:
+            check_solve_args(eval_max_iter, overrides.get("tol", self.tol), self.stop_mode)
+        if "tol" in overrides:
+            overrides["tol"] = float(overrides["tol"])
+        saved = {name: getattr(self, name) for name in overrides}
+        for name, value in overrides.items():
+            setattr(self, name, value)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
 
     def forward(self, fn: FixedPointFn, z0: Tensor) -> tuple[Tensor, SolverResult]:
         new_dropout_masks()

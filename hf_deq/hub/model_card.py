@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from . import card_sections as sections
+from .budget_sweep import BUDGET_SWEEP_PLOT, budget_sweep_card
 from .card_text import Markup, card_value, escape_card_text
 from .errors import HubPushError, InvalidRepoIdError, check_repo_id
 from .model_dir import (
@@ -213,6 +214,8 @@ def render_model_card(
             "known": bool(stats),
         },
         "eval_max_iter": config.solver_eval_max_iter or config.solver_max_iter,
+        "budget_sweep": budget_sweep_card(model_dir),
+        "budget_sweep_plot": BUDGET_SWEEP_PLOT,
         "dataset": dataset,
         "results": results,
         "recipe": sections.recipe_rows(training, metrics),

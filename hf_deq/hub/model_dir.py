@@ -21,6 +21,7 @@ PUSHED_FILE_PATTERNS = (
     r"model\.safetensors\.index\.json",
     r"config\.json",
     r"generation_config\.json",
+    r"budget_sweep\.(json|png)",  # evaluate_deq.py --save_to_model_dir (hf_deq/hub/budget_sweep.py)
     r"preprocessor_config\.json",
     r"processor_config\.json",
     r"image_processor_config\.json",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 from script_loading import load_script
@@ -129,3 +130,51 @@ def test_recorded_data_is_replaced_by_other_data_and_a_missing_record_is_warned(
     with pytest.raises(SystemExit) as exit_:
         script.recorded_data_flags(str(model), task, [])
     assert exit_.value.code == 2 and f"--train_file {text}, recorded in" in capsys.readouterr().err
+
+
+def test_a_budget_sweep_is_plotted_and_saved_with_the_model_for_its_card(
+    tmp_path, capsys, monkeypatch, fresh_accelerate_state
+):
+    from hf_deq import hub
+    from hf_deq.hub.budget_sweep import BUDGET_SWEEP_FILE, BUDGET_SWEEP_PLOT
+
+    out = tmp_path / "mdeq"
+    load_script("train_mdeq_classifier").main(mdeq_args(out, steps=2))
+    data = [
+        "--",
+        "--max_eval_samples",
+        "16",
+        "--per_device_eval_batch_size",
+        "16",
+        "--torch_num_threads",
+        "1",
+    ]
+    sweep = ["--model_name_or_path", str(out), "--budgets", "1,3", "--save_to_model_dir", *data]
+    evaluate = load_script("evaluate_deq")
+    rows = evaluate.main([*sweep[: -len(data)], "--output_file", str(tmp_path / "sweep.json"), *data])
+    png = b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == png  # beside --output_file
+    assert (out / BUDGET_SWEEP_PLOT).read_bytes()[:8] == png
+    saved = json.loads((out / BUDGET_SWEEP_FILE).read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows)) and saved["device"].startswith("cpu")
+    card = hub.render_model_card(out)
+    assert "## How much compute at inference" in card and f"]({BUDGET_SWEEP_PLOT})" in card
+    for row in rows:
+        assert f"| {row['solver']} | {row['budget']} | {100 * row['metric']:.2f}% |" in card
+
+    before = (out / BUDGET_SWEEP_FILE).read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # an earlier sweep is not replaced without asking
+        evaluate.main(sweep)
+    assert exit_info.value.code == 2 and "pass --overwrite_output_file" in capsys.readouterr().err
+    assert (out / BUDGET_SWEEP_FILE).read_text() == before
+
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # matplotlib not installed
+    (out / BUDGET_SWEEP_PLOT).unlink()
+    evaluate.main(
+        [*sweep[: -len(data)], "--overwrite_output_file", "--plot_file", str(tmp_path / "p.png"), *data]
+    )
+    notes = [line for line in capsys.readouterr().err.splitlines() if "matplotlib" in line]
+    assert len(notes) == 1 and "no plot was written" in notes[0]
+    assert not (tmp_path / "p.png").exists() and not (out / BUDGET_SWEEP_PLOT).exists()
+    assert "| 3 |" in hub.render_model_card(out) and BUDGET_SWEEP_PLOT not in hub.render_model_card(out)

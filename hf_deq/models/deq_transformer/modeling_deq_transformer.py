@@ -32,7 +32,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 
 from ...deq import DEQFixedPoint, VariationalDropout, apply_weight_norm
-from ...modeling_deq import DEQModelMixin
+from ...modeling_deq import DEQModelMixin, accepts_solver_budget
 from ...modeling_outputs import CACHE_FIELD, DEQCausalLMOutput, DEQModelOutput
 from ...modeling_utils import accumulation_share, add_jacobian_loss, init_weight_norm_
 from .adaptive_softmax import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
@@ -354,6 +354,7 @@ class DEQTransformerModel(DEQTransformerPreTrainedModel):
 
         return hidden_states, result, injection
 
+    @accepts_solver_budget
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -515,6 +516,7 @@ class DEQTransformerForCausalLM(DEQTransformerPreTrainedModel, GenerationMixin):
         _check_adaptive_module(self.config, new_embeddings, ProjectedAdaptiveLogSoftmax, "output embedding")
         self.lm_head = new_embeddings
 
+    @accepts_solver_budget
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from ...deq import DEQFixedPoint, StateSpec, VariationalDropout, apply_weight_norm, pack_state, unpack_state
-from ...modeling_deq import DEQModelMixin
+from ...modeling_deq import DEQModelMixin, accepts_solver_budget
 from ...modeling_outputs import DEQImageClassifierOutput, DEQModelOutput
 from ...modeling_utils import accumulation_share, add_jacobian_loss, init_weight_norm_
 from .configuration_mdeq import MDEQConfig
@@ -384,6 +384,7 @@ class MDEQModel(MDEQPreTrainedModel):
         sizes = branch_resolutions(self.config, height, width)
         return StateSpec(tuple((c, h, w) for c, (h, w) in zip(self.config.channels, sizes)))
 
+    @accepts_solver_budget
     def forward(
         self,
         pixel_values: Tensor | None = None,
@@ -456,6 +457,7 @@ class MDEQForImageClassification(MDEQPreTrainedModel):
                 )
         return self.loss_function(labels=labels, pooled_logits=logits.float(), config=config)
 
+    @accepts_solver_budget
     def forward(
         self,
         pixel_values: Tensor | None = None,
