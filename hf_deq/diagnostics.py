@@ -244,7 +244,7 @@ def alignment_sweep(
     reference_max_iter: int = 100,
 ) -> tuple[list[SweepPoint], float]:
     """The phantom-gradient paper's analysis (arXiv 2111.05177, sec. 3, Fig. 2): the cosine similarity and
-    relative error of UPG(k, lambda) / NPG(k, lambda) (eqs. 6-7) against the exact implicit gradient (eq. 3)
+    relative error of UPG(k, lambda) / NPG(k, lambda) (eqs. 9-10) against the exact implicit gradient (eq. 3)
     for every ``estimators x steps x dampings``, on one batch.
 
     The exact gradient is computed once (as in ``gradient_alignment``); each setting swaps every DEQ layer's

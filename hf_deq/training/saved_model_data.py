@@ -97,6 +97,8 @@ def load_saved_evaluation(
     import torch
     from transformers import AutoConfig
 
+    from .. import tasks  # noqa: F401 (registers the families' tasks; the training layer names none)
+
     config = AutoConfig.from_pretrained(model_name_or_path)
     try:
         task = get_task(config.model_type)
