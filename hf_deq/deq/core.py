@@ -306,14 +306,14 @@ class DEQFixedPoint(nn.Module):
             f"DEQ solver {type(self.solver).__name__} did not reach {self.stop_mode} residual {self.tol:g} for "
             f"{bad}/{result.converged.numel()} samples: the solve failed (worst residual {worst:.3g}; not "
             f"finite, above {FAILURE_TOL_FACTOR:g}x tol, or stalled above {STALL_TOL_FACTOR:g}x tol, see "
-            f"hf_deq.deq.failed_samples); the best iterate was kept. {self._failure_advice(result, fn, failed)}"
+            f"hf_deq.deq.failed_samples); the best iterate was kept. {self._failure_advice(result, fn, failed, worst)}"
         )
         if self.on_failure == "raise":
             raise DEQConvergenceError(message)
         self._warned = True
         warnings.warn(message + " (warned once per layer)", RuntimeWarning, stacklevel=_caller_stacklevel())
 
-    def _failure_advice(self, result: SolverResult, fn: FixedPointFn, failed: Tensor) -> str:
+    def _failure_advice(self, result: SolverResult, fn: FixedPointFn, failed: Tensor, worst: float) -> str:
         """What the largest spectral radius of ``df/dz`` over the failed samples, at their best iterate, suggests
         (``spectral_radius``, ``FAILURE_RADIUS_ITERS`` products through one eager call of ``f``; DEQ paper sec. 3:
         the solve converges where ``rho(df/dz) < 1``): ``>= 1``, ``f`` does not contract there (Jacobian
@@ -341,7 +341,6 @@ class DEQFixedPoint(nn.Module):
                 "Anderson/Broyden may not converge); add Jacobian regularisation (jacobian_reg_weight) or lower "
                 "the learning rate."
             )
-        worst = float(result.residual[failed].max())
         more = math.log(self.tol / worst) / math.log(rho) if worst > self.tol and rho > 0 else 1.0
         return (
             f"Measured {measured} (< 1): f contracts there, but slowly (fixed-point iteration would need about "
