@@ -274,31 +274,55 @@ def alignment_sweep(
     return points, residual
 
 
-def plot_alignment_sweep(points: list[SweepPoint], path: str, title: str = "") -> None:
-    """Cosine similarity and relative error against k, one line per (estimator, lambda): the PNG of
-    ``scripts/gradient_alignment_sweep.py`` (needs matplotlib)."""
+def sweep_points(summary: Mapping[str, Any]) -> list[SweepPoint]:
+    """The points of a JSON summary written by ``scripts/gradient_alignment_sweep.py`` (``None`` is NaN)."""
+
+    def number(value: Any) -> float:
+        return math.nan if value is None else float(value)
+
+    return [
+        SweepPoint(
+            p["estimator"],
+            int(p["steps"]),
+            float(p["damping"]),
+            number(p["cosine"]),
+            number(p["relative_error"]),
+        )
+        for p in summary["points"]
+    ]
+
+
+def plot_alignment_sweep(
+    points: list[SweepPoint] | Mapping[str, list[SweepPoint]], path: str, title: str = ""
+) -> None:
+    """Cosine similarity and relative error against k, one line per (estimator, lambda); one row of two panels
+    per entry when ``points`` maps row labels (e.g. "trained", "at initialisation") to points. The PNG of
+    ``scripts/gradient_alignment_sweep.py`` and of the docs (needs matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_cos, ax_err) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
+    rows = dict(points) if isinstance(points, Mapping) else {"": points}
+    fig, axes = plt.subplots(len(rows), 2, figsize=(9, 3.1 * len(rows)), dpi=64, squeeze=False)
     styles = {"upg": "-", "npg": "--"}
-    keys = sorted({(p.estimator, p.damping) for p in points})
-    colors = {lam: f"C{i}" for i, lam in enumerate(sorted({lam for _, lam in keys}))}
-    for name, lam in keys:
-        line = sorted((p for p in points if (p.estimator, p.damping) == (name, lam)), key=lambda p: p.steps)
-        ks = [p.steps for p in line]
-        style = dict(linestyle=styles.get(name, ":"), marker="o", markersize=3, color=colors[lam])
-        ax_cos.plot(ks, [p.cosine for p in line], label=f"{name.upper()} λ={lam:g}", **style)
-        ax_err.plot(ks, [p.relative_error for p in line], **style)
-    for ax, label in ((ax_cos, "cosine similarity to exact"), (ax_err, "relative error")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("k (phantom steps)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    ax_err.set_yscale("log")
-    ax_cos.legend(fontsize=7, ncol=2)
+    for (label, row), (ax_cos, ax_err) in zip(rows.items(), axes):
+        keys = sorted({(p.estimator, p.damping) for p in row}, key=lambda e: (e[0] != "upg", e[1]))
+        colors = {lam: f"C{i}" for i, lam in enumerate(sorted({lam for _, lam in keys}))}
+        for name, lam in keys:
+            line = sorted((p for p in row if (p.estimator, p.damping) == (name, lam)), key=lambda p: p.steps)
+            ks = [p.steps for p in line]
+            style = dict(linestyle=styles.get(name, ":"), marker="o", markersize=3, color=colors[lam])
+            ax_cos.plot(ks, [p.cosine for p in line], label=f"{name.upper()} λ={lam:g}", **style)
+            ax_err.plot(ks, [p.relative_error for p in line], **style)
+        for ax, what in ((ax_cos, "cosine to exact"), (ax_err, "relative error")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("k (phantom steps)")
+            ax.set_ylabel(f"{label}: {what}" if label else what, fontsize=8)
+            ax.grid(alpha=0.3)
+        ax_cos.set_ylim(-0.05, 1.02)
+        ax_err.set_yscale("log")
+        ax_cos.legend(fontsize=7, ncol=2)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -339,5 +363,6 @@ __all__ = [
     "contractivity",
     "gradient_alignment",
     "plot_alignment_sweep",
+    "sweep_points",
     "spectral_radius",
 ]

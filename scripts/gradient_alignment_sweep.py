@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from hf_deq.training import saved_model_data
 from hf_deq.training.script import error_lines
 
 PHANTOM_ESTIMATORS = ("upg", "npg")
+#: a reference solve above this residual is warned about: its "exact" gradient is not at a fixed point
+REFERENCE_WARN_RESIDUAL = 1e-3
 
 
 def _ints(text: str) -> list[int]:
@@ -156,7 +159,18 @@ def run_sweep(argv: list[str] | None = None) -> dict[str, Any]:
     output = Path(args.output_file)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(summary, indent=2) + "\n")
-    title = f"{config.model_type} {state} ({args.mode} mode, {summary['forward_solver']} forward)"
+    title = (
+        f"{config.model_type} {state} ({args.mode} mode, {summary['forward_solver']} forward; "
+        f"reference residual {residual:.1e})"
+    )
+    if not residual <= REFERENCE_WARN_RESIDUAL:
+        print(
+            f"warning: the reference solve reached residual {residual:.2e} only (--reference_tol "
+            f"{args.reference_tol:g}, --reference_max_iter {args.reference_max_iter}): the 'exact' gradient is "
+            "not exact there (no fixed point found); raise --reference_max_iter or read the cosines as relative "
+            "to that approximation",
+            file=sys.stderr,
+        )
     plot_alignment_sweep(points, str(output.with_suffix(".png")), title)
     lines = ["| estimator | k | λ | cosine | relative error |", "|---|---|---|---|---|"]
     lines += [
