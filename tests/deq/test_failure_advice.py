@@ -32,10 +32,10 @@ def _rho(message: str) -> float:
     return float(re.search(r"best iterate ~([0-9.e+-]+|inf)", message).group(1))
 
 
-@pytest.mark.parametrize("grad", [False, True])
-def test_a_cell_that_does_not_contract_names_jacobian_regularisation(grad):
+@pytest.mark.parametrize("context", ["no_grad", "enable_grad", "inference_mode"])
+def test_a_cell_that_does_not_contract_names_jacobian_regularisation(context):
     x = _x()
-    with torch.set_grad_enabled(grad):
+    with getattr(torch, context)():
         message = _raised(lambda z: 1.5 * z + x, torch.zeros_like(x), max_iter=12, tol=1e-4)
     assert "(>= 1)" in message and "jacobian_reg_weight" in message and "learning rate" in message
     assert _rho(message) == pytest.approx(1.5, rel=1e-6)
