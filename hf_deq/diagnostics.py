@@ -4,6 +4,8 @@
   model's configured estimator gives, against the exact implicit gradient (phantom-gradient paper, arXiv
   2111.05177, eq. 3, solved to a tight tolerance), overall and per parameter group. Theorem 1 of the paper: a
   phantom gradient is a descent direction while it stays close to the exact one; Fig. 2 measures this cosine.
+- ``alignment_sweep(model, batch)``: the same against k and lambda for UPG and NPG (the paper's Fig. 2
+  analysis), each setting swapped in for one pass; ``plot_alignment_sweep`` draws it.
 - ``contractivity(model, batch)``: per DEQ layer and sample, the spectral radius of ``df/dz`` at the equilibrium
   (``hf_deq.deq.contractivity.spectral_radius``).
 
@@ -141,6 +143,47 @@ def _alignment(estimate: list[Tensor], exact: list[Tensor]) -> Alignment:
     return Alignment(cosine=cosine, relative_error=error, numel=g.numel())
 
 
+def _reference_gradients(
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    params: list[tuple[str, nn.Parameter]],
+    reference_tol: float,
+    reference_max_iter: int,
+) -> tuple[list[Tensor], float]:
+    """The exact implicit parameter gradient (forward solved to ``reference_tol``, GMRES backward to the same
+    tolerance) and the largest forward residual of that solve. Call inside ``_model_preserved``, rewound."""
+    layers = _deq_layers(model)
+    reference_results: list[SolverResult] = []
+
+    def record(_module: nn.Module, _inputs: Any, output: tuple[Tensor, SolverResult]) -> None:
+        reference_results.append(output[1])
+
+    exact_estimator = ImplicitDifferentiation("gmres", max_iter=reference_max_iter, tol=reference_tol)
+    hooks = [layer.register_forward_hook(record) for layer in layers]
+    try:
+        with _layers_overridden(
+            model,
+            grad_estimator=exact_estimator,
+            tol=float(reference_tol),
+            max_iter=reference_max_iter,
+            eval_max_iter=reference_max_iter,
+            on_failure="ignore",
+        ):
+            exact = _parameter_gradients(model, batch, params)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    residual = max((float(r.residual.max()) for r in reference_results), default=math.nan)
+    return exact, residual
+
+
+def _trainable(model: nn.Module, caller: str) -> list[tuple[str, nn.Parameter]]:
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{caller}: the model has no trainable parameter")
+    return params
+
+
 def gradient_alignment(
     model: nn.Module,
     batch: Mapping[str, Any],
@@ -157,33 +200,12 @@ def gradient_alignment(
     mode (train/eval) is used as it is; weights, buffers, ``.grad``, config and RNG stream are unchanged after.
     """
     layers = _deq_layers(model)
-    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("gradient_alignment: the model has no trainable parameter")
-    reference_results: list[SolverResult] = []
-
-    def record(_module: nn.Module, _inputs: Any, output: tuple[Tensor, SolverResult]) -> None:
-        reference_results.append(output[1])
-
+    params = _trainable(model, "gradient_alignment")
     with _model_preserved(model) as rewind, torch.enable_grad():
         rewind()
         estimate = _parameter_gradients(model, batch, params)
         rewind()
-        exact_estimator = ImplicitDifferentiation("gmres", max_iter=reference_max_iter, tol=reference_tol)
-        hooks = [layer.register_forward_hook(record) for layer in layers]
-        try:
-            with _layers_overridden(
-                model,
-                grad_estimator=exact_estimator,
-                tol=float(reference_tol),
-                max_iter=reference_max_iter,
-                eval_max_iter=reference_max_iter,
-                on_failure="ignore",
-            ):
-                exact = _parameter_gradients(model, batch, params)
-        finally:
-            for hook in hooks:
-                hook.remove()
+        exact, residual = _reference_gradients(model, batch, params, reference_tol, reference_max_iter)
     groups: dict[str, list[int]] = {}
     for i, (name, _) in enumerate(params):
         groups.setdefault(".".join(name.split(".")[:group_depth]), []).append(i)
@@ -191,13 +213,121 @@ def gradient_alignment(
         group: _alignment([estimate[i] for i in idx], [exact[i] for i in idx])
         for group, idx in groups.items()
     }
-    residual = max((float(r.residual.max()) for r in reference_results), default=math.nan)
     return GradientAlignment(
         estimator=repr(layers[0].grad_estimator),
         overall=_alignment(estimate, exact),
         per_group=per_group,
         reference_residual=residual,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """One estimator setting of ``alignment_sweep``: ``estimator`` (UPG/NPG name), ``steps`` (k), ``damping``
+    (lambda), and its alignment with the exact gradient."""
+
+    estimator: str
+    steps: int
+    damping: float
+    cosine: float
+    relative_error: float
+
+
+def alignment_sweep(
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    *,
+    estimators: tuple[str, ...] = ("upg", "npg"),
+    steps: tuple[int, ...] = (1, 2, 4, 8, 16),
+    dampings: tuple[float, ...] = (0.5, 0.8, 1.0),
+    reference_tol: float = 1e-8,
+    reference_max_iter: int = 100,
+) -> tuple[list[SweepPoint], float]:
+    """The phantom-gradient paper's analysis (arXiv 2111.05177, sec. 3, Fig. 2): the cosine similarity and
+    relative error of UPG(k, lambda) / NPG(k, lambda) (eqs. 9-10) against the exact implicit gradient (eq. 3)
+    for every ``estimators x steps x dampings``, on one batch.
+
+    The exact gradient is computed once (as in ``gradient_alignment``); each setting swaps every DEQ layer's
+    estimator for one pass (the config is not touched) from the same RNG state and buffers, so all settings
+    differentiate the same forward solve. Returns the points and the reference solve's largest residual; the
+    model is left as it was (weights, buffers, ``.grad``, config, estimators, RNG stream).
+    """
+    from .deq import get_grad_estimator
+
+    params = _trainable(model, "alignment_sweep")
+    settings = [
+        (name, get_grad_estimator(name, steps=k, damping=lam), k, lam)
+        for name in estimators
+        for k in steps
+        for lam in dampings
+    ]  # built first: a bad name, k or lambda raises before any computation
+    points = []
+    with _model_preserved(model) as rewind, torch.enable_grad():
+        rewind()
+        exact, residual = _reference_gradients(model, batch, params, reference_tol, reference_max_iter)
+        for name, estimator, k, lam in settings:
+            rewind()
+            with _layers_overridden(model, grad_estimator=estimator):
+                estimate = _parameter_gradients(model, batch, params)
+            found = _alignment(estimate, exact)
+            points.append(SweepPoint(name, k, float(lam), found.cosine, found.relative_error))
+    return points, residual
+
+
+def sweep_points(summary: Mapping[str, Any]) -> list[SweepPoint]:
+    """The points of a JSON summary written by ``scripts/gradient_alignment_sweep.py`` (``None`` is NaN)."""
+
+    def number(value: Any) -> float:
+        return math.nan if value is None else float(value)
+
+    return [
+        SweepPoint(
+            p["estimator"],
+            int(p["steps"]),
+            float(p["damping"]),
+            number(p["cosine"]),
+            number(p["relative_error"]),
+        )
+        for p in summary["points"]
+    ]
+
+
+def plot_alignment_sweep(
+    points: list[SweepPoint] | Mapping[str, list[SweepPoint]], path: str, title: str = ""
+) -> None:
+    """Cosine similarity and relative error against k, one line per (estimator, lambda); one row of two panels
+    per entry when ``points`` maps row labels (e.g. "trained", "at initialisation") to points. The PNG of
+    ``scripts/gradient_alignment_sweep.py`` and of the docs (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = dict(points) if isinstance(points, Mapping) else {"": points}
+    fig, axes = plt.subplots(len(rows), 2, figsize=(9, 3.1 * len(rows)), dpi=64, squeeze=False)
+    styles = {"upg": "-", "npg": "--"}
+    for (label, row), (ax_cos, ax_err) in zip(rows.items(), axes):
+        keys = sorted({(p.estimator, p.damping) for p in row}, key=lambda e: (e[0] != "upg", e[1]))
+        colors = {lam: f"C{i}" for i, lam in enumerate(sorted({lam for _, lam in keys}))}
+        for name, lam in keys:
+            line = sorted((p for p in row if (p.estimator, p.damping) == (name, lam)), key=lambda p: p.steps)
+            ks = [p.steps for p in line]
+            style = dict(linestyle=styles.get(name, ":"), marker="o", markersize=3, color=colors[lam])
+            ax_cos.plot(ks, [p.cosine for p in line], label=f"{name.upper()} λ={lam:g}", **style)
+            ax_err.plot(ks, [p.relative_error for p in line], **style)
+        for ax, what in ((ax_cos, "cosine to exact"), (ax_err, "relative error")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("k (phantom steps)")
+            ax.set_ylabel(f"{label}: {what}" if label else what, fontsize=8)
+            ax.grid(alpha=0.3)
+        ax_cos.set_ylim(-0.05, 1.02)
+        ax_err.set_yscale("log")
+        ax_cos.legend(fontsize=7, ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def contractivity(model: nn.Module, batch: Mapping[str, Any], *, iters: int = 20) -> list[Tensor]:
@@ -225,4 +355,14 @@ def contractivity(model: nn.Module, batch: Mapping[str, Any], *, iters: int = 20
             hook.remove()
 
 
-__all__ = ["Alignment", "GradientAlignment", "contractivity", "gradient_alignment", "spectral_radius"]
+__all__ = [
+    "Alignment",
+    "GradientAlignment",
+    "SweepPoint",
+    "alignment_sweep",
+    "contractivity",
+    "gradient_alignment",
+    "plot_alignment_sweep",
+    "sweep_points",
+    "spectral_radius",
+]

@@ -35,17 +35,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
-from transformers import AutoConfig
 
 from hf_deq.deq import available_solvers
-from hf_deq.hub import TRAINING_RECORD_FILE, missing_local_model_dir, read_training_record
+from hf_deq.hub import missing_local_model_dir
 from hf_deq.hub.budget_sweep import (
     BUDGET_SWEEP_FILE,
     BUDGET_SWEEP_PLOT,
@@ -53,9 +51,7 @@ from hf_deq.hub.budget_sweep import (
     plot_budget_sweep,
     write_budget_sweep,
 )
-from hf_deq.tasks import get_task
-from hf_deq.training import build_dataloaders, data_source_flags, evaluate, evaluation_data_flags
-from hf_deq.training import parse_args as parse_training_args
+from hf_deq.training import saved_model_data
 from hf_deq.training.script import error_lines
 
 
@@ -152,100 +148,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return args, passthrough
 
 
-def _flag_text(name: str, value: Any) -> str:
-    return f"--{name} {value}"
-
-
 def recorded_data_flags(
     model_name_or_path: str, task, passthrough: list[str]
 ) -> tuple[dict[str, Any], list[str]]:
-    """``(defaults, messages)``: the evaluation data flags of the model's training record, less the recorded data
-    sources when ``passthrough`` names other data, and what to tell the user about them. A model without a
-    record (saved otherwise, or a Hub id) gets no defaults and a warning."""
-    record = read_training_record(model_name_or_path) if Path(model_name_or_path).is_dir() else None
-    where = Path(model_name_or_path) / TRAINING_RECORD_FILE
-    if record is None:
-        return {}, [
-            f"warning: {model_name_or_path} has no {TRAINING_RECORD_FILE} (it was not saved by an hf_deq training "
-            "script, or by an older one): the evaluation data is what the flags given here and their defaults "
-            "say, which need not be what the model was trained and evaluated with; pass the data flags of its "
-            "training run (after --)"
-        ]
-    recorded = {name: record["args"][name] for name in evaluation_data_flags(task) if name in record["args"]}
-    sources = data_source_flags(task)
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for name in sources:
-        pre.add_argument(f"--{name}", default=None)
-    given, _ = pre.parse_known_args(passthrough)
-    messages = []
-    named = [n for n in sources if n != "dataset_config_name" and getattr(given, n) is not None]
-    if named:
-        replaced = [_flag_text(n, recorded[n]) for n in sources if recorded.get(n) is not None]
-        if replaced:
-            messages.append(
-                f"note: {', '.join(_flag_text(n, getattr(given, n)) for n in named)} replaces the data of the "
-                f"training run ({' '.join(replaced)}, from {where})"
-            )
-        recorded = {k: v for k, v in recorded.items() if k not in sources}
-    for name in sources:
-        value = recorded.get(name)
-        if isinstance(value, str) and os.path.isabs(value) and not os.path.exists(value):
-            print(
-                f"{Path(__file__).name}: error: --{name} {value}, recorded in {where}, no longer exists: pass "
-                f"the data to evaluate on (after --, e.g. --{name} PATH)",
-                file=sys.stderr,
-            )
-            raise SystemExit(2)
-    used = " ".join(_flag_text(n, v) for n, v in recorded.items() if v is not None)
-    messages.append(f"the training run's data flags ({where}): {used or 'none recorded'}")
-    return recorded, messages
+    """``(defaults, messages)``: the evaluation data flags of the model's training record
+    (``hf_deq.training.saved_model_data.recorded_data_flags``)."""
+    return saved_model_data.recorded_data_flags(model_name_or_path, task, passthrough, Path(__file__).name)
 
 
 def build_evaluation(args: argparse.Namespace, passthrough: list[str], accelerator: Accelerator):
     """``(model, run_eval)``: the saved model, and its family's evaluation of the data the flags name;
     ``run_eval(prepared_model)`` returns the metric with common names (``metric``, ``metric_name``, ``loss``,
     solver stats, ``num_examples``)."""
-    import torch
-
-    config = AutoConfig.from_pretrained(args.model_name_or_path)
-    try:
-        task = get_task(config.model_type)
-    except ValueError:
-        raise SystemExit(f"model_type {config.model_type!r} is not an hf_deq model") from None
-    recorded, messages = recorded_data_flags(args.model_name_or_path, task, passthrough)
-    family_argv = [*passthrough, "--model_name_or_path", args.model_name_or_path]
-    train_args = parse_training_args(task, family_argv, script=f"{Path(__file__).name} --", defaults=recorded)
-    for name, value in recorded.items():
-        if getattr(train_args, name) != value:
-            messages.append(
-                f"note: {_flag_text(name, getattr(train_args, name))} overrides the training run's "
-                f"{_flag_text(name, value)}"
-            )
-    if accelerator.is_main_process:
-        for message in messages:
-            print(message, file=sys.stderr)
-    if train_args.torch_num_threads:
-        torch.set_num_threads(train_args.torch_num_threads)
-    with accelerator.main_process_first():
-        raw = task.load_raw(train_args)
-    model, processing_class = task.load_pretrained(train_args, raw)
-    with accelerator.main_process_first():
-        data = task.load_data(train_args, raw, processing_class)
-    _, eval_dl = build_dataloaders(train_args, data)
-    eval_dl = accelerator.prepare(eval_dl)
-
-    def run_eval(prepared) -> dict[str, Any]:
-        out = evaluate(prepared, eval_dl, accelerator, task)
-        return {
-            "metric_name": task.metric_name,
-            "metric": out[f"eval_{task.metric_name}"],
-            "loss": out["eval_loss"],
-            "solver_nstep": out["eval_solver_nstep"],
-            "solver_residual": out["eval_solver_residual"],
-            "num_examples": out["eval_num_examples"],
-        }
-
-    return model, run_eval
+    saved = saved_model_data.load_saved_evaluation(
+        args.model_name_or_path, passthrough, accelerator, Path(__file__).name
+    )
+    return saved.model, saved.run_eval
 
 
 def evaluate_sweep(argv: list[str] | None = None) -> list[dict[str, Any]]:

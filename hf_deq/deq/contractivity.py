@@ -28,7 +28,8 @@ def spectral_radius(
     ``iters`` vector-Jacobian products of the whole batch (each sample's block of ``J`` is its own when ``f``
     treats samples independently, as a DEQ cell in eval mode does). The estimate is the geometric mean of the
     per-step growth ``||J v_t|| / ||v_t||`` over the second half of the iterations, ``v_t`` renormalised at every
-    step. A non-finite product gives ``inf``.
+    step. A non-finite product gives ``inf``. Runs under ``no_grad`` and ``inference_mode`` callers too (autograd
+    is switched on for the one call of ``f``).
     """
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 2:
         raise ValueError(f"spectral_radius: iters must be an integer >= 2, got {iters!r}")
@@ -38,7 +39,7 @@ def spectral_radius(
     v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (v.dim() - 1)))
     log_growth = torch.zeros(z.shape[0], dtype=dtype, device=z.device)
     counted = 0
-    with torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():  # also from no_grad / inference_mode callers
         z_in = z.clone().requires_grad_()
         fz = fn(z_in)
     for t in range(iters):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .compile import CompiledCell, CompiledSolve
+from .contractivity import spectral_radius
 from .dropout import new_dropout_masks
 from .grad import GRAD_ESTIMATORS, GradientEstimator, get_grad_estimator
 from .norm import norm_cache
@@ -56,6 +58,8 @@ FAILURE_TOL_FACTOR = 1000.0
 NO_PROGRESS_REL_RESIDUAL = 0.5
 #: ... or when it is above this multiple of ``tol`` and the solve stalled (see ``failed_samples``).
 STALL_TOL_FACTOR = 100.0
+#: Power-iteration steps of the spectral radius measured when a solve failed (``DEQFixedPoint._failure_advice``).
+FAILURE_RADIUS_ITERS = 8
 
 
 def failed_samples(result: SolverResult) -> Tensor:
@@ -284,7 +288,7 @@ class DEQFixedPoint(nn.Module):
                     result = self.solver.solve(
                         cell, z0, max_iter=max_iter, tol=self.tol, stop_mode=self.stop_mode
                     )
-            self._check_failure(result)
+            self._check_failure(result, fn)
             z = result.z.to(z0.dtype)
             if grad_needed:
                 with cache():
@@ -315,29 +319,62 @@ class DEQFixedPoint(nn.Module):
             tol=self.tol,
         )
 
-    def _check_failure(self, result: SolverResult) -> None:
-        """Warn once, raise or ignore (``on_failure``) when ``failed_samples(result)`` holds any sample."""
+    def _check_failure(self, result: SolverResult, fn: FixedPointFn) -> None:
+        """Warn once, raise or ignore (``on_failure``) when ``failed_samples(result)`` holds any sample; the
+        message says what the spectral radius of ``f`` at the failing samples suggests (``_failure_advice``)."""
         if self.on_failure == "ignore" or bool(result.converged.all()):
             return
         failed = failed_samples(result)
         if not bool(failed.any()):
             return  # missed tol within the budget, but still converging: reported in the result only
+        if self.on_failure == "warn" and self._warned:
+            return  # warned already: the measurement would only cost time
         bad = int(failed.sum())
         worst = float(result.residual[failed].max())
         message = (
             f"DEQ solver {type(self.solver).__name__} did not reach {self.stop_mode} residual {self.tol:g} for "
             f"{bad}/{result.converged.numel()} samples: the solve failed (worst residual {worst:.3g}; not "
             f"finite, above {FAILURE_TOL_FACTOR:g}x tol, or stalled above {STALL_TOL_FACTOR:g}x tol, see "
-            "hf_deq.deq.failed_samples); the best iterate was kept. Raise max_iter, use another solver, or "
-            "regularise the model (Jacobian regularisation)."
+            f"hf_deq.deq.failed_samples); the best iterate was kept. {self._failure_advice(result, fn, failed, worst)}"
         )
         if self.on_failure == "raise":
             raise DEQConvergenceError(message)
-        if not self._warned:
-            self._warned = True
-            warnings.warn(
-                message + " (warned once per layer)", RuntimeWarning, stacklevel=_caller_stacklevel()
+        self._warned = True
+        warnings.warn(message + " (warned once per layer)", RuntimeWarning, stacklevel=_caller_stacklevel())
+
+    def _failure_advice(self, result: SolverResult, fn: FixedPointFn, failed: Tensor, worst: float) -> str:
+        """What the largest spectral radius of ``df/dz`` over the failed samples, at their best iterate, suggests
+        (``spectral_radius``, ``FAILURE_RADIUS_ITERS`` products through one eager call of ``f``; DEQ paper sec. 3:
+        the solve converges where ``rho(df/dz) < 1``): ``>= 1``, ``f`` does not contract there (Jacobian
+        regularisation, a smaller learning rate); ``< 1``, it contracts, too slowly for the budget (a larger
+        budget, Anderson/Broyden). Runs only when a solve failed, never in the solver loop."""
+        budget = "max_iter (config solver_max_iter)"
+        if not self.training and self.eval_max_iter is not None:
+            budget = "eval_max_iter (config solver_eval_max_iter)"
+        try:
+            with norm_cache():
+                radius = spectral_radius(
+                    fn, result.z, iters=FAILURE_RADIUS_ITERS, generator=torch.Generator().manual_seed(0)
+                )
+            rho = float(radius.to(failed.device)[failed].max())
+        except RuntimeError as err:  # no differentiable path through f, inference tensors, ...
+            cause = " ".join(str(err).split())[:160]
+            return (
+                f"The spectral radius of df/dz could not be measured ({cause}). Raise {budget}, use another "
+                "solver, or regularise the model (Jacobian regularisation, jacobian_reg_weight)."
             )
+        measured = f"spectral radius of df/dz at the failed samples' best iterate ~{rho:.3g}"
+        if not rho < 1.0:
+            return (
+                f"Measured {measured} (>= 1): f does not contract there (fixed-point iteration diverges, "
+                "Anderson/Broyden may not converge); add Jacobian regularisation (jacobian_reg_weight) or lower "
+                "the learning rate."
+            )
+        more = math.log(self.tol / worst) / math.log(rho) if worst > self.tol and rho > 0 else 1.0
+        return (
+            f"Measured {measured} (< 1): f contracts there, but slowly (fixed-point iteration would need about "
+            f"{math.ceil(more)} more steps); raise {budget} or use Anderson/Broyden."
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -251,7 +251,7 @@ def test_a_diverging_solve_fails_warns_once_and_raises_when_asked(scale):
     assert len(found) == 1, [str(w.message) for w in found]
     message = str(found[0].message)
     assert "did not reach rel residual 0.001 for 3/3 samples: the solve failed" in message
-    assert "Raise max_iter" in message and "warned once" in message
+    assert "(>= 1)" in message and "jacobian_reg_weight" in message and "warned once" in message
     with pytest.raises(DEQConvergenceError, match="the solve failed"):
         _solve(_affine(scale), "raise", max_iter=12, tol=1e-3)
 

@@ -172,3 +172,25 @@ def test_diverging_map_keeps_the_best_finite_iterate(solver):
         z, result = layer.eval()(lambda z: 1e20 * z + 1.0, z0)
     assert bool(torch.isfinite(z).all()) and not bool(result.converged.any())
     assert result.residual.shape == (4,) and bool(torch.isfinite(result.residual).all())
+
+
+@pytest.mark.parametrize(
+    ("kind", "contracts"),
+    [("lm", True), ("mdeq", False)],  # measured at init: rho ~0.5 and ~1.6-2.3
+)
+def test_a_failed_solve_names_the_measured_spectral_radius_and_what_it_suggests(kind, contracts):
+    """Three solver steps to 1e-12 fail. The tiny LM contracts at its best iterate: the message names the
+    training or evaluation budget; the tiny MDEQ does not: it names Jacobian regularisation (issue 18 item 3)."""
+    budget = {"solver_max_iter": 3, "solver_eval_max_iter": 3, "solver_tol": 1e-12}
+    model = tiny_model(kind, solver_on_failure="raise", **budget)
+    inputs = tiny_inputs(kind, model.config)
+    for training, field in ((True, "solver_max_iter"), (False, "solver_eval_max_iter")):
+        model.train(training)
+        with torch.set_grad_enabled(training), pytest.raises(DEQConvergenceError) as err:
+            model(**inputs)
+        message = str(err.value)
+        rho = float(message.split("best iterate ~")[1].split(" ")[0])
+        if contracts:
+            assert 0 < rho < 1 and "(< 1)" in message and f"(config {field})" in message, message
+        else:
+            assert rho >= 1 and "(>= 1)" in message and "jacobian_reg_weight" in message, message

@@ -11,6 +11,8 @@ import pytest
 from script_loading import load_script
 from tiny_runs import lm_args, mdeq_args, small_text_file
 
+from hf_deq.tasks import get_task
+
 
 def test_mdeq_evaluation_matches_training_and_sweeps_budgets(tmp_path, fresh_accelerate_state):
     out = tmp_path / "mdeq"
@@ -108,7 +110,7 @@ def test_a_trained_lm_is_evaluated_on_the_data_it_was_trained_with(tmp_path, cap
 
 def test_recorded_data_is_replaced_by_other_data_and_a_missing_record_is_warned(tmp_path, capsys):
     script = load_script("evaluate_deq")
-    task = script.get_task("causal-lm")
+    task = get_task("causal-lm")
     model = tmp_path / "model"
     model.mkdir()
     defaults, messages = script.recorded_data_flags(str(model), task, [])
