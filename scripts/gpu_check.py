@@ -9,7 +9,8 @@ through Accelerate. Prints step time, throughput, forward/backward time and peak
 ``--variants`` times each estimator in each variant of the solve: ``eager`` (the config as saved), ``compiled``
 (``compile_cell=True``), ``sync_free`` (the solver's ``check_every=None``: the host reads the stop test only at
 the end of the budget; converged samples freeze on the device), both together, ``compiled_solve``
-(``compile_solve=True``: one compiled solver step per iteration, CUDA graphs) and that sync-free. Every row also reports the
+(``compile_solve=True``: one compiled solver step per iteration, CUDA graphs), that sync-free and that with the
+host reading the stop test every 4 iterations (``compiled_solve_check4``). Every row also reports the
 GPU's kernel time for one profiled step (``torch.profiler``) and its share of that step's wall time: a
 launch-bound step keeps the GPU idle between small kernels and host syncs.
 
@@ -53,6 +54,7 @@ VARIANTS: dict[str, dict] = {
     "compiled_sync_free": {"compile_cell": True, "solver_kwargs": {"check_every": None}},
     "compiled_solve": {"compile_solve": True},
     "compiled_solve_sync_free": {"compile_solve": True, "solver_kwargs": {"check_every": None}},
+    "compiled_solve_check4": {"compile_solve": True, "solver_kwargs": {"check_every": 4}},
 }
 FSDP_CONFIG = Path(__file__).resolve().parent / "configs" / "accelerate_fsdp2.yaml"
 

@@ -37,6 +37,7 @@ def test_every_variant_of_the_solve_is_a_valid_config_of_both_presets():
         "compiled_sync_free",
         "compiled_solve",
         "compiled_solve_sync_free",
+        "compiled_solve_check4",
     ]
     for preset in ("test_mdeq_tiny", "test_deq_transformer_tiny"):
         for overrides in script.VARIANTS.values():
