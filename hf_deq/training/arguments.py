@@ -511,7 +511,9 @@ def check_training_args(
     ):
         parser.error(f"argument --checkpointing_steps: must be a positive integer or 'epoch', got {steps!r}")
     if getattr(args, "probe_contractivity", False) and not args.probe_steps:
-        parser.error("argument --probe_contractivity: it measures at the --probe_steps probes; set --probe_steps N")
+        parser.error(
+            "argument --probe_contractivity: it measures at the --probe_steps probes; set --probe_steps N"
+        )
     if (args.checkpointing_steps or args.resume_from_checkpoint) and args.output_dir is None:
         parser.error("argument --output_dir: --checkpointing_steps and --resume_from_checkpoint need it")
     if args.output_dir is not None and (problem := output_dir_problem(args.output_dir)):

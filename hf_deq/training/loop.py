@@ -129,8 +129,10 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
     estimator = getattr(config, "grad_estimator", None)  # None: an explicit (non-DEQ) model
     solver = getattr(config, "solver", None)
     probe = build_probe(args, data, unwrapped, accelerator.device, task.forward_kwargs)
-    if not accelerator.is_main_process:
-        probe = None  # the main process probes its unwrapped model (the other ranks wait at the next all-reduce)
+    if (
+        not accelerator.is_main_process
+    ):  # the main process probes (the other ranks wait at the next all-reduce)
+        probe = None
 
     state = TrainingState()
     if checkpoint is not None:
@@ -232,7 +234,9 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
             state.train_cpu_time, cpu_clock = state.train_cpu_time + cpu_now - cpu_clock, cpu_now
             done = state.completed_steps
             probed = probe.measure() if probe is not None and probe.due(done) else {}
-            tracker.step({"step": done, "loss": result.loss, "skipped_nonfinite_steps": step.skipped, **probed})
+            tracker.step(
+                {"step": done, "loss": result.loss, "skipped_nonfinite_steps": step.skipped, **probed}
+            )
             entry = {}  # this step's log_history entry
             if done % args.logging_steps == 0 or done == max_train_steps:
                 n = max(window["n"], 1)
