@@ -129,9 +129,7 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
     estimator = getattr(config, "grad_estimator", None)  # None: an explicit (non-DEQ) model
     solver = getattr(config, "solver", None)
     probe = build_probe(args, data, unwrapped, accelerator.device, task.forward_kwargs)
-    if (
-        not accelerator.is_main_process
-    ):  # the main process probes (the other ranks wait at the next all-reduce)
+    if not accelerator.is_main_process:  # built on every rank (a refusal stops all), used on the main one
         probe = None
 
     state = TrainingState()
