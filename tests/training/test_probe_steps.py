@@ -149,3 +149,20 @@ def test_two_processes_probe_on_the_main_process_and_stay_in_step(tmp_path):
     assert rank0[-1]["state_dict_sha256"] == rank1[-1]["state_dict_sha256"]
     results = json.loads((out / "all_results.json").read_text())
     assert results["num_processes"] == 2 and results["probe_count"] == 2
+
+
+def test_probing_an_explicit_model_or_under_fsdp_is_refused(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from hf_deq.training import probe
+
+    batch = {"x": torch.zeros(1), "labels": torch.zeros(1)}
+    with pytest.raises(probe.ProbeError, match=r"--probe_steps 3: Linear is not a DEQ"):
+        probe.GradientProbe(torch.nn.Linear(2, 2), batch, 3)
+    monkeypatch.setattr(probe, "_is_sharded", lambda model: True)
+    with pytest.raises(SystemExit) as exit_info:
+        _train("mdeq", tmp_path / "out", tmp_path, "--probe_steps", "2")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "--probe_steps 2: probing is not supported under FSDP" in lines[0], err
