@@ -18,6 +18,7 @@ from .errors import HubPushError, InvalidRepoIdError, check_repo_id
 from .model_dir import (
     GENERATED_MARKER,
     SECRET_KEYS,
+    TRAINING_CURVES_FILE,
     check_model_dir,
     read_metrics,
     read_training_info,
@@ -219,6 +220,10 @@ def render_model_card(
         "dataset": dataset,
         "results": results,
         "recipe": sections.recipe_rows(training, metrics),
+        # the run's picture, pushed with the model (``PUSHED_FILE_PATTERNS``): linked when the folder has it
+        "training_curves": Markup(TRAINING_CURVES_FILE)
+        if model_dir is not None and (Path(model_dir) / TRAINING_CURVES_FILE).is_file()
+        else None,
         "labels": list((getattr(config, "id2label", None) or {}).values())[:20],
         "num_labels": getattr(config, "num_labels", None),
     }

@@ -13,6 +13,8 @@
 - ``optimizer``: parameter groups with one weight-decay rule, optimiser and schedule builders;
 - ``evaluation``: fixed ``eval_*`` keys, every example gathered once;
 - ``tracking``: trackers, progress bar, ``--log_file``, weight fingerprints;
+- ``probe``: ``--probe_steps`` / ``--probe_contractivity``, gradient alignment on a fixed batch while training;
+- ``run_plot``: ``training_curves.png``, the picture of a run (``scripts/plot_run.py``);
 - ``schedule``: the unrolled warm-up ``EstimatorSchedule``;
 - ``task``: the ``TrainingTask`` base class and its registry;
 - ``loop``: ``train(task, args)``;

@@ -310,6 +310,21 @@ def add_training_arguments(parser: argparse.ArgumentParser, task: TrainingTask) 
         default=None,
         help="evaluate every N epochs (default 1 without --eval_steps, none with it; always at the end)",
     )
+    out.add_argument(
+        "--probe_steps",
+        type=int,
+        default=0,
+        help="every N optimizer steps, measure on a fixed probe batch (the first validation examples) the cosine "
+        "and relative error of the estimator's gradient against the exact implicit one (grad_alignment_cosine, "
+        "grad_alignment_relative_error, probe_time: logged, in log_history.json and all_results.json; not "
+        "training time); 0: off",
+    )
+    out.add_argument(
+        "--probe_contractivity",
+        action="store_true",
+        help="with --probe_steps, also log the spectral radius of df/dz at the equilibrium "
+        "(spectral_radius_mean, spectral_radius_max)",
+    )
     out.add_argument("--disable_tqdm", action="store_true", help="no progress bar")
     from ..hub import add_hub_arguments
 
@@ -500,6 +515,10 @@ def check_training_args(
         and not (steps.isascii() and steps.isdigit() and int(steps) >= 1)
     ):
         parser.error(f"argument --checkpointing_steps: must be a positive integer or 'epoch', got {steps!r}")
+    if getattr(args, "probe_contractivity", False) and not args.probe_steps:
+        parser.error(
+            "argument --probe_contractivity: it measures at the --probe_steps probes; set --probe_steps N"
+        )
     if (args.checkpointing_steps or args.resume_from_checkpoint) and args.output_dir is None:
         parser.error("argument --output_dir: --checkpointing_steps and --resume_from_checkpoint need it")
     if args.output_dir is not None and (problem := output_dir_problem(args.output_dir)):

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from ..hub.model_dir import TRAINING_CURVES_FILE
 from .errors import CheckpointSaveError, OutputDirError
 
 CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
@@ -21,7 +22,11 @@ CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
 PARTIAL_CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)\.tmp$")
 #: the file a checkpoint's position and counters live in: the resume contract
 STATE_FILE = "trainer_state.json"
-#: the files a finished run writes next to its checkpoints (model, processing class, results)
+#: a finished run's evaluation history (one entry per evaluation) and training log history (one entry per logging
+#: window and per probe: ``TrainingState.log_history``)
+HISTORY_FILE = "history.json"
+LOG_HISTORY_FILE = "log_history.json"
+#: the files a finished run writes next to its checkpoints (model, processing class, results, its picture)
 RUN_FILES = (
     "config.json",
     "generation_config.json",
@@ -32,7 +37,9 @@ RUN_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "all_results.json",
-    "history.json",
+    HISTORY_FILE,
+    LOG_HISTORY_FILE,
+    TRAINING_CURVES_FILE,
 )
 #: the shards of a sharded ``save_pretrained``
 SHARD_PATTERN = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
@@ -244,6 +251,8 @@ def save_checkpoint_atomically(
 
 __all__ = [
     "CHECKPOINT_PATTERN",
+    "HISTORY_FILE",
+    "LOG_HISTORY_FILE",
     "LOCK_FILE",
     "RUN_FILES",
     "STATE_FILE",

@@ -115,6 +115,7 @@ FLAG_RANGES: dict[str, Range] = {
     "max_nonfinite_steps": count_range(1),
     "logging_steps": count_range(1),
     "eval_steps": count_range(1),
+    "probe_steps": count_range(0),
     "eval_every_epochs": count_range(1),
 }
 

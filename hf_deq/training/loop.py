@@ -2,7 +2,8 @@
 
 A task (``hf_deq.training.task``) brings its data, model and metric; the loop brings the rest, the same for every
 family: Accelerate (DDP/FSDP/mixed precision through ``accelerate launch``), the guarded step, checkpoints and
-exact resumes, per-step seeding, evaluation, trackers, and the results in ``all_results.json``."""
+exact resumes, per-step seeding, evaluation, ``--probe_steps`` probes, trackers, and the results in
+``all_results.json`` with the run's histories and its picture (``training_curves.png``)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from torch.utils.data import DataLoader
 
 from ..modeling_utils import count_parameters
 from .accelerator import build_accelerator, seed_step
-from .checkpoints import STATE_FILE, OutputDirLock, remove_previous_run
+from .checkpoints import HISTORY_FILE, LOG_HISTORY_FILE, STATE_FILE, OutputDirLock, remove_previous_run
 from .errors import CheckpointSaveError, NonFiniteWeightsError, OutputDirError
 from .evaluation import epoch_evaluation_due, evaluate, solver_stats
 from .optimizer import build_optimizer, build_scheduler
+from .probe import build_probe, probe_summary
 from .record import write_training_record
+from .run_plot import run_title, write_training_curves
 from .schedule import EstimatorSchedule
 from .state import TrainingState
 from .step import GuardedStep, nonfinite_tensors
@@ -90,7 +93,8 @@ def claimed_output_dir(args: argparse.Namespace, accelerator):
 
 
 def train(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
-    """Train, evaluate and save; return ``all_results.json``'s content plus the evaluation ``history``."""
+    """Train, evaluate and save; return ``all_results.json``'s content plus the evaluation ``history`` and the
+    training ``log_history``."""
     accelerator = build_accelerator(args)
     with claimed_output_dir(args, accelerator):
         return _train(task, args, accelerator)
@@ -128,6 +132,9 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
     config = unwrapped.config
     estimator = getattr(config, "grad_estimator", None)  # None: an explicit (non-DEQ) model
     solver = getattr(config, "solver", None)
+    probe = build_probe(args, data, unwrapped, accelerator.device, task.forward_kwargs)
+    if not accelerator.is_main_process:  # built on every rank (a refusal stops all), used on the main one
+        probe = None
 
     state = TrainingState()
     if checkpoint is not None:
@@ -237,7 +244,11 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
             state.train_time, clock = state.train_time + now - clock, now
             state.train_cpu_time, cpu_clock = state.train_cpu_time + cpu_now - cpu_clock, cpu_now
             done = state.completed_steps
-            tracker.step({"step": done, "loss": result.loss, "skipped_nonfinite_steps": step.skipped})
+            probed = probe.measure() if probe is not None and probe.due(done) else {}
+            tracker.step(
+                {"step": done, "loss": result.loss, "skipped_nonfinite_steps": step.skipped, **probed}
+            )
+            entry = {}  # this step's log_history entry
             if done % args.logging_steps == 0 or done == max_train_steps:
                 n = max(window["n"], 1)
                 logs = {
@@ -250,12 +261,23 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
                 postfix = {"loss": f"{logs['train_loss']:.3f}", "nstep": f"{logs['solver_nstep']:.1f}"}
                 tracker.log(logs, step=done, postfix=postfix)
                 last_window_loss = logs["train_loss"] if window["n"] else last_window_loss
+                entry = logs if window["n"] else {k: logs[k] for k in ("lr", "skipped_nonfinite_steps")}
                 window = dict.fromkeys(window, 0)
+            if probed:
+                tracker.log(probed, step=done)
+                logger.info(
+                    f"step {done}: "
+                    + ", ".join(f"{k}={v:.4g}" for k, v in probed.items() if k != "probe_time")
+                    + f" (probe {probed['probe_time']:.2f}s, not training time)"
+                )
+                entry = {**entry, **probed}
+            if entry:
+                state.log_history.append({"step": done, "train_time": state.train_time, **entry})
             if checkpoint_every and done % checkpoint_every == 0:
                 save_checkpoint(f"step_{done}")
             if args.eval_steps and done % args.eval_steps == 0 and done < max_train_steps:
                 run_evaluation()
-            # evaluation and checkpoints are not training time
+            # probes, evaluation and checkpoints are not training time
             clock, cpu_clock = time.perf_counter(), time.process_time()
             if done >= max_train_steps:
                 break
@@ -295,6 +317,7 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
         "unrolled_warmup_steps": args.unrolled_warmup_steps,
         "dataset_name": data.dataset_name,
         "dataset_config_name": data.dataset_config_name,
+        **probe_summary(state.log_history),
     }
     if args.output_dir is not None:
         refuse_nonfinite(f"the model into {args.output_dir}")
@@ -311,8 +334,11 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
                 if processing_class is not None:
                     processing_class.save_pretrained(args.output_dir)
                 Path(args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2))
-                Path(args.output_dir, "history.json").write_text(json.dumps(state.history, indent=2))
+                Path(args.output_dir, HISTORY_FILE).write_text(json.dumps(state.history, indent=2))
+                Path(args.output_dir, LOG_HISTORY_FILE).write_text(json.dumps(state.log_history, indent=2))
                 write_training_record(args.output_dir, task, args)
+                title = run_title(args.output_dir)  # from the all_results.json just written
+                write_training_curves(args.output_dir, state.history, state.log_history, title, logger.info)
             accelerator.wait_for_everyone()
         except OSError as err:
             raise CheckpointSaveError(
@@ -327,7 +353,7 @@ def _train(task: TrainingTask, args: argparse.Namespace, accelerator) -> dict[st
     logger.info(
         f"final {metric} {results.get(metric, math.nan):.4f} after {results['train_runtime']:.1f}s of training"
     )
-    return {**results, "history": state.history}
+    return {**results, "history": state.history, "log_history": state.log_history}
 
 
 __all__ = ["build_dataloaders", "data_loss", "num_parameters", "train"]

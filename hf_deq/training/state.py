@@ -1,5 +1,5 @@
 """The training state: where a run is (step, epoch, batch in epoch) and what it has counted (losses, timings,
-skipped steps, the evaluation history). It travels in every checkpoint as ``trainer_state.json``, the one resume
+skipped steps, the evaluation history, the training log history). It travels in every checkpoint as ``trainer_state.json``, the one resume
 contract of every task."""
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ class TrainingState:
     loss_sum: float = 0.0
     loss_count: int = 0
     skipped_nonfinite_steps: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluation
+    #: one entry per ``--logging_steps`` window and per ``--probe_steps`` probe (``train_loss``, solver statistics,
+    #: gradient alignment); older checkpoints without it resume with an empty one
+    log_history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,7 +50,8 @@ class TrainingState:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = STATE_FILE) -> TrainingState:
         """The state in ``data`` (read from ``source``), each value checked: counts are integers >= 0, sums and
-        times finite numbers >= 0, ``history`` a list of objects; unknown keys are ignored."""
+        times finite numbers >= 0, ``history`` and ``log_history`` lists of objects; unknown keys are ignored, missing
+        ones (but the position) keep their defaults."""
         if not isinstance(data, dict):
             raise TrainingStateError(f"{source}: expected a JSON object, got {type(data).__name__}")
         missing = [k for k in POSITION_KEYS if k not in data]
@@ -58,7 +62,7 @@ class TrainingState:
             if f.name not in data:
                 continue
             value = data[f.name]
-            if f.name == "history":
+            if f.name in ("history", "log_history"):
                 ok = isinstance(value, list) and all(isinstance(v, dict) for v in value)
                 allowed = "a list of objects"
             elif f.type in ("int", int):

@@ -115,6 +115,7 @@ FLAGS: dict[str, Flag] = {
     # output
     "logging_steps": Flag("int", count(1)),
     "eval_steps": Flag("int", count(1)),
+    "probe_steps": Flag("int", count(0)),
     "eval_every_epochs": Flag("int", count(1)),
     "hub_strategy": Flag("choice", choice("end", "checkpoint")),
 }

@@ -144,3 +144,16 @@ def test_check_position_accepts_the_positions_the_loop_writes():
             TrainingState(completed_steps=steps, epoch=epoch, batches_in_epoch=batches).check_position(
                 "s", 3, 5, 2
             )
+
+
+def test_the_log_history_travels_in_the_state_and_older_states_resume_without_it(tmp_path):
+    """``log_history`` (training windows and probes) is saved and read back; a ``trainer_state.json`` written
+    before it existed reads as an empty one; anything but a list of objects is refused, naming the key."""
+    state = TrainingState(completed_steps=2, epoch=0, batches_in_epoch=2)
+    state.log_history.append({"step": 2, "train_loss": 1.5, "grad_alignment_cosine": 0.9})
+    path = state.save(_FakeAccelerator(), tmp_path, "step_2")
+    assert TrainingState.read(path).log_history == state.log_history
+    older = {"completed_steps": 2, "epoch": 0, "batches_in_epoch": 2, "history": [{"step": 2}]}
+    assert TrainingState.from_dict(older).log_history == []
+    with pytest.raises(ValueError, match=r"log_history=\[1\] is not a list of objects"):
+        TrainingState.from_dict({**older, "log_history": [1]})
