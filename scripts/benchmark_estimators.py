@@ -19,7 +19,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 
 from hf_deq.benchmarks import CELLS, run_benchmark
 from hf_deq.benchmarks.cells import QUICK_BATCH_SIZE
+from hf_deq.benchmarks.tables import write_results
 from hf_deq.benchmarks.torchdeq_adapter import import_torchdeq
 
 
@@ -141,9 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(f"\ntotal benchmark time {results['total_time_s']:.0f} s")
     if args.output_file is not None:
-        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_file).write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-        print(f"results written to {args.output_file}")
+        write_results(args.output_file, results)
     return results
 
 

@@ -19,7 +19,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from hf_deq.benchmarks.op_counts import SOLVERS, ops_lines, ops_suite
 from hf_deq.benchmarks.solve_setup import EVAL_MAX_ITER, SEQ_LEN, VARIANTS
 from hf_deq.benchmarks.step_time import STEP_VARIANTS, step_lines, step_suite
+from hf_deq.benchmarks.tables import write_results
 from hf_deq.variants import list_variants
 
 MODES = ("ops", "step", "all")
@@ -130,9 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["total_time_s"] = time.perf_counter() - started
     print(f"total benchmark time {results['total_time_s']:.0f} s")
     if args.output_file is not None:
-        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_file).write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-        print(f"results written to {args.output_file}")
+        write_results(args.output_file, results)
     return results
 
 

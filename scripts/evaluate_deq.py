@@ -52,17 +52,8 @@ from hf_deq.hub.budget_sweep import (
     write_budget_sweep,
 )
 from hf_deq.training import saved_model_data
+from hf_deq.training.flag_ranges import count_list
 from hf_deq.training.script import error_lines
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
-    return values
 
 
 def _solver_list(text: str) -> list[str]:
@@ -87,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     )
     parser.add_argument(
         "--budgets",
-        type=_int_list,
+        type=count_list,
         default=None,
         help="comma-separated solver_eval_max_iter values (default: the model's)",
     )

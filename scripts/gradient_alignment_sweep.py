@@ -30,21 +30,12 @@ from accelerate import Accelerator
 from hf_deq.diagnostics import alignment_sweep, plot_alignment_sweep
 from hf_deq.hub import missing_local_model_dir
 from hf_deq.training import saved_model_data
+from hf_deq.training.flag_ranges import count_list
 from hf_deq.training.script import error_lines
 
 PHANTOM_ESTIMATORS = ("upg", "npg")
 #: a reference solve above this residual is warned about: its "exact" gradient is not at a fixed point
 REFERENCE_WARN_RESIDUAL = 1e-3
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
-    return values
 
 
 def _dampings(text: str) -> list[float]:
@@ -76,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     )
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed of --at_init")
     parser.add_argument("--estimators", type=_estimators, default=list(PHANTOM_ESTIMATORS), help="upg,npg")
-    parser.add_argument("--steps", type=_ints, default=[1, 2, 4, 8, 16, 32], help="the k values")
+    parser.add_argument("--steps", type=count_list, default=[1, 2, 4, 8, 16, 32], help="the k values")
     parser.add_argument("--dampings", type=_dampings, default=[0.5, 0.8, 1.0], help="the lambda values")
     parser.add_argument(
         "--mode",

@@ -5,6 +5,9 @@ Columns that compare with torchdeq are dropped when torchdeq was not run.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from .engines import FWD_MAX_ITER, FWD_TOL, GRAD_MAX_ITER, GRAD_TOL, MEMORY_BUDGETS
 
 
@@ -133,3 +136,10 @@ def target_lines(rows: list[dict]) -> list[str]:
 
     cells = [[r["cell"], r["target"], r["measured"], verdict(r["met"])] for r in rows]
     return ["## Targets (this run)", "", table(["cell", "target", "measured", "verdict"], cells)]
+
+
+def write_results(path: str | Path, results: dict) -> None:
+    """Write a benchmark's results as JSON (strict: no NaN), creating the folder; say where."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    print(f"results written to {path}")

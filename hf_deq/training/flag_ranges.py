@@ -153,3 +153,14 @@ __all__ = [
     "count_range",
     "range_error",
 ]
+
+
+def count_list(text: str) -> list[int]:
+    """An argparse ``type``: comma-separated integers >= 1 (solver budgets, unroll lengths), e.g. ``2,4,8``."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
