@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from transformers import GenerationConfig, PreTrainedConfig
@@ -73,6 +73,35 @@ MAX_GRAD_STEPS = 1_000
 BUDGET_ALLOWED = f"an integer in [1, {MAX_SOLVER_ITER}] (a solve that needs more has no usable fixed point)"
 
 
+def _same_word(a: str, b: str) -> bool:
+    """Whether two words of a field name mean the same: equal, one a shortening of the other (``tol`` /
+    ``tolerance``, ``iter`` / ``iters``), or difflib-close."""
+    short, long = sorted((a, b), key=len)
+    if len(short) >= 3 and long.startswith(short):
+        return True
+    return difflib.SequenceMatcher(None, a, b).ratio() >= MISSPELLING_CUTOFF
+
+
+def _same_words(key: str, name: str) -> bool:
+    """Whether ``key`` and ``name`` have as many ``_``-separated words, at least one equal and each pair the same
+    (``_same_word``): ``solver_tolerance`` for ``solver_tol``, whose whole-name ratio is only 0.77."""
+    words, others = key.lower().split("_"), name.split("_")
+    if len(words) != len(others) or len(words) < 2 or not any(a == b for a, b in zip(words, others)):
+        return False
+    return all(_same_word(a, b) for a, b in zip(words, others))
+
+
+def near_miss(key: str, names: Iterable[str]) -> str | None:
+    """The name of ``names`` that ``key`` probably misspells: the difflib-closest one above
+    ``MISSPELLING_CUTOFF``, else the only one with the same words (``_same_words``); ``None`` when none is."""
+    names = list(names)
+    match = difflib.get_close_matches(key, names, n=1, cutoff=MISSPELLING_CUTOFF)
+    if match:
+        return match[0]
+    same = [name for name in names if _same_words(key, name)]
+    return same[0] if len(same) == 1 else None
+
+
 def _field_names(config_class: type) -> list[str]:
     return [f.name for f in dataclasses.fields(config_class)]
 
@@ -86,9 +115,9 @@ def reject_misspelled_fields(config_class: type, keys: Mapping[str, Any]) -> Non
     for key, value in keys.items():
         if not isinstance(key, str) or key in known or key.startswith("_") or hasattr(config_class, key):
             continue
-        match = difflib.get_close_matches(key, fields, n=1, cutoff=MISSPELLING_CUTOFF)
+        match = near_miss(key, fields)
         if match and key not in GenerationConfig._get_default_generation_params():
-            raise MisspelledConfigFieldError(config_class.__name__, key, value, match[0])
+            raise MisspelledConfigFieldError(config_class.__name__, key, value, match)
 
 
 def _is_int(value: Any) -> bool:
@@ -227,15 +256,16 @@ class DEQConfig(PreTrainedConfig):
     def __setattr__(self, key: str, value: Any) -> None:
         """Assignment checked where the value is written (constructor, ``from_pretrained`` and edits of
         ``model.config`` alike): a name that is no attribute but a near-miss of a field
-        (``config.solver_maxiter = 3``) raises ``MisspelledConfigFieldError``, and a value that is not an
-        ``int`` for an integer DEQ field (``config.solver_max_iter = 8.0``) raises ``DEQConfigError``; the
-        ranges are checked at the next forward (``validate_deq_fields``), as several fields depend on each other."""
-        kind = _INT_DEQ_FIELDS.get(key)
-        if kind is not None:
-            if not _is_int(value) and not (value is None and kind == "int | None"):
-                raise DEQConfigError(
-                    type(self).__name__, key, value, "an integer" + " or None" * (kind != "int")
-                )
+        (``config.solver_maxiter = 3``) raises ``MisspelledConfigFieldError``, and a value of the wrong type for a
+        DEQ field (``solver_max_iter = 8.0``, ``compile_cell = 0``, ``jacobian_reg_weight = False``: values that
+        compare equal to valid ones, so the forward would not notice the edit) raises ``DEQConfigError``; the
+        ranges and choices are checked at the next forward (``validate_deq_fields``), as several fields depend on
+        each other."""
+        expected = _DEQ_FIELD_TYPES.get(key)
+        if expected is not None:
+            is_valid, allowed = expected
+            if not is_valid(value):
+                raise DEQConfigError(type(self).__name__, key, value, allowed)
         elif key not in object.__getattribute__(self, "__dict__") and not hasattr(type(self), key):
             reject_misspelled_fields(type(self), {key: value})
         super().__setattr__(key, value)
@@ -303,11 +333,29 @@ class DEQConfig(PreTrainedConfig):
             raise self._error("jacobian_reg_weight", "a finite number >= 0")
 
 
-#: The integer DEQ fields and their annotation (``"int"`` or ``"int | None"``), checked at assignment.
-_INT_DEQ_FIELDS = {
-    f.name: f.type
+#: The type of each annotation of a DEQ field: its test and how an error says it. Strings are left to the
+#: forward's check of their choices (no other value compares equal to a string, so that check always runs).
+_TYPE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "int": (_is_int, "an integer"),
+    "int | None": (lambda v: v is None or _is_int(v), "an integer or None"),
+    "float": (_is_number, "a number (int or float, not a bool)"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "dict[str, Any] | None": (
+        lambda v: v is None or isinstance(v, dict),
+        "a dict of solver hyperparameters or None",
+    ),
+}
+#: The DEQ fields whose type is checked at assignment (``DEQConfig.__setattr__``): field -> (test, words).
+_DEQ_FIELD_TYPES = {
+    f.name: _TYPE_CHECKS[f.type]
     for f in dataclasses.fields(DEQConfig)
-    if f.name in DEQConfig.DEQ_FIELDS and "int" in str(f.type)
+    if f.name in DEQConfig.DEQ_FIELDS and f.type != "str"
 }
 
-__all__ = ["DEQConfig", "DEQConfigError", "MisspelledConfigFieldError", "reject_misspelled_fields"]
+__all__ = [
+    "DEQConfig",
+    "DEQConfigError",
+    "MisspelledConfigFieldError",
+    "near_miss",
+    "reject_misspelled_fields",
+]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import difflib
 import functools
 import importlib
 import inspect
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch.nn.utils import parametrize
 
-from .configuration_deq import MISSPELLING_CUTOFF, DEQConfig, DEQConfigError, MisspelledConfigFieldError
+from .configuration_deq import DEQConfig, DEQConfigError, MisspelledConfigFieldError, near_miss
 from .deq import DEQFixedPoint, get_solver, remove_norm
 from .deq.core import GRAD_CONFIG_FIELDS
 
@@ -204,9 +203,8 @@ def _reject_near_misses(config: DEQConfig, keys: dict[str, Any], allowed: list[s
     """Raise ``MisspelledConfigFieldError`` for the first key of ``keys`` that is a near-miss of a name in
     ``allowed`` (``solver_maxiter`` for ``solver_max_iter``)."""
     for key, value in keys.items():
-        match = difflib.get_close_matches(key, allowed, n=1, cutoff=MISSPELLING_CUTOFF)
-        if match:
-            raise MisspelledConfigFieldError(type(config).__name__, key, value, match[0])
+        if match := near_miss(key, allowed):
+            raise MisspelledConfigFieldError(type(config).__name__, key, value, match)
 
 
 #: Marks a weight-normalised layer of an hf_deq model (set by ``DEQModelMixin.post_init``).

@@ -110,8 +110,11 @@ def render(attempts: list[dict], command: str) -> str:
         "| input | value classes | entry points | example | what happened | status |",
         "|---|---|---|---|---|---|",
     ]
-    for row in failure_rows(attempts):
+    failures = failure_rows(attempts)
+    for row in failures:
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    if not failures:
+        lines[-2:] = ["None: every input tried was refused clearly or handled correctly."]
     return "\n".join(lines) + "\n"
 
 

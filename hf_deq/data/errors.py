@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,13 @@ class InputError(ValueError):
         return f"--{self.argument}"
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as an error shows it: as given, or quoted where the bare text would be invisible or ambiguous
+    (empty, or blank at either end: ``--train_file ''`` is shown as ``''``, not as nothing)."""
+    text = os.fspath(path)
+    return text if text and text == text.strip() else repr(text)
+
+
 @contextlib.contextmanager
 def loading_dataset(argument: str, value: Any) -> Iterator[None]:
     """Around ``datasets.load_dataset``: an unknown dataset or configuration, missing files or no network
@@ -32,4 +40,4 @@ def loading_dataset(argument: str, value: Any) -> Iterator[None]:
         raise InputError(argument, value, f"cannot load {value!r}: {cause}") from err
 
 
-__all__ = ["InputError", "loading_dataset"]
+__all__ = ["InputError", "loading_dataset", "shown_path"]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError, loading_dataset
+from .errors import InputError, loading_dataset, shown_path
 
 DIGITS = "digits"
 DIGITS_SPLIT_SEED = 0
@@ -46,7 +46,7 @@ def check_image_folder(path: str | os.PathLike, argument: str = "train_dir", min
     """Raise ``InputError`` unless ``path`` is an ``imagefolder`` tree (``<path>/<label>/<image>``) with images of
     at least ``min_classes`` labels: missing, a file, empty, no image file, images outside label folders, or
     too few labels each name the folder. Stops walking as soon as enough labels are seen."""
-    shown = os.fspath(path)
+    shown = shown_path(path)
     if not os.path.exists(path):
         raise InputError(argument, shown, f"{shown}: no such folder")
     if not os.path.isdir(path):

@@ -7,7 +7,7 @@ import codecs
 import os
 from typing import Any
 
-from .errors import InputError, loading_dataset
+from .errors import InputError, loading_dataset, shown_path
 from .images import local_name
 
 #: name of the built-in corpus: English text that ships with Python (``pydoc_data.topics``)
@@ -43,7 +43,7 @@ def check_text_file(
     """Raise ``InputError`` unless ``path`` is a non-empty UTF-8 text file: missing, a folder, empty, binary (a NUL
     byte) or not UTF-8 (e.g. latin-1) each name the file and, for the content, the byte offset. ``contents=False``
     checks only that it is a file; else it reads the file once, in chunks."""
-    shown = os.fspath(path)
+    shown = shown_path(path)
     if not os.path.exists(path):
         raise InputError(argument, shown, f"{shown}: no such file")
     if os.path.isdir(path):

@@ -4,10 +4,11 @@ Independent of any model family."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Iterator
 
-from .errors import InputError
+from .errors import InputError, shown_path
 
 UNK_TOKEN = "<unk>"
 EOS_TOKEN = "<|endoftext|>"
@@ -106,6 +107,32 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = No
     )
 
 
+def missing_tokenizer_folder(path: str | os.PathLike) -> str | None:
+    """Why ``path``, meant as a local folder, cannot hold a saved tokenizer (it does not exist, or is a file),
+    said before any data loads; ``None`` for a folder (``load_saved_tokenizer`` reads it)."""
+    shown = shown_path(path)
+    folder = os.path.expanduser(os.fspath(path))
+    if not os.path.exists(folder):
+        return f"{shown}: no such folder (a local path, not a Hub id)"
+    if not os.path.isdir(folder):
+        return f"{shown} is a file; expected the folder a tokenizer was saved to (save_pretrained)"
+    return None
+
+
+def load_saved_tokenizer(name_or_path: str | os.PathLike, argument: str = "tokenizer_name"):
+    """``AutoTokenizer.from_pretrained(name_or_path)``: a folder or Hub id it cannot load (``OSError``,
+    ``ValueError``) is an ``InputError`` of ``argument`` with the cause."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(
+            argument, name_or_path, f"cannot load a tokenizer from {shown_path(name_or_path)}: {cause}"
+        ) from err
+
+
 def _wrap(tokenizer, unk: bool = True):
     from transformers import PreTrainedTokenizerFast
 
@@ -137,6 +164,8 @@ __all__ = [
     "PAD_TOKEN",
     "TOKENIZER_KINDS",
     "UNK_TOKEN",
+    "load_saved_tokenizer",
+    "missing_tokenizer_folder",
     "train_bpe_tokenizer",
     "train_word_tokenizer",
     "train_char_tokenizer",

@@ -14,13 +14,20 @@ import torch.nn.functional as F
 
 from ..data.errors import InputError
 from ..data.text import check_text_file, load_text_datasets, text_dataset_name, tokenize_into_blocks
-from ..data.tokenizers import TOKENIZER_KINDS, train_tokenizer
+from ..data.tokenizers import (
+    TOKENIZER_KINDS,
+    load_saved_tokenizer,
+    missing_tokenizer_folder,
+    train_tokenizer,
+)
 from ..training.arguments import config_overrides
-from ..training.flag_ranges import WORKER_RANGE, count_range
+from ..training.flag_ranges import WORKER_RANGE, Range, count_range
 from ..training.task import TaskData, TrainingTask, register_task
 
 #: where a checkpoint keeps the run's processing class (the loop writes it there)
 CHECKPOINT_PROCESSOR_DIR = "processing_class"
+#: the longest ``--block_size``: a longer sequence means over 2**40 attention scores per head and solver iteration
+MAX_BLOCK_SIZE = 2**20
 
 
 def load_text(args: argparse.Namespace):
@@ -41,7 +48,7 @@ def load_or_train_tokenizer(args: argparse.Namespace, raw, checkpoint: Path | No
     from transformers import AutoTokenizer
 
     if args.tokenizer_name is not None:
-        return AutoTokenizer.from_pretrained(args.tokenizer_name)
+        return load_saved_tokenizer(args.tokenizer_name)
     saved = checkpoint / CHECKPOINT_PROCESSOR_DIR if checkpoint else None
     for candidate in (saved, args.model_name_or_path):
         if candidate is not None and (Path(candidate) / "tokenizer_config.json").exists():
@@ -140,7 +147,14 @@ class CausalLMTask(TrainingTask):
     forward_kwargs = {"use_cache": False}
     data_source_flags = ("train_file", "validation_file")
     evaluation_data_flags = ("text_column_name", "validation_split_percentage", "block_size")
-    flag_ranges = {"preprocessing_num_workers": WORKER_RANGE, "tokenizer_vocab_size": count_range(2)}
+    flag_ranges = {
+        "preprocessing_num_workers": WORKER_RANGE,
+        "tokenizer_vocab_size": count_range(2),
+        "block_size": Range(
+            2, MAX_BLOCK_SIZE, integer=True, text=f"an integer at least 2 and at most {MAX_BLOCK_SIZE}"
+        ),
+        "validation_split_percentage": Range(0, 100, low_open=True, high_open=True),
+    }
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         data = parser.add_argument_group("text data and tokenizer")
@@ -176,10 +190,13 @@ class CausalLMTask(TrainingTask):
             parser.error("argument --train_file: pass --dataset_name or --train_file, not both")
         if args.tokenizer_name is not None and args.train_tokenizer is not None:
             parser.error("argument --train_tokenizer: pass --tokenizer_name or --train_tokenizer, not both")
-        if args.block_size < 2:
-            parser.error(f"argument --block_size: must be at least 2, got {args.block_size}")
-        if not 0 < args.validation_split_percentage < 100:
-            parser.error("argument --validation_split_percentage: must be in (0, 100)")
+        if args.tokenizer_name is not None:
+            from ..hub.model_dir import names_a_local_folder
+
+            if names_a_local_folder(args.tokenizer_name) and (
+                problem := missing_tokenizer_folder(args.tokenizer_name)
+            ):
+                parser.error(f"argument --tokenizer_name: {problem}")
         for flag in ("train_file", "validation_file"):
             if getattr(args, flag) is not None:
                 try:
@@ -195,9 +212,10 @@ class CausalLMTask(TrainingTask):
         return build_language_model(args, tokenizer), tokenizer
 
     def load_pretrained(self, args: argparse.Namespace, raw: Any):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or args.model_name_or_path)
+        flag = "tokenizer_name" if args.tokenizer_name is not None else "model_name_or_path"
+        tokenizer = load_saved_tokenizer(getattr(args, flag), flag)
         return AutoModelForCausalLM.from_pretrained(args.model_name_or_path), tokenizer
 
     def load_data(self, args: argparse.Namespace, raw: Any, processing_class: Any) -> TaskData:

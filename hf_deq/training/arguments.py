@@ -374,6 +374,13 @@ def _config_value(action: argparse.Action, key: str, value: Any, where: str) -> 
         if not isinstance(value, bool):
             raise ValueError(f"{where}: {key!r} is a switch, so it takes true or false, got {value!r}")
         return value
+    if value is None:  # null: the flag left unset, which a flag with a default cannot be
+        if action.default is not None:
+            raise ValueError(
+                f"{where}: {key!r} is null (None), but --{key} cannot be unset; leave the key out for its "
+                f"default {action.default!r}"
+            )
+        return None
     structured = action.type in (json.loads, json_object)
     if isinstance(value, bool) or (isinstance(value, (list, dict)) and not structured):
         raise ValueError(f"{where}: {key!r} got {value!r}, which --{key} does not take")

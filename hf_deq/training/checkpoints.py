@@ -192,6 +192,8 @@ def resolve_checkpoint(resume_from: str, output_dir: str | os.PathLike | None) -
     ``output_dir``) that holds ``trainer_state.json``. A folder without it is refused: every checkpoint the loop
     writes has it (written before the rename), and a position guessed from a folder name would silently lose the
     loss sums, timings and skipped-step count, or be wrong under another batch size."""
+    if not resume_from.strip():  # Path("") is the working folder: never what an empty value meant
+        raise CheckpointError(f"{resume_from!r} is empty; expected a checkpoint folder or 'latest'")
     if resume_from == "latest":
         found = list_checkpoints(output_dir) if output_dir is not None else []
         if not found:

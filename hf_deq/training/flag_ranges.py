@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..configuration_deq import MAX_GRAD_STEPS
+
 
 @dataclass(frozen=True)
 class Range:
@@ -104,7 +106,7 @@ FLAG_RANGES: dict[str, Range] = {
     "dataloader_num_workers": WORKER_RANGE,
     "num_warmup_steps": count_range(0),
     "unrolled_warmup_steps": count_range(0),
-    "unrolled_warmup_depth": count_range(1),
+    "unrolled_warmup_depth": count_range(1, MAX_GRAD_STEPS),  # the warm-up's grad_steps of "unrolled"
     "num_train_epochs": count_range(1),
     "max_train_steps": count_range(1),
     "max_train_samples": count_range(1),

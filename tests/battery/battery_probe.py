@@ -7,8 +7,8 @@
 
 ``probe_*`` helpers classify an attempt, record it (``RESULTS``, written as JSON at the end of the session when
 ``BATTERY_RESULTS`` names a file: ``scripts/bad_input_table.py`` makes ``docs/bad_input.md`` from it) and fail
-the test on ``failed``. Known defects fixed on other branches are listed once, in ``KNOWN``: the tests mark
-those cases ``xfail`` and the table names the branch."""
+the test on ``failed``. Known defects, when there are any, are listed once, in ``KNOWN``: the tests mark those
+cases ``xfail`` and the table gives the reason."""
 
 from __future__ import annotations
 
@@ -61,118 +61,10 @@ class BatteryFailure(AssertionError):
 
 
 # -- known defects ---------------------------------------------------------------------------------------------------
-# The lead removes these marks after merging the branch named; "not fixed" ones are defects reported, not fixed.
-GUARD = "fixed on branch guard: out-of-range numeric flags refused, NaN/inf included (issue 16 items 1, 11)"
-MODELS_HUGE = (
-    "fixed on branch models: huge solver/estimator budgets and solver_kwargs refused (issue 16 item 9)"
-)
-MODELS_SET = "fixed on branch models: config fields checked where they are written (issue 16 item 10)"
-CLI = "fixed on branch cli: data-input errors are one error: line (issue 16 item 11)"
-CLI_EMPTY = "fixed on branch cli but for the message: an empty path is shown unquoted ('--train_file: : no such file')"
-NEW_ARGS = (
-    "not fixed (reported): --unrolled_warmup_depth has no upper bound (training/arguments.py, branch guard's)"
-)
-NEW_TASK = (
-    "not fixed (reported): no upper bound / no value in the message (hf_deq/tasks/, branch cli's files)"
-)
-NEW_NULL = (
-    "not fixed (reported): a null recipe value for a flag with a default is taken as None (arguments.py)"
-)
-NEW_RESUME = (
-    "not fixed (reported): --resume_from_checkpoint '' is read as '.', the error names '.' (checkpoints.py)"
-)
-NEW_SPELLING = "not fixed (reported): 'solver_tolerance' is below the did-you-mean cutoff, taken silently"
-NEW_EQUAL = (
-    "not fixed (reported): 0 / False equal the old value (False / 0.0), so no check runs at the forward"
-)
-NEW_TOKENIZER = (
-    "not fixed (reported): a missing --tokenizer_name path is a traceback (hf_deq/data, branch cli's)"
-)
-
-SCRIPT_ENTRIES = ("train_mdeq_classifier.py flags", "train_deq_lm.py flags", "--config recipe keys")
-CONFIG_ROUTES = (
-    "create_config",
-    "create_model",
-    "AutoConfig.from_pretrained",
-    "model.config assignment + forward",
-    "set_solver / set_grad_estimator",
-)
-BAD_NUMBERS = ("nan", "inf", "negative", "huge", "unicode", "wrong_type")
-_SCRIPT_DEFECTS = {
-    GUARD: {
-        "adam_beta1": BAD_NUMBERS,
-        "adam_beta2": BAD_NUMBERS,
-        "momentum": BAD_NUMBERS,
-        "min_lr_ratio": BAD_NUMBERS,
-        "adam_epsilon": ("nan", "inf", "negative"),
-        "learning_rate": ("inf",),
-        "weight_decay": ("nan", "inf"),
-        "max_grad_norm": ("nan", "inf"),
-        "seed": ("negative", "huge"),
-        "torch_num_threads": ("huge",),
-        "dataloader_num_workers": ("huge",),
-        "unrolled_warmup_depth": ("zero", "negative"),
-        "split_seed": ("negative", "huge"),
-        "preprocessing_num_workers": ("negative", "huge"),
-        "tokenizer_vocab_size": ("zero", "negative"),
-    },
-    MODELS_HUGE: {
-        n: ("huge",) for n in ("solver_max_iter", "solver_eval_max_iter", "grad_steps", "grad_max_iter")
-    },
-    CLI: {"report_to": ("nan", "zero", "negative", "huge", "wrong_type", "empty", "unicode", "bool")},
-    NEW_ARGS: {"unrolled_warmup_depth": ("huge",)},
-    NEW_TASK: {
-        "block_size": ("huge",),
-        "validation_split_percentage": ("nan", "inf", "negative", "huge", "wrong_type", "unicode", "zero"),
-    },
-    NEW_RESUME: {"resume_from_checkpoint": ("empty",)},
-}
-_CONFIG_DEFECTS = {
-    MODELS_HUGE: {
-        **{n: ("huge",) for n in ("solver_max_iter", "solver_eval_max_iter", "grad_steps", "grad_max_iter")},
-        "solver_kwargs": ("huge", "inf"),  # memory=10**9, regularization=inf
-    },
-    NEW_SPELLING: {"solver_tolerance": ("misspelled name",)},
-}
-MISSPELLED = ("solver_maxiter", "solver_max_iters", "grad_step", "grad_dampng", "grad_maxiter")
-_ASSIGNMENT_DEFECTS = {  # a value equal to the old one (8.0 == 8) is never checked; near-misses are kept
-    MODELS_SET: {
-        "solver_max_iter": ("wrong_type",),
-        "grad_steps": ("wrong_type",),
-        "grad_max_iter": ("wrong_type",),
-        **{n: ("misspelled name",) for n in MISSPELLED},
-    },
-    NEW_EQUAL: {"compile_cell": ("zero",), "jacobian_reg_weight": ("bool",)},
-}
-
-
-def _known() -> dict[tuple[str, str, str], str]:
-    known: dict[tuple[str, str, str], str] = {}
-
-    def add(entries, defects):
-        for reason, names in defects.items():
-            for name, kinds in names.items():
-                for entry in entries:
-                    for kind in kinds:
-                        known.setdefault((entry, name, kind), reason)
-
-    add(SCRIPT_ENTRIES, _SCRIPT_DEFECTS)
-    nulls = {n: ("wrong_type",) for n in ("optimizer", "lr_scheduler_type", "hub_strategy")}
-    add(SCRIPT_ENTRIES[2:], {NEW_NULL: nulls})
-    add(CONFIG_ROUTES[3:], _ASSIGNMENT_DEFECTS)
-    add(CONFIG_ROUTES, _CONFIG_DEFECTS)
-    data = "data flags (main, in-process)"
-    for name in ("train_dir", "validation_dir", "image_column_name", "label_column_name", "train_file"):
-        known[(data, name, "*")] = CLI
-    known[(data, "validation_file", "*")] = CLI
-    known[(data, "train_dir", "empty")] = known[(data, "train_file", "empty")] = CLI_EMPTY
-    known[(data, "tokenizer_name", "*")] = NEW_TOKENIZER
-    known[("command line (subprocess)", "train_file", "missing")] = CLI
-    return known
-
-
-#: (entry, name, kind) -> why it fails here and where it is fixed; ``kind`` "*" matches every kind.
-KNOWN: dict[tuple[str, str, str], str] = _known()
+#: (entry, name, kind) -> why the case fails today and where it is (or is to be) fixed, e.g. ``"fixed on branch
+#: x: ..."`` or ``"not fixed (reported): ..."``; ``kind`` "*" matches every kind. The tests mark these cases
+#: ``xfail`` and the table shows the reason. Empty: every case of the battery passes (issue 16).
+KNOWN: dict[tuple[str, str, str], str] = {}
 
 
 def known_reason(entry: str, name: str, kind: str) -> str:

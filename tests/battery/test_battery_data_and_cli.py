@@ -123,7 +123,7 @@ def _image_folder(tmp_path: Path) -> str:
 
 
 # -- the real command line ----------------------------------------------------------------------------------------
-CLI_CASES = [  # (script, flag, kind, value): one refused today, one fixed on branch cli
+CLI_CASES = [  # (script, flag, kind, value): a flag out of its range, a data file that is missing
     (MDEQ_SCRIPT, "learning_rate", "nan", "nan"),
     (LM_SCRIPT, "train_file", "missing", "no_such_file.txt"),
 ]

@@ -97,8 +97,16 @@ def _preset_valid(family):
     ]  # fmt: skip
 
 
-def _checkpointing_steps(text: str) -> bool:
-    return text == "epoch" or (text.isdigit() and int(text) >= 1)
+def _checkpointing_steps(text: str) -> bool | None:
+    """'epoch' or a positive integer in ASCII digits; other digits ('٣', which ``int`` reads as 3): either (the
+    flag is text, and the scripts take ASCII digits only, as '²' would crash ``int``)."""
+    if text == "epoch" or (text.isascii() and text.isdigit() and int(text) >= 1):
+        return True
+    try:
+        number = int(text)
+    except ValueError:
+        return False
+    return None if text.isdigit() and number >= 1 else False
 
 
 def _repo_name(text: str) -> bool | None:

@@ -44,3 +44,11 @@ def test_table_from_a_record_file(tmp_path, capsys):
         table.main(["--from_json", str(tmp_path / "missing.json"), "--output", str(out)])
     assert exit_info.value.code == 2
     assert "argument --from_json: no such file" in capsys.readouterr().err
+
+
+def test_a_record_without_failures_says_so():
+    table = load_script("bad_input_table")
+    text = table.render([a for a in ATTEMPTS if a["outcome"] != "failed"], "the command")
+    assert "| **all** | **2** | **3** | **2** | **1** | **0** | **0** |" in text
+    assert "None: every input tried was refused clearly or handled correctly." in text
+    assert "| input | value classes |" not in text

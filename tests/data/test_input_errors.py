@@ -126,3 +126,10 @@ def test_a_wrong_image_or_label_column_names_the_columns(column):
         argument=column,
         fragment="'pixels' is not a column of the dataset; its columns: ['image', 'label']",
     )
+
+
+@pytest.mark.parametrize("path", ["", " ", "name "], ids=["empty", "blank", "trailing-space"])
+def test_an_empty_or_blank_path_is_shown_quoted(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _refused(check_text_file, path, argument="train_file", fragment=f"{path!r}: no such file")
+    _refused(check_image_folder, path, argument="train_dir", fragment=f"{path!r}: no such folder")

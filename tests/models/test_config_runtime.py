@@ -8,6 +8,7 @@ constructor, the presets, ``from_pretrained`` keywords and config files, ``set_*
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -162,11 +163,46 @@ def test_a_misspelled_field_names_the_field_it_probably_meant(tmp_path):
         ("mdeq", "num_channel", "num_channels"),
         ("lm", "layer_norm_epsilon", "layer_norm_eps"),
         ("lm", "solver_eval_maxiter", "solver_eval_max_iter"),
+        ("lm", "solver_tolerance", "solver_tol"),  # word by word: a shortening (whole-name ratio 0.77)
+        ("mdeq", "grad_tolerance", "grad_tol"),
+        ("mdeq", "solver_maximum_iters", "solver_max_iter"),
     ],
 )
 def test_near_misses_of_any_field(kind, key, meant):
     with pytest.raises(MisspelledConfigFieldError, match=f"did you mean '{meant}'"):
         hf_deq.create_config(PRESET[kind], **{key: 1})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_keys_transformers_takes_are_no_near_misses(kind):
+    """The keywords of ``from_pretrained`` and of ``PreTrainedConfig`` pass through as in transformers."""
+    import inspect
+
+    from transformers import PreTrainedConfig, PreTrainedModel
+
+    from hf_deq.configuration_deq import near_miss
+
+    config_class = type(hf_deq.create_config(PRESET[kind]))
+    fields = [f.name for f in dataclasses.fields(config_class)]
+    keys = set()
+    for function in (
+        PreTrainedModel.from_pretrained,
+        PreTrainedConfig.from_pretrained,
+        PreTrainedConfig.__init__,
+    ):
+        keys |= set(inspect.signature(function).parameters)
+    keys |= {
+        "trust_remote_code",
+        "revision",
+        "cache_dir",
+        "subfolder",
+        "token",
+        "device_map",
+        "dtype",
+        "variant",
+    }
+    keys |= {"use_safetensors", "local_files_only", "force_download", "low_cpu_mem_usage", "weights_only"}
+    assert {k: near_miss(k, fields) for k in keys - set(fields) if near_miss(k, fields)} == {}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -179,6 +215,15 @@ def test_a_misspelled_or_mistyped_assignment_is_refused_where_it_is_written(kind
         model.config.solver_max_iter = 8.0
     with pytest.raises(DEQConfigError, match=r"grad_steps=True is invalid"):
         model.config.grad_steps = True
+    # values equal to valid ones (0 == False, False == 0.0, True == 1.0): the forward would not see the edit
+    with pytest.raises(DEQConfigError, match=r"compile_cell=0 is invalid: expected True or False"):
+        model.config.compile_cell = 0
+    with pytest.raises(DEQConfigError, match=r"jacobian_reg_weight=False is invalid: expected a number"):
+        model.config.jacobian_reg_weight = False
+    with pytest.raises(DEQConfigError, match=r"grad_damping=True is invalid: expected a number"):
+        model.config.grad_damping = True
+    with pytest.raises(DEQConfigError, match=r"solver_kwargs=\[\] is invalid: expected a dict"):
+        model.config.solver_kwargs = []
     assert model.config.solver_max_iter == tiny_model(kind).config.solver_max_iter  # nothing written
     model.config.solver_eval_max_iter = None  # None is a value of this field
     model.config.solver_max_iter = 7
@@ -191,6 +236,8 @@ def test_a_misspelled_or_mistyped_assignment_is_refused_where_it_is_written(kind
     [
         (lambda m: m.set_solver("anderson", solver_maxiter=5), "solver_max_iter"),
         (lambda m: m.set_solver("broyden", solver_tol_=1e-4), "solver_tol"),
+        (lambda m: m.set_solver("anderson", solver_tolerance=1e-4), "solver_tol"),
+        (lambda m: m.set_grad_estimator("implicit", grad_tolerance=1e-6), "grad_tol"),
         (lambda m: m.set_grad_estimator("npg", grad_step=3), "grad_steps"),
         (lambda m: m.set_grad_estimator("npg", dampng=0.5), "damping"),
     ],

@@ -78,6 +78,8 @@ def test_the_command_line_overrides_the_config(tmp_path):
             r"is a config for train_deq_lm\.py, not for train_mdeq_classifier\.py",
         ),
         ("[1, 2]", r"expected a JSON object of flag values, got list"),
+        ('{"optimizer": null}', r"'optimizer' is null \(None\), but --optimizer cannot be unset; .*'adamw'"),
+        ('{"seed": null}', r"'seed' is null \(None\), but --seed cannot be unset; .*default 42"),
         ('{"learning_rate": 0.1,}', r"not valid JSON"),
     ],
 )
@@ -89,6 +91,16 @@ def test_bad_config_files_are_refused_clearly(tmp_path, content, message, capsys
     assert exit_info.value.code == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert re.search(message, line), line
+
+
+def test_null_leaves_a_flag_without_a_default_unset(tmp_path):
+    """``null`` is an absent flag: right where the flag's default is unset too (the DEQ flags: the preset's)."""
+    path = tmp_path / "nulls.json"
+    path.write_text('{"max_train_steps": null, "solver_max_iter": null, "config_overrides": null}')
+    args = load_script("train_mdeq_classifier").parse_args(
+        ["--config", str(path), "--output_dir", str(tmp_path / "out")]
+    )
+    assert (args.max_train_steps, args.solver_max_iter, args.config_overrides) == (None, None, None)
 
 
 def test_a_missing_config_file_is_named(tmp_path, capsys):

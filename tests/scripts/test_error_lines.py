@@ -44,6 +44,21 @@ CASES = [
     ("train_deq_lm", ["--preset", "mdeq-tiny-digits"], "--preset", "is a mdeq preset"),
     ("train_deq_lm", ["--config", MDEQ_RECIPE], "--config", "is a config for train_mdeq_classifier.py"),
     ("train_deq_lm", ["--block_size", "1"], "--block_size", "at least 2"),
+    ("train_deq_lm", ["--block_size", str(10**12)], "--block_size", "at most 1048576, got 1000000000000"),
+    ("train_deq_lm", ["--validation_split_percentage", "nan"], "--validation_split_percentage", "got nan"),
+    ("train_deq_lm", ["--validation_split_percentage", "100"], "--validation_split_percentage", "got 100.0"),
+    (
+        "train_deq_lm",
+        ["--output_dir", "out", "--resume_from_checkpoint", ""],
+        "--resume_from_checkpoint",
+        "'' is empty; expected a checkpoint folder or 'latest'",
+    ),
+    (
+        "train_deq_lm",
+        ["--tokenizer_name", "./no_tokenizer"],
+        "--tokenizer_name",
+        "./no_tokenizer: no such folder",
+    ),
     ("train_deq_lm", ["--per_device_train_batch_size", "0"], "--per_device_train_batch_size", ">= 1"),
     (
         "compare_estimators",
@@ -186,6 +201,7 @@ DATA_CASES = [
         "--text_column_name",
         "its columns: ['text']",
     ),
+    ("train_deq_lm", lambda t: ["--tokenizer_name", str(t)], "--tokenizer_name", "cannot load a tokenizer"),
     (
         "train_deq_lm",
         lambda t: ["--train_tokenizer", "word", "--tokenizer_vocab_size", "3"],
