@@ -266,8 +266,9 @@ class Solver:
     #: one compiled function per iteration (``hf_deq.deq.solvers.stepped``); others are solved eagerly there.
     has_step: bool = False
 
-    def init_state(self, z0: Tensor) -> dict[str, Tensor]:
-        """The state of a solve from ``z0`` (``stepped.new_state`` plus the solver's own buffers)."""
+    def init_state(self, z0: Tensor, out: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The state of a solve from ``z0`` (``stepped.new_state`` plus the solver's own buffers), written in
+        place into ``out`` (a state of the same shapes) when given."""
         raise NotImplementedError(f"{type(self).__name__} has no fixed-shape step")
 
     def step(self, fn: FixedPointFn, state: dict[str, Tensor], tol: float, stop_mode: str) -> None:

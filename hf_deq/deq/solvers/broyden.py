@@ -19,7 +19,7 @@ from .base import (
     solver_precision,
     squared_norm_residuals,
 )
-from .stepped import State, check_step_shape, new_state, record
+from .stepped import State, check_step_shape, copied, filled, new_state, record
 
 
 class Broyden(Solver):
@@ -157,20 +157,22 @@ class Broyden(Solver):
         rows[:, 3 + 2 * slot : 5 + 2 * slot].copy_(products[:, :2])
         rows[:, 2].copy_(products[:, 2])
 
-    def init_state(self, z0: Tensor) -> State:
+    def init_state(self, z0: Tensor, out: State | None = None) -> State:
         """``_solve``'s buffers at full size: the latest (sanitised) residual ``g``, ``b = B g`` and the
         history ``u_i, v_i`` (rows ``2i``, ``2i + 1``), zero where not yet written; ``b = 0`` makes the first
-        step evaluate ``z0`` itself. Separate tensors, so that each step writes each in place once."""
+        step evaluate ``z0`` itself. Separate tensors, so that each step writes each in place once. Written
+        into ``out``'s buffers when given (``stepped.filled``)."""
         batch, dim = z0.shape
+        device = z0.device
         work = torch.promote_types(z0.dtype, torch.float32)
         return {
-            **new_state(z0),
-            "x": z0.detach().to(work, copy=True),
-            "g": torch.zeros(batch, dim, dtype=work, device=z0.device),
-            "b": torch.zeros(batch, dim, dtype=work, device=z0.device),
-            "history": torch.zeros(batch, 2 * self.memory, dim, dtype=work, device=z0.device),
-            "g_ok": torch.ones(batch, dtype=torch.bool, device=z0.device),
-            "n_updates": torch.zeros((), dtype=torch.long, device=z0.device),
+            **new_state(z0, out),
+            "x": copied(out, "x", z0, work),
+            "g": filled(out, "g", 0.0, (batch, dim), work, device),
+            "b": filled(out, "b", 0.0, (batch, dim), work, device),
+            "history": filled(out, "history", 0.0, (batch, 2 * self.memory, dim), work, device),
+            "g_ok": filled(out, "g_ok", True, (batch,), torch.bool, device),
+            "n_updates": filled(out, "n_updates", 0, (), torch.long, device),
         }
 
     def step(self, fn: FixedPointFn, state: State, tol: float, stop_mode: str) -> None:
