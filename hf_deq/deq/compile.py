@@ -124,16 +124,17 @@ class CompiledSolve:
             step = self._steps[device.type] = torch.compile(_own_copy(_solver_step), **options)
         return step
 
-    def state(self, solver: Solver, z0: Tensor) -> State:
+    def state(self, solver: Solver, z0: Tensor, max_iter: int | None = None) -> State:
         """``solver.init_state(z0)``, written in place into the buffers of the previous solve of the same shapes
         if any (refilling them costs far less than new ones: a Broyden history of 20 MiB took 19 ms to
         allocate, zero and copy, most of a step)."""
-        layout = solver.init_state(z0.to("meta"))  # the shapes and dtypes alone, nothing allocated
+        # The shapes and dtypes alone, nothing allocated.
+        layout = solver.init_state(z0.to("meta"), max_iter=max_iter)
         key = (type(solver), z0.device, tuple((k, tuple(v.shape), v.dtype) for k, v in layout.items()))
         kept = self._kept.get(key)
         if kept is not None:
-            return solver.init_state(z0, out=kept)
-        fresh = solver.init_state(z0)
+            return solver.init_state(z0, out=kept, max_iter=max_iter)
+        fresh = solver.init_state(z0, max_iter=max_iter)
         if len(self._kept) >= 4:  # a few shapes (e.g. the training batch and a smaller last one)
             self._kept.pop(next(iter(self._kept)))
         width = z0.shape[1]
@@ -158,10 +159,13 @@ class CompiledSolve:
         tol: float,
         stop_mode: str = "rel",
         eager_first: bool = False,
+        budget: int | None = None,
     ) -> SolverResult:
         """``solver.solve(fn, z0, ...)`` (the same result, ``nfev`` aside as with ``check_every``) by the
         compiled step. ``eager_first`` runs the first step eagerly: it draws the forward's dropout masks
-        (``VariationalDropout``), which compiled graphs read but never draw."""
+        (``VariationalDropout``), which compiled graphs read but never draw. ``budget``: the largest
+        ``max_iter`` of the solves this one shares its graph with (e.g. a layer's training and eval budgets):
+        the state is sized for it (``Solver.init_state``), one shape for all of them."""
         check_solve_args(max_iter, tol, stop_mode)
         if not solver.has_step:
             return solver.solve(fn, z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode)
@@ -171,7 +175,7 @@ class CompiledSolve:
         check_every = solver.check_every
         step = self.step_function(z0.device)
         with torch.no_grad():
-            state = self.state(solver, z0)
+            state = self.state(solver, z0, None if budget is None else max(budget, max_iter))
             nfev = 0
             while nfev < max_iter:
                 if eager_first and nfev == 0:

@@ -326,3 +326,22 @@ def test_next_solve_refills_the_kept_state_without_allocating(name, monkeypatch)
     for key, tensor in fresh.items():
         assert state[key].dtype == tensor.dtype, key
         assert torch.equal(state[key], tensor), key
+
+
+def test_broyden_state_is_sized_for_the_budget():
+    """With a ``budget`` below ``memory`` the compiled Broyden keeps only the ``budget - 1`` slots a solve can
+    write (its passes over the history shrink with them): the eager ``memory``-slot results, for every
+    ``max_iter`` up to the budget, from one graph; a solve past the budget gets a state of its own."""
+    solve = CompiledSolve({"backend": BACKEND})
+    solver = get_solver("broyden", memory=20, step_size=0.9)
+    fn, z0, _ = staggered_map(batch=3)
+    before = graphs()
+    for max_iter in (6, 4):
+        result = solve.solve(solver, fn, z0, max_iter=max_iter, tol=1e-30, budget=6)
+        assert_same_per_sample(result, solver.solve(fn, z0, max_iter=max_iter, tol=1e-30))
+        (state,) = solve._kept.values()
+        assert state["history"].shape[1] == 2 * 5
+    assert graphs() - before <= 1
+    result = solve.solve(solver, fn, z0, max_iter=9, tol=1e-30, budget=6)  # past the budget: 8 slots
+    assert_same_per_sample(result, solver.solve(fn, z0, max_iter=9, tol=1e-30))
+    assert sorted(s["history"].shape[1] for s in solve._kept.values()) == [10, 16]

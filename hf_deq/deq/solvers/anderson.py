@@ -143,7 +143,7 @@ class Anderson(Solver):
                 # x_next mixes every stored f: it is finite where they all are (a cheap per-sample test).
                 x = restart_where(x_next, finite[:, :n].all(dim=1), tracker)
 
-    def init_state(self, z0: Tensor, out: State | None = None) -> State:
+    def init_state(self, z0: Tensor, out: State | None = None, max_iter: int | None = None) -> State:
         """``_solve``'s buffers at full size: unwritten history slots are zero (they add nothing to any
         product), and the bordered system has an identity block for them (their coefficients are 0). Written
         into ``out``'s buffers when given (``stepped.filled``)."""

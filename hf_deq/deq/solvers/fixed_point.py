@@ -43,7 +43,7 @@ class FixedPointIteration(Solver):
             z_next = fz if self.damping == 1.0 else z + self.damping * (fz.to(z.dtype) - z)
             z = restart_nonfinite(z_next.to(z0.dtype), tracker)
 
-    def init_state(self, z0: Tensor, out: State | None = None) -> State:
+    def init_state(self, z0: Tensor, out: State | None = None, max_iter: int | None = None) -> State:
         return {**new_state(z0, out), "x": copied(out, "x", z0, z0.dtype)}
 
     def step(self, fn: FixedPointFn, state: State, tol: float, stop_mode: str) -> None:
