@@ -282,6 +282,7 @@ class DEQFixedPoint(nn.Module):
                     tol=self.tol,
                     stop_mode=self.stop_mode,
                     eager_first=self.training,
+                    budget=max(self.max_iter, self.eval_max_iter or 0),
                 )
             else:
                 with cache():

@@ -292,3 +292,56 @@ def test_solver_without_a_step_is_solved_eagerly():
     reference = Plain().solve(fn, z0, max_iter=80, tol=1e-9)
     assert graphs() == before
     assert_same_per_sample(result, reference)
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_next_solve_refills_the_kept_state_without_allocating(name, monkeypatch):
+    """A solve of the shapes of the previous one starts from ``init_state(z0)`` written into the kept buffers in
+    place: the same values as a fresh state (every entry, after a solve dirtied them), the same tensors, and no
+    new state-sized tensor (allocating, zeroing and copying a Broyden history took most of a step)."""
+    solver = get_solver(name, **SOLVERS[name])
+    solve = CompiledSolve({"backend": BACKEND})
+    _, z0, _ = staggered_map()
+    kept = solve.state(solver, z0)
+    for tensor in kept.values():  # what a finished solve leaves behind
+        tensor.fill_(7)
+    z1 = torch.randn_like(z0)
+    allocated = []
+    for factory in ("full", "zeros", "ones", "empty", "eye"):
+        original = getattr(torch, factory)
+
+        def spy(*args, original=original, **kwargs):
+            out = original(*args, **kwargs)
+            if out.device.type != "meta" and out.numel() >= z0.numel():
+                allocated.append(tuple(out.shape))
+            return out
+
+        monkeypatch.setattr(torch, factory, spy)
+    state = solve.state(solver, z1)
+    monkeypatch.undo()
+    assert allocated == []
+    assert all(state[key] is kept[key] for key in kept) and state.keys() == kept.keys()
+    fresh = solver.init_state(z1)
+    assert state.keys() == fresh.keys()
+    for key, tensor in fresh.items():
+        assert state[key].dtype == tensor.dtype, key
+        assert torch.equal(state[key], tensor), key
+
+
+def test_broyden_state_is_sized_for_the_budget():
+    """With a ``budget`` below ``memory`` the compiled Broyden keeps only the ``budget - 1`` slots a solve can
+    write (its passes over the history shrink with them): the eager ``memory``-slot results, for every
+    ``max_iter`` up to the budget, from one graph; a solve past the budget gets a state of its own."""
+    solve = CompiledSolve({"backend": BACKEND})
+    solver = get_solver("broyden", memory=20, step_size=0.9)
+    fn, z0, _ = staggered_map(batch=3)
+    before = graphs()
+    for max_iter in (6, 4):
+        result = solve.solve(solver, fn, z0, max_iter=max_iter, tol=1e-30, budget=6)
+        assert_same_per_sample(result, solver.solve(fn, z0, max_iter=max_iter, tol=1e-30))
+        (state,) = solve._kept.values()
+        assert state["history"].shape[1] == 2 * 5
+    assert graphs() - before <= 1
+    result = solve.solve(solver, fn, z0, max_iter=9, tol=1e-30, budget=6)  # past the budget: 8 slots
+    assert_same_per_sample(result, solver.solve(fn, z0, max_iter=9, tol=1e-30))
+    assert sorted(s["history"].shape[1] for s in solve._kept.values()) == [10, 16]

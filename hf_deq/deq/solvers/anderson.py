@@ -21,7 +21,7 @@ from .base import (
     solver_precision,
     squared_norm_residuals,
 )
-from .stepped import State, check_step_shape, new_state, record
+from .stepped import State, check_step_shape, copied, filled, new_state, record
 
 #: Upper bound of a solver's history (Anderson / Broyden ``memory``, GMRES ``restart``): each slot holds copies of
 #: the whole state of every sample, allocated up front.
@@ -143,22 +143,23 @@ class Anderson(Solver):
                 # x_next mixes every stored f: it is finite where they all are (a cheap per-sample test).
                 x = restart_where(x_next, finite[:, :n].all(dim=1), tracker)
 
-    def init_state(self, z0: Tensor) -> State:
+    def init_state(self, z0: Tensor, out: State | None = None, max_iter: int | None = None) -> State:
         """``_solve``'s buffers at full size: unwritten history slots are zero (they add nothing to any
-        product), and the bordered system has an identity block for them (their coefficients are 0)."""
+        product), and the bordered system has an identity block for them (their coefficients are 0). Written
+        into ``out``'s buffers when given (``stepped.filled``)."""
         batch, dim = z0.shape
         m, device = self.memory, z0.device
         work = torch.promote_types(z0.dtype, torch.float32)
-        system = torch.zeros(batch, m + 1, m + 1, dtype=work, device=device)
+        system = filled(out, "system", 0.0, (batch, m + 1, m + 1), work, device)
         system[:, 1:, 1:] = torch.eye(m, dtype=work, device=device)
         return {
-            **new_state(z0),
-            "x": z0.detach().to(work, copy=True),
-            "fs": torch.zeros(batch, m, dim, dtype=work, device=device),
-            "gs": torch.zeros(batch, m, dim, dtype=work, device=device),
+            **new_state(z0, out),
+            "x": copied(out, "x", z0, work),
+            "fs": filled(out, "fs", 0.0, (batch, m, dim), work, device),
+            "gs": filled(out, "gs", 0.0, (batch, m, dim), work, device),
             "system": system,
-            "scale": torch.zeros(batch, m, dtype=work, device=device),
-            "finite": torch.ones(batch, m, dtype=torch.bool, device=device),
+            "scale": filled(out, "scale", 0.0, (batch, m), work, device),
+            "finite": filled(out, "finite", True, (batch, m), torch.bool, device),
         }
 
     def step(self, fn: FixedPointFn, state: State, tol: float, stop_mode: str) -> None:

@@ -266,8 +266,13 @@ class Solver:
     #: one compiled function per iteration (``hf_deq.deq.solvers.stepped``); others are solved eagerly there.
     has_step: bool = False
 
-    def init_state(self, z0: Tensor) -> dict[str, Tensor]:
-        """The state of a solve from ``z0`` (``stepped.new_state`` plus the solver's own buffers)."""
+    def init_state(
+        self, z0: Tensor, out: dict[str, Tensor] | None = None, max_iter: int | None = None
+    ) -> dict[str, Tensor]:
+        """The state of a solve from ``z0`` (``stepped.new_state`` plus the solver's own buffers), written in
+        place into ``out`` (a state of the same shapes) when given. ``max_iter``: the most evaluations any
+        solve from this state makes (``None``: unknown); a solver may keep fewer history slots for it, where
+        the slots it drops could never be written."""
         raise NotImplementedError(f"{type(self).__name__} has no fixed-shape step")
 
     def step(self, fn: FixedPointFn, state: dict[str, Tensor], tol: float, stop_mode: str) -> None:

@@ -19,7 +19,7 @@ from .base import (
     solver_precision,
     squared_norm_residuals,
 )
-from .stepped import State, check_step_shape, new_state, record
+from .stepped import State, check_step_shape, copied, filled, new_state, record
 
 
 class Broyden(Solver):
@@ -157,20 +157,25 @@ class Broyden(Solver):
         rows[:, 3 + 2 * slot : 5 + 2 * slot].copy_(products[:, :2])
         rows[:, 2].copy_(products[:, 2])
 
-    def init_state(self, z0: Tensor) -> State:
+    def init_state(self, z0: Tensor, out: State | None = None, max_iter: int | None = None) -> State:
         """``_solve``'s buffers at full size: the latest (sanitised) residual ``g``, ``b = B g`` and the
         history ``u_i, v_i`` (rows ``2i``, ``2i + 1``), zero where not yet written; ``b = 0`` makes the first
-        step evaluate ``z0`` itself. Separate tensors, so that each step writes each in place once."""
+        step evaluate ``z0`` itself. Separate tensors, so that each step writes each in place once. Written
+        into ``out``'s buffers when given (``stepped.filled``). A solve of ``max_iter`` evaluations writes at
+        most ``max_iter - 1`` updates, so with ``max_iter <= memory`` the ring keeps only that many slots: it
+        never wraps, as the full one would not, and every step's passes over the history shrink with it."""
         batch, dim = z0.shape
+        device = z0.device
+        slots = self.memory if max_iter is None else min(self.memory, max(max_iter - 1, 1))
         work = torch.promote_types(z0.dtype, torch.float32)
         return {
-            **new_state(z0),
-            "x": z0.detach().to(work, copy=True),
-            "g": torch.zeros(batch, dim, dtype=work, device=z0.device),
-            "b": torch.zeros(batch, dim, dtype=work, device=z0.device),
-            "history": torch.zeros(batch, 2 * self.memory, dim, dtype=work, device=z0.device),
-            "g_ok": torch.ones(batch, dtype=torch.bool, device=z0.device),
-            "n_updates": torch.zeros((), dtype=torch.long, device=z0.device),
+            **new_state(z0, out),
+            "x": copied(out, "x", z0, work),
+            "g": filled(out, "g", 0.0, (batch, dim), work, device),
+            "b": filled(out, "b", 0.0, (batch, dim), work, device),
+            "history": filled(out, "history", 0.0, (batch, 2 * slots, dim), work, device),
+            "g_ok": filled(out, "g_ok", True, (batch,), torch.bool, device),
+            "n_updates": filled(out, "n_updates", 0, (), torch.long, device),
         }
 
     def step(self, fn: FixedPointFn, state: State, tol: float, stop_mode: str) -> None:
@@ -180,7 +185,7 @@ class Broyden(Solver):
         x, g, b, history = state["x"], state["g"], state["b"], state["history"]
         g_ok, n_updates = state["g_ok"], state["n_updates"]
         best_z = state["best_z"]
-        work, m, s = x.dtype, self.memory, self.step_size
+        work, m, s = x.dtype, history.shape[1] // 2, self.step_size  # m: the slots kept (init_state)
         first = state["count"] == 0
         with solver_precision(x.device):
             x_new = torch.add(x, b, alpha=-s)

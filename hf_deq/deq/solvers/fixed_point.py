@@ -14,7 +14,7 @@ from .base import (
     residual_norms,
     restart_nonfinite,
 )
-from .stepped import State, check_step_shape, new_state, record
+from .stepped import State, check_step_shape, copied, new_state, record
 
 
 class FixedPointIteration(Solver):
@@ -43,8 +43,8 @@ class FixedPointIteration(Solver):
             z_next = fz if self.damping == 1.0 else z + self.damping * (fz.to(z.dtype) - z)
             z = restart_nonfinite(z_next.to(z0.dtype), tracker)
 
-    def init_state(self, z0: Tensor) -> State:
-        return {**new_state(z0), "x": z0.detach().clone()}
+    def init_state(self, z0: Tensor, out: State | None = None, max_iter: int | None = None) -> State:
+        return {**new_state(z0, out), "x": copied(out, "x", z0, z0.dtype)}
 
     def step(self, fn: FixedPointFn, state: State, tol: float, stop_mode: str) -> None:
         """``_solve``'s iteration on a fixed-shape ``state`` (``hf_deq.deq.solvers.stepped``)."""

@@ -20,17 +20,41 @@ from .base import SolverResult
 State = dict[str, Tensor]
 
 
-def new_state(z0: Tensor) -> State:
-    """The bookkeeping of ``BestIterateTracker`` for a solve from ``z0`` (``(B, D)``), as tensors."""
+def filled(
+    out: State | None,
+    name: str,
+    value: float,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor:
+    """A state buffer of ``value``: ``out[name]`` refilled in place (a solve reusing the buffers of the previous
+    one allocates nothing: fresh pages cost more than the fill), or a new tensor when ``out`` is ``None``."""
+    if out is not None:
+        return out[name].fill_(value)
+    return torch.full(shape, value, dtype=dtype, device=device)
+
+
+def copied(out: State | None, name: str, source: Tensor, dtype: torch.dtype) -> Tensor:
+    """A state buffer holding ``source`` in ``dtype``: ``out[name]`` overwritten in place, or a new copy."""
+    if out is not None:
+        return out[name].copy_(source)
+    return source.detach().to(dtype, copy=True)
+
+
+def new_state(z0: Tensor, out: State | None = None) -> State:
+    """The bookkeeping of ``BestIterateTracker`` for a solve from ``z0`` (``(B, D)``), as tensors (written into
+    ``out``'s buffers when given, see ``filled``)."""
     batch, device = z0.shape[0], z0.device
+    # Default dtype for the residuals, as BestIterateTracker keeps them.
+    real = torch.get_default_dtype()
     return {
-        "best_z": z0.detach().clone(),
-        # Default dtype, as BestIterateTracker keeps them.
-        "best_abs": torch.full((batch,), float("inf"), device=device),
-        "best_rel": torch.full((batch,), float("inf"), device=device),
-        "nstep": torch.zeros(batch, dtype=torch.long, device=device),
-        "count": torch.zeros((), dtype=torch.long, device=device),
-        "running": torch.ones((), dtype=torch.bool, device=device),
+        "best_z": copied(out, "best_z", z0, z0.dtype),
+        "best_abs": filled(out, "best_abs", float("inf"), (batch,), real, device),
+        "best_rel": filled(out, "best_rel", float("inf"), (batch,), real, device),
+        "nstep": filled(out, "nstep", 0, (batch,), torch.long, device),
+        "count": filled(out, "count", 0, (), torch.long, device),
+        "running": filled(out, "running", True, (), torch.bool, device),
     }
 
 
