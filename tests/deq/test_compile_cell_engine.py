@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from deq_helpers import ESTIMATORS, Cell
+from deq_helpers import ESTIMATORS, Cell, engine_config
 from torch import nn
 from torch._dynamo.utils import counters
 
@@ -115,26 +115,7 @@ def test_compile_cell_option_is_checked_and_reconfigurable():
         DEQFixedPoint(compile_cell="yes")
     deq = DEQFixedPoint()
     assert not deq.compile_cell and deq.compiled_cell is None
-    config = type("Config", (), {})()
-    for name, value in {
-        "solver": "anderson",
-        "grad_estimator": "upg",
-        "grad_steps": 5,
-        "grad_damping": 0.5,
-        "grad_solver": "gmres",
-        "grad_max_iter": 30,
-        "grad_tol": 1e-6,
-        "solver_max_iter": 30,
-        "solver_tol": 1e-3,
-        "solver_stop_mode": "rel",
-        "solver_eval_max_iter": None,
-        "solver_kwargs": None,
-        "jacobian_reg_weight": 0.0,
-        "solver_on_failure": "warn",
-        "compile_cell": True,
-        "compile_solve": False,
-    }.items():
-        setattr(config, name, value)
+    config = engine_config(compile_cell=True)
     deq.reconfigure(config)
     compiled = deq.compiled_cell
     assert deq.compile_cell and "compile_cell=True" in repr(deq)

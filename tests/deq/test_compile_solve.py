@@ -17,7 +17,7 @@ import os
 
 import pytest
 import torch
-from deq_helpers import ESTIMATORS, contraction
+from deq_helpers import ESTIMATORS, contraction, engine_config
 from torch._dynamo.utils import counters
 
 from hf_deq.deq import CompiledCell, DEQFixedPoint, Solver, get_grad_estimator, get_solver
@@ -223,27 +223,7 @@ def test_compile_solve_option_is_checked_and_reconfigurable():
         DEQFixedPoint(compile_solve=1)
     deq = DEQFixedPoint(compile_solve=True)
     assert deq.compile_solve and deq.compile_cell and "compile_solve=True" in repr(deq)
-    config = type("Config", (), {})()
-    fields = {
-        "solver": "broyden",
-        "grad_estimator": "upg",
-        "grad_steps": 5,
-        "grad_damping": 0.5,
-        "grad_solver": "gmres",
-        "grad_max_iter": 30,
-        "grad_tol": 1e-6,
-        "solver_max_iter": 30,
-        "solver_tol": 1e-3,
-        "solver_stop_mode": "rel",
-        "solver_eval_max_iter": None,
-        "solver_kwargs": None,
-        "jacobian_reg_weight": 0.0,
-        "solver_on_failure": "warn",
-        "compile_cell": False,
-        "compile_solve": True,
-    }
-    for name, value in fields.items():
-        setattr(config, name, value)
+    config = engine_config(solver="broyden", compile_solve=True)
     solve = deq.compiled_solve
     deq.reconfigure(config)
     assert deq.compiled_solve is solve and deq.solver.has_step  # the graphs compiled so far are kept
