@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from transformers import GenerationConfig, PreTrainedConfig
 
-from .deq import available_grad_estimators, available_solvers, get_solver, normalize_name
-from .deq.core import FAILURE_MODES, GRAD_CONFIG_FIELDS, grad_estimator_from_fields
-from .deq.solvers import SOLVERS
-from .deq.solvers.base import STOP_MODES
-
-
-class DEQConfigError(ValueError):
-    """A config field holds a value outside its allowed range or choices."""
-
-    def __init__(self, config_name: str, field: str, value: Any, allowed: str) -> None:
-        self.field, self.value, self.allowed = field, value, allowed
-        super().__init__(f"{config_name}.{field}={value!r} is invalid: expected {allowed}")
+from .deq_fields import (  # noqa: F401  (MAX_*, BUDGET_ALLOWED, _is_*: re-exported for the model families)
+    BUDGET_ALLOWED,
+    DEQ_FIELDS,
+    MAX_GRAD_STEPS,
+    MAX_SOLVER_ITER,
+    DEQConfigError,
+    _is_finite_number,
+    _is_int,
+    _is_number,
+    check_deq_values,
+    deq_values,
+    field_names,
+)
 
 
 class MisspelledConfigFieldError(DEQConfigError):
@@ -61,16 +61,6 @@ _TRANSFORMERS_KEYS = frozenset(
 
 #: The keys that set a classifier's labels: given any of ``num_labels`` / ``id2label``, they replace all three.
 LABEL_KEYS = ("num_labels", "id2label", "label2id")
-
-
-#: Upper bound of the solver budgets (``solver_max_iter``, ``solver_eval_max_iter``, ``grad_max_iter``): DEQ
-#: solves converge in tens of iterations; one that needs more than this has no usable fixed point, and a larger
-#: budget only runs for hours (``10**12`` would never end).
-MAX_SOLVER_ITER = 10_000
-#: Upper bound of ``grad_steps``: the phantom / unrolled estimators keep the graph of every step, so memory grows
-#: linearly with it (the paper uses k <= 10).
-MAX_GRAD_STEPS = 1_000
-BUDGET_ALLOWED = f"an integer in [1, {MAX_SOLVER_ITER}] (a solve that needs more has no usable fixed point)"
 
 
 def _same_word(a: str, b: str) -> bool:
@@ -120,19 +110,18 @@ def reject_misspelled_fields(config_class: type, keys: Mapping[str, Any]) -> Non
             raise MisspelledConfigFieldError(config_class.__name__, key, value, match)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+#: The DEQ fields as dataclass fields, one per row of ``DEQ_FIELDS``: ``DEQConfig`` inherits them (transformers
+#: makes every config class a dataclass, collecting the fields of its dataclass bases).
+DEQFieldsMixin = dataclasses.make_dataclass(
+    "DEQFieldsMixin",
+    [(f.name, f.annotation, dataclasses.field(default=f.default)) for f in DEQ_FIELDS],
+    kw_only=True,
+    repr=False,
+    eq=False,
+)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_finite_number(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value)
-
-
-class DEQConfig(PreTrainedConfig):
+class DEQConfig(PreTrainedConfig, DEQFieldsMixin):
     """Base config of DEQ models: the solver and the gradient estimator are plain fields.
 
     The fields below (``DEQ_FIELDS``) are run-time knobs, like ``use_cache`` in transformers: an edit of
@@ -152,45 +141,10 @@ class DEQConfig(PreTrainedConfig):
     ignored, by ``solver_on_failure``; a solve that was still converging when its budget ran out (a small
     training budget, as phantom-gradient recipes use) is only reported.
 
-    Args:
-        solver: forward solver, one of ``available_solvers()`` (``"anderson"``, ``"broyden"``, ``"fixed_point"``).
-        solver_kwargs: hyperparameters of the solver, e.g. ``{"memory": 5}``.
-        solver_max_iter: forward budget in training.
-        solver_eval_max_iter: forward budget in eval mode (``None``: ``solver_max_iter``).
-        solver_tol: stop when every sample's residual is below this.
-        solver_stop_mode: ``"rel"`` (``||f(z)-z|| / ||f(z)||``) or ``"abs"``.
-        solver_on_failure: ``"warn"`` (once), ``"raise"`` or ``"ignore"`` when a solve fails (see above).
-        grad_estimator: ``"implicit"``, ``"upg"``, ``"npg"``, ``"one_step"``, ``"unrolled"`` or a registered name.
-        grad_steps: ``k`` of UPG/NPG, unrolled steps of ``"unrolled"``.
-        grad_damping: ``lambda`` of UPG/NPG, in ``(0, 1]``.
-        grad_solver: backward solver of ``"implicit"`` (``"gmres"`` by default: the backward problem is linear).
-        grad_max_iter: backward budget of ``"implicit"`` (``J^T v`` products).
-        grad_tol: backward tolerance of ``"implicit"``.
-        jacobian_reg_weight: weight of the Jacobian regularisation term added to the loss (0 = off).
-        compile_cell: evaluate the cell ``f`` through ``torch.compile`` in the solve and in the backward
-            (compiled once per input shape; ``DEQFixedPoint(compile_cell=True)``).
-        compile_solve: run each solver iteration (``f``, the solver's update, the residuals, the stop test) as
-            one compiled step, and compile the cell in the backward (``DEQFixedPoint(compile_solve=True)``).
+    The fields, their defaults and allowed values are the rows of ``hf_deq.deq_fields.DEQ_FIELDS`` (listed below).
     """
 
     model_type = ""
-
-    solver: str = "anderson"
-    solver_kwargs: dict[str, Any] | None = None
-    solver_max_iter: int = 30
-    solver_eval_max_iter: int | None = None
-    solver_tol: float = 1e-3
-    solver_stop_mode: str = "rel"
-    solver_on_failure: str = "warn"
-    compile_cell: bool = False
-    compile_solve: bool = False
-    grad_estimator: str = "upg"
-    grad_steps: int = 5
-    grad_damping: float = 0.5
-    grad_solver: str = "gmres"
-    grad_max_iter: int = 30
-    grad_tol: float = 1e-6
-    jacobian_reg_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
         reject_misspelled_fields(type(self), kwargs)  # kwargs holds only the keys that are not fields
@@ -237,21 +191,11 @@ class DEQConfig(PreTrainedConfig):
         self.check_fields()
         super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
-    # Field names of the solver / estimator groups, for set_solver / set_grad_estimator.
-    SOLVER_FIELDS = (
-        "solver",
-        "solver_kwargs",
-        "solver_max_iter",
-        "solver_eval_max_iter",
-        "solver_tol",
-        "solver_stop_mode",
-        "solver_on_failure",
-        "compile_cell",
-        "compile_solve",
-    )
-    GRAD_FIELDS = ("grad_estimator", *GRAD_CONFIG_FIELDS.values())
+    #: Field names of the solver / estimator groups (``set_solver`` / ``set_grad_estimator``), from the table.
+    SOLVER_FIELDS = field_names("solver")
+    GRAD_FIELDS = field_names("gradient")
     #: Every field read at run time: a change to one of them takes effect at the model's next forward.
-    DEQ_FIELDS = (*SOLVER_FIELDS, *GRAD_FIELDS, "jacobian_reg_weight")
+    DEQ_FIELDS = tuple(f.name for f in DEQ_FIELDS)
 
     def __setattr__(self, key: str, value: Any) -> None:
         """Assignment checked where the value is written (constructor, ``from_pretrained`` and edits of
@@ -261,11 +205,10 @@ class DEQConfig(PreTrainedConfig):
         compare equal to valid ones, so the forward would not notice the edit) raises ``DEQConfigError``; the
         ranges and choices are checked at the next forward (``validate_deq_fields``), as several fields depend on
         each other."""
-        expected = _DEQ_FIELD_TYPES.get(key)
-        if expected is not None:
-            is_valid, allowed = expected
-            if not is_valid(value):
-                raise DEQConfigError(type(self).__name__, key, value, allowed)
+        field = _TYPED_FIELDS.get(key)
+        if field is not None:
+            if not field.has_type(value):
+                raise DEQConfigError(type(self).__name__, key, value, field.type_words())
         elif key not in object.__getattribute__(self, "__dict__") and not hasattr(type(self), key):
             reject_misspelled_fields(type(self), {key: value})
         super().__setattr__(key, value)
@@ -275,82 +218,21 @@ class DEQConfig(PreTrainedConfig):
 
     def validate_deq_fields(self) -> None:
         """Raise ``DEQConfigError`` (a ``ValueError``) naming the first invalid DEQ field."""
-        forward_solvers = [n for n in available_solvers() if not SOLVERS.get_class(n).affine_only]
-        if not isinstance(self.solver, str) or normalize_name(self.solver) not in forward_solvers:
-            raise self._error("solver", f"one of {forward_solvers}")
-        if self.solver_kwargs is not None and not isinstance(self.solver_kwargs, dict):
-            raise self._error("solver_kwargs", "a dict of solver hyperparameters or None")
-        if self.solver_kwargs:
-            try:  # the solver's own checks (unknown hyperparameters, out-of-range values), at construction
-                get_solver(self.solver, **self.solver_kwargs)
-            except (TypeError, ValueError) as err:
-                raise self._error(
-                    "solver_kwargs", f"hyperparameters that solver {self.solver!r} accepts ({err})"
-                ) from err
-        if not _is_int(self.solver_max_iter) or not 1 <= self.solver_max_iter <= MAX_SOLVER_ITER:
-            raise self._error("solver_max_iter", BUDGET_ALLOWED)
-        if self.solver_eval_max_iter is not None and (
-            not _is_int(self.solver_eval_max_iter) or not 1 <= self.solver_eval_max_iter <= MAX_SOLVER_ITER
-        ):
-            raise self._error("solver_eval_max_iter", f"None or {BUDGET_ALLOWED}")
-        if not _is_finite_number(self.solver_tol) or not self.solver_tol >= 0:
-            raise self._error("solver_tol", "a finite number >= 0")
-        if self.solver_stop_mode not in STOP_MODES:
-            raise self._error("solver_stop_mode", f"one of {list(STOP_MODES)}")
-        if self.solver_on_failure not in FAILURE_MODES:
-            raise self._error("solver_on_failure", f"one of {list(FAILURE_MODES)}")
-        if not isinstance(self.compile_cell, bool):
-            raise self._error("compile_cell", "True or False")
-        if not isinstance(self.compile_solve, bool):
-            raise self._error("compile_solve", "True or False")
-        estimators = available_grad_estimators()
-        if not isinstance(self.grad_estimator, str) or normalize_name(self.grad_estimator) not in estimators:
-            raise self._error("grad_estimator", f"one of {estimators}")
-        if not _is_int(self.grad_steps) or not 1 <= self.grad_steps <= MAX_GRAD_STEPS:
-            raise self._error(
-                "grad_steps", f"an integer in [1, {MAX_GRAD_STEPS}] (every step keeps its graph in memory)"
-            )
-        if not _is_number(self.grad_damping) or not 0 < self.grad_damping <= 1:
-            raise self._error("grad_damping", "a number in (0, 1]")
-        if (
-            not isinstance(self.grad_solver, str)
-            or normalize_name(self.grad_solver) not in available_solvers()
-        ):
-            raise self._error("grad_solver", f"one of {available_solvers()}")
-        if not _is_int(self.grad_max_iter) or not 1 <= self.grad_max_iter <= MAX_SOLVER_ITER:
-            raise self._error("grad_max_iter", BUDGET_ALLOWED)
-        if not _is_finite_number(self.grad_tol) or not self.grad_tol >= 0:
-            raise self._error("grad_tol", "a finite number >= 0")
-        try:  # a registered estimator's own checks of its hyperparameters
-            grad_estimator_from_fields(
-                self.grad_estimator, **{f: getattr(self, f) for f in self.GRAD_FIELDS[1:]}
-            )
-        except (TypeError, ValueError) as err:
-            raise self._error(
-                "grad_estimator", f"an estimator whose hyperparameters accept the grad_* fields ({err})"
-            ) from err
-        if not _is_finite_number(self.jacobian_reg_weight) or not self.jacobian_reg_weight >= 0:
-            raise self._error("jacobian_reg_weight", "a finite number >= 0")
+        check_deq_values(deq_values(self), type(self).__name__)
 
 
-#: The type of each annotation of a DEQ field: its test and how an error says it. Strings are left to the
-#: forward's check of their choices (no other value compares equal to a string, so that check always runs).
-_TYPE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "int": (_is_int, "an integer"),
-    "int | None": (lambda v: v is None or _is_int(v), "an integer or None"),
-    "float": (_is_number, "a number (int or float, not a bool)"),
-    "bool": (lambda v: isinstance(v, bool), "True or False"),
-    "dict[str, Any] | None": (
-        lambda v: v is None or isinstance(v, dict),
-        "a dict of solver hyperparameters or None",
-    ),
-}
-#: The DEQ fields whose type is checked at assignment (``DEQConfig.__setattr__``): field -> (test, words).
-_DEQ_FIELD_TYPES = {
-    f.name: _TYPE_CHECKS[f.type]
-    for f in dataclasses.fields(DEQConfig)
-    if f.name in DEQConfig.DEQ_FIELDS and f.type != "str"
-}
+def _fields_doc() -> str:
+    rows = [
+        f"        {f.name} (``{f.annotation}``, default ``{f.default!r}``): {f.help}." for f in DEQ_FIELDS
+    ]
+    return "\n    Args:\n" + "\n".join(rows) + "\n"
+
+
+DEQConfig.__doc__ += _fields_doc()
+
+#: The DEQ fields whose type is checked where a value is written (``DEQConfig.__setattr__``). Strings are left to
+#: the forward's check of their choices (no other value compares equal to a string, so that check always runs).
+_TYPED_FIELDS = {f.name: f for f in DEQ_FIELDS if f.type is not str}
 
 __all__ = [
     "DEQConfig",

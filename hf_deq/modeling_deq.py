@@ -20,10 +20,14 @@ from torch.nn.utils import parametrize
 
 from .configuration_deq import DEQConfig, DEQConfigError, MisspelledConfigFieldError, near_miss
 from .deq import DEQFixedPoint, get_solver, remove_norm
-from .deq.core import GRAD_CONFIG_FIELDS
+from .deq_fields import DEQ_FIELD_NAMES, DEQ_FIELDS, deq_values, engine_kwargs, field_names
 
-_deq_fields_of_dict = operator.itemgetter(*DEQConfig.DEQ_FIELDS)
-_deq_fields_of_config = operator.attrgetter(*DEQConfig.DEQ_FIELDS)
+_deq_fields_of_dict = operator.itemgetter(*DEQ_FIELD_NAMES)
+_deq_fields_of_config = operator.attrgetter(*DEQ_FIELD_NAMES)
+#: ``set_grad_estimator``'s short names (the estimator arguments) of the gradient fields: ``steps`` -> ``grad_steps``.
+_GRAD_SHORT_NAMES = {
+    f.engine_arg: f.name for f in DEQ_FIELDS if f.group == "gradient" and f.name != "grad_estimator"
+}
 
 
 def _deq_field_values(config: DEQConfig) -> tuple:
@@ -378,7 +382,7 @@ class DEQModelMixin:
         finally:
             if self.__dict__.get("_deq_fields_applied") is not applied:  # the config was edited inside
                 for layer in self.deq_layers():
-                    layer.reconfigure(self.config)
+                    layer.reconfigure(**engine_kwargs(deq_values(self.config)))
 
     def _check_budget_keywords(self, given: dict[str, Any]) -> None:
         """Check per-call budget values with the config fields' own checks, on a copy of the config."""
@@ -420,7 +424,7 @@ class DEQModelMixin:
             return
         self.config.validate_deq_fields()
         for layer in self.deq_layers():
-            layer.reconfigure(self.config)
+            layer.reconfigure(**engine_kwargs(deq_values(self.config)))
         self._remember_deq_fields()
 
     def _apply_deq_fields(self, fields: dict[str, Any]) -> None:
@@ -431,11 +435,13 @@ class DEQModelMixin:
                 raise TypeError(f"{type(self.config).__name__} has no field {key!r}")
             setattr(trial, key, value)
         trial.validate_deq_fields()
-        DEQFixedPoint.from_config(trial)  # the engine's own checks, should a registered class add any
+        DEQFixedPoint(
+            **engine_kwargs(deq_values(trial))
+        )  # the engine's own checks, should a registered class add any
         for key, value in fields.items():
             setattr(self.config, key, value)
         for layer in self.deq_layers():
-            layer.reconfigure(self.config)
+            layer.reconfigure(**engine_kwargs(deq_values(self.config)))
         self._remember_deq_fields()
 
     def set_grad_estimator(self, name: str, **fields: Any) -> None:
@@ -444,12 +450,12 @@ class DEQModelMixin:
         ``solver``, ``max_iter``, ``tol``) are accepted too. Updates ``model.config``."""
         updates: dict[str, Any] = {"grad_estimator": name}
         for key, value in fields.items():
-            updates[GRAD_CONFIG_FIELDS.get(key, key)] = value
-        bad = sorted(set(updates) - set(DEQConfig.GRAD_FIELDS))
+            updates[_GRAD_SHORT_NAMES.get(key, key)] = value
+        bad = sorted(set(updates) - set(field_names("gradient")))
         if bad:
-            allowed = [*DEQConfig.GRAD_FIELDS[1:], *GRAD_CONFIG_FIELDS]
+            allowed = [*field_names("gradient")[1:], *_GRAD_SHORT_NAMES]
             _reject_near_misses(self.config, {key: fields.get(key) for key in bad}, allowed)
-            raise TypeError(f"set_grad_estimator got {bad}; it takes {list(DEQConfig.GRAD_FIELDS[1:])}")
+            raise TypeError(f"set_grad_estimator got {bad}; it takes {list(field_names('gradient')[1:])}")
         self._apply_deq_fields(updates)
 
     def set_solver(self, name: str, **fields: Any) -> None:
@@ -457,8 +463,8 @@ class DEQModelMixin:
         named like config fields (``solver_max_iter``, ``solver_tol``, ...) set those fields, any other key
         is a hyperparameter of the solver (``solver_kwargs``). Updates ``model.config``."""
         updates: dict[str, Any] = {"solver": name}
-        hyper = {k: v for k, v in fields.items() if k not in DEQConfig.SOLVER_FIELDS}
-        updates.update({k: v for k, v in fields.items() if k in DEQConfig.SOLVER_FIELDS})
+        hyper = {k: v for k, v in fields.items() if k not in field_names("solver")}
+        updates.update({k: v for k, v in fields.items() if k in field_names("solver")})
         if hyper:
             try:
                 get_solver(name, **hyper)

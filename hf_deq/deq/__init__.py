@@ -1,7 +1,7 @@
 """The DEQ engine: fixed-point solvers, gradient estimators and the equilibrium layer. Pure PyTorch."""
 
 from .compile import CompiledCell
-from .core import DEQConvergenceError, DEQFixedPoint, failed_samples, grad_estimator_from_fields
+from .core import DEQConvergenceError, DEQFixedPoint, failed_samples, grad_estimator_from_hyperparameters
 from .dropout import VariationalDropout, new_dropout_masks
 from .grad import (
     GradientEstimator,
@@ -57,7 +57,7 @@ __all__ = [
     "failed_samples",
     "get_grad_estimator",
     "get_solver",
-    "grad_estimator_from_fields",
+    "grad_estimator_from_hyperparameters",
     "jacobian_frobenius_loss",
     "new_dropout_masks",
     "norm_cache",

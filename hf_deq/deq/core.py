@@ -23,32 +23,20 @@ from .solvers.base import FixedPointFn, check_solve_args, residual_norms
 
 FAILURE_MODES = ("warn", "raise", "ignore")
 
-#: How the flat config fields (docs/design.md, "Config fields") map onto estimator constructor arguments. An
-#: estimator receives the ones its constructor accepts, so a registered estimator needs no change here.
-GRAD_CONFIG_FIELDS = {
-    "steps": "grad_steps",
-    "damping": "grad_damping",
-    "solver": "grad_solver",
-    "max_iter": "grad_max_iter",
-    "tol": "grad_tol",
-}
-
 
 class DEQConvergenceError(RuntimeError):
     """Raised when the solver fails (``failed_samples``) and ``on_failure="raise"``."""
 
 
-def grad_estimator_from_fields(name: str | GradientEstimator, **fields: Any) -> GradientEstimator:
-    """Build an estimator from config-style fields (``grad_steps=5, grad_damping=0.5, ...``), passing each
-    estimator only the hyperparameters it takes."""
+def grad_estimator_from_hyperparameters(
+    name: str | GradientEstimator, **hyperparameters: Any
+) -> GradientEstimator:
+    """Build estimator ``name`` from the hyperparameters it takes among ``hyperparameters`` (``steps``,
+    ``damping``, ``solver``, ...): one set of values serves every estimator, a registered one included."""
     if isinstance(name, GradientEstimator):
         return name
-    cls = GRAD_ESTIMATORS.get_class(name)
-    accepted = accepted_arguments(cls)
-    kwargs = {
-        arg: fields[field] for arg, field in GRAD_CONFIG_FIELDS.items() if arg in accepted and field in fields
-    }
-    return get_grad_estimator(name, **kwargs)
+    accepted = accepted_arguments(GRAD_ESTIMATORS.get_class(name))
+    return get_grad_estimator(name, **{k: v for k, v in hyperparameters.items() if k in accepted})
 
 
 #: A sample that misses ``tol`` fails outright when its residual is above this multiple of ``tol`` ...
@@ -194,29 +182,10 @@ class DEQFixedPoint(nn.Module):
     def compile_solve(self) -> bool:
         return self.compiled_solve is not None
 
-    @classmethod
-    def from_config(cls, config: Any) -> DEQFixedPoint:
-        """The one place where DEQ config fields become engine objects (docs/design.md, "Config fields")."""
-        return cls(
-            solver=config.solver,
-            grad_estimator=grad_estimator_from_fields(
-                config.grad_estimator,
-                **{field: getattr(config, field) for field in GRAD_CONFIG_FIELDS.values()},
-            ),
-            max_iter=config.solver_max_iter,
-            tol=config.solver_tol,
-            stop_mode=config.solver_stop_mode,
-            eval_max_iter=config.solver_eval_max_iter,
-            solver_kwargs=dict(config.solver_kwargs or {}),
-            jacobian_reg_weight=config.jacobian_reg_weight,
-            on_failure=config.solver_on_failure,
-            compile_cell=config.compile_cell,
-            compile_solve=config.compile_solve,
-        )
-
-    def reconfigure(self, config: Any) -> None:
-        """Take the solver, estimator and budgets from ``config`` (validated before anything changes)."""
-        fresh = type(self).from_config(config)
+    def reconfigure(self, **kwargs: Any) -> None:
+        """Take the solver, estimator, budgets and compile flags of ``DEQFixedPoint(**kwargs)`` (built, so
+        checked, before anything changes); ``compile_kwargs`` stay the layer's own."""
+        fresh = type(self)(**kwargs, compile_kwargs=self.compile_kwargs)
         for name in (
             "solver",
             "grad_estimator",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..configuration_deq import DEQConfig
+from ..deq_fields import DEQ_FIELDS
 from ..deq import available_grad_estimators, available_solvers
 from ..deq.core import FAILURE_MODES
 from ..deq.solvers import SOLVERS
@@ -88,9 +89,9 @@ def json_object(text: str) -> dict[str, Any]:
 
 def _field_help(config_class: type) -> dict[str, str]:
     """``{field: text}`` of the ``Args:`` sections of the docstrings of a config class and its bases."""
-    helps: dict[str, str] = {}
+    helps: dict[str, str] = {f.name: f.help for f in DEQ_FIELDS}  # the table's; a subclass's docstring adds its own
     for cls in reversed(config_class.__mro__):
-        if isinstance(cls, type) and issubclass(cls, DEQConfig) and cls.__doc__:
+        if isinstance(cls, type) and issubclass(cls, DEQConfig) and cls is not DEQConfig and cls.__doc__:
             helps.update(_docstring_args(cls.__doc__))
     return {k: v.replace("%", "%%") for k, v in helps.items()}
 
@@ -126,9 +127,9 @@ def _flag_type(annotation: Any) -> tuple[type | None, bool]:
 
 
 def _field_annotations(config_class: type) -> dict[str, Any]:
-    annotations: dict[str, Any] = {}
+    annotations: dict[str, Any] = {f.name: f.type for f in DEQ_FIELDS}  # the table's; a subclass adds its own
     for cls in reversed(config_class.__mro__):
-        if isinstance(cls, type) and issubclass(cls, DEQConfig):
+        if isinstance(cls, type) and issubclass(cls, DEQConfig) and cls is not DEQConfig:
             annotations.update(inspect.get_annotations(cls, eval_str=True))
     return annotations
 

@@ -32,31 +32,3 @@ class Cell(nn.Module):
 
     def forward(self, z, injection):
         return torch.tanh(self.lin(z) + injection)
-
-
-def engine_config(**overrides):
-    """A stand-in for a model config: the DEQ fields ``DEQFixedPoint.from_config`` / ``reconfigure`` read, at
-    their defaults (the engine knows no transformers config class)."""
-    fields = {
-        "solver": "anderson",
-        "grad_estimator": "upg",
-        "grad_steps": 5,
-        "grad_damping": 0.5,
-        "grad_solver": "gmres",
-        "grad_max_iter": 30,
-        "grad_tol": 1e-6,
-        "solver_max_iter": 30,
-        "solver_tol": 1e-3,
-        "solver_stop_mode": "rel",
-        "solver_eval_max_iter": None,
-        "solver_kwargs": None,
-        "jacobian_reg_weight": 0.0,
-        "solver_on_failure": "warn",
-        "compile_cell": False,
-        "compile_solve": False,
-        **overrides,
-    }
-    config = type("Config", (), {})()
-    for name, value in fields.items():
-        setattr(config, name, value)
-    return config

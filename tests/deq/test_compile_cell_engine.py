@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from deq_helpers import ESTIMATORS, Cell, engine_config
+from deq_helpers import ESTIMATORS, Cell
 from torch import nn
 from torch._dynamo.utils import counters
 
@@ -115,10 +115,8 @@ def test_compile_cell_option_is_checked_and_reconfigurable():
         DEQFixedPoint(compile_cell="yes")
     deq = DEQFixedPoint()
     assert not deq.compile_cell and deq.compiled_cell is None
-    config = engine_config(compile_cell=True)
-    deq.reconfigure(config)
+    deq.reconfigure(compile_cell=True)
     compiled = deq.compiled_cell
     assert deq.compile_cell and "compile_cell=True" in repr(deq)
-    config.solver_max_iter = 12
-    deq.reconfigure(config)
+    deq.reconfigure(compile_cell=True, max_iter=12)
     assert deq.compiled_cell is compiled and deq.max_iter == 12  # the graphs compiled so far are kept

@@ -17,7 +17,7 @@ import os
 
 import pytest
 import torch
-from deq_helpers import ESTIMATORS, contraction, engine_config
+from deq_helpers import ESTIMATORS, contraction
 from torch._dynamo.utils import counters
 
 from hf_deq.deq import CompiledCell, DEQFixedPoint, Solver, get_grad_estimator, get_solver
@@ -223,12 +223,10 @@ def test_compile_solve_option_is_checked_and_reconfigurable():
         DEQFixedPoint(compile_solve=1)
     deq = DEQFixedPoint(compile_solve=True)
     assert deq.compile_solve and deq.compile_cell and "compile_solve=True" in repr(deq)
-    config = engine_config(solver="broyden", compile_solve=True)
     solve = deq.compiled_solve
-    deq.reconfigure(config)
+    deq.reconfigure(solver="broyden", compile_solve=True)
     assert deq.compiled_solve is solve and deq.solver.has_step  # the graphs compiled so far are kept
-    config.compile_solve = False
-    deq.reconfigure(config)
+    deq.reconfigure(solver="broyden")
     assert not deq.compile_solve and not deq.compile_cell
 
 

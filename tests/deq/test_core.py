@@ -27,7 +27,7 @@ from hf_deq.deq import (
     failed_samples,
     get_grad_estimator,
     get_solver,
-    grad_estimator_from_fields,
+    grad_estimator_from_hyperparameters,
     register_grad_estimator,
     register_solver,
 )
@@ -436,21 +436,15 @@ def test_solver_hyperparameter_validation(name, kwargs, field, value):
     assert field in message and f"got {value}" in message, message
 
 
-def test_grad_estimator_from_fields_passes_only_accepted_fields():
-    fields = {
-        "grad_steps": 4,
-        "grad_damping": 0.7,
-        "grad_solver": "anderson",
-        "grad_max_iter": 11,
-        "grad_tol": 1e-5,
-    }
-    upg = grad_estimator_from_fields("upg", **fields)
+def test_grad_estimator_from_hyperparameters_passes_only_accepted_ones():
+    fields = {"steps": 4, "damping": 0.7, "solver": "anderson", "max_iter": 11, "tol": 1e-5}
+    upg = grad_estimator_from_hyperparameters("upg", **fields)
     assert (type(upg), upg.steps, upg.damping) == (UnrolledPhantomGradient, 4, 0.7)
-    implicit = grad_estimator_from_fields("implicit", **fields)
+    implicit = grad_estimator_from_hyperparameters("implicit", **fields)
     assert (type(implicit.solver), implicit.max_iter, implicit.tol) == (Anderson, 11, 1e-5)
-    unrolled = grad_estimator_from_fields("unrolled", **fields)
+    unrolled = grad_estimator_from_hyperparameters("unrolled", **fields)
     assert unrolled.steps == 4
-    assert isinstance(grad_estimator_from_fields("one_step", **fields), OneStepGradient)
+    assert isinstance(grad_estimator_from_hyperparameters("one_step", **fields), OneStepGradient)
 
 
 class _HalfStepSolver(Solver):

@@ -32,6 +32,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 
 from ...deq import DEQFixedPoint, VariationalDropout, apply_weight_norm
+from ...deq_fields import deq_values, engine_kwargs
 from ...modeling_deq import DEQModelMixin, accepts_solver_budget
 from ...modeling_outputs import CACHE_FIELD, DEQCausalLMOutput, DEQModelOutput
 from ...modeling_utils import accumulation_share, add_jacobian_loss, init_weight_norm_
@@ -239,7 +240,7 @@ class DEQTransformerModel(DEQTransformerPreTrainedModel):
         self.block = DEQTransformerBlock(config)
         if config.weight_norm:
             apply_weight_norm(self.block)
-        self.deq = DEQFixedPoint.from_config(config)
+        self.deq = DEQFixedPoint(**engine_kwargs(deq_values(config)))
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding | AdaptiveEmbedding:

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from ...deq import DEQFixedPoint, StateSpec, VariationalDropout, apply_weight_norm, pack_state, unpack_state
+from ...deq_fields import deq_values, engine_kwargs
 from ...modeling_deq import DEQModelMixin, accepts_solver_budget
 from ...modeling_outputs import DEQImageClassifierOutput, DEQModelOutput
 from ...modeling_utils import accumulation_share, add_jacobian_loss, init_weight_norm_
@@ -370,7 +371,7 @@ class MDEQModel(MDEQPreTrainedModel):
         super().__init__(config)
         self.stem = MDEQStem(config)
         self.cell = MDEQCell(config)
-        self.deq = DEQFixedPoint.from_config(config)
+        self.deq = DEQFixedPoint(**engine_kwargs(deq_values(config)))
         self.pooler = MDEQPooler(config)
         self.post_init()
 

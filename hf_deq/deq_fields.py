@@ -1,0 +1,275 @@
+"""The DEQ fields of every hf_deq model config, declared once (docs/design.md, "Config fields").
+
+Each row of ``DEQ_FIELDS`` is one field: its name, value type, default, allowed values, group, the engine argument
+it feeds and one line of help. Everything else derives from this table: ``DEQConfig``'s fields, their type check at
+assignment and their validation, the keyword arguments of ``DEQFixedPoint`` (``engine_kwargs``; the engine never
+reads a config field name), ``set_solver`` / ``set_grad_estimator``, the training scripts' flags and their help,
+and the model card's rows. Adding a DEQ field is one row here plus its test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .deq import available_grad_estimators, available_solvers, get_solver, normalize_name
+from .deq.core import FAILURE_MODES, grad_estimator_from_hyperparameters
+from .deq.solvers import SOLVERS
+from .deq.solvers.base import STOP_MODES
+
+#: The largest solver / backward budget a field accepts (a solve that needs more has no usable fixed point).
+MAX_SOLVER_ITER = 10_000
+#: The largest ``grad_steps`` (every step keeps its graph in memory).
+MAX_GRAD_STEPS = 1_000
+BUDGET_ALLOWED = f"an integer in [1, {MAX_SOLVER_ITER}] (a solve that needs more has no usable fixed point)"
+
+#: The groups, in card order: the solve, the gradient estimator and the regulariser.
+GROUPS = ("solver", "gradient", "regularization")
+
+
+class DEQConfigError(ValueError):
+    """A config field holds a value outside its allowed range or choices."""
+
+    def __init__(self, config_name: str, field: str, value: Any, allowed: str) -> None:
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(f"{config_name}.{field}={value!r} is invalid: expected {allowed}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+#: The value types a field can have: the test of its type (checked where a value is written) and its words.
+TYPE_TESTS: dict[type, tuple[Callable[[Any], bool], str]] = {
+    int: (_is_int, "an integer"),
+    float: (_is_number, "a number (int or float, not a bool)"),
+    bool: (lambda v: isinstance(v, bool), "True or False"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    dict: (lambda v: isinstance(v, dict), "a dict"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What values a field allows beyond its type: a test and the words an error shows."""
+
+    test: Callable[[Any], bool]
+    words: str | Callable[[], str]
+
+    def allowed(self) -> str:
+        return self.words() if callable(self.words) else self.words
+
+
+def integer_in(low: int, high: int, why: str = "") -> Rule:
+    """An integer in ``[low, high]``."""
+    return Rule(lambda v: _is_int(v) and low <= v <= high, f"an integer in [{low}, {high}]{why}")
+
+
+def finite_at_least(low: float) -> Rule:
+    """A finite number ``>= low``."""
+    return Rule(lambda v: _is_finite_number(v) and v >= low, f"a finite number >= {low:g}")
+
+
+def number_in_open_closed(low: float, high: float) -> Rule:
+    """A number in ``(low, high]``."""
+    return Rule(lambda v: _is_number(v) and low < v <= high, f"a number in ({low:g}, {high:g}]")
+
+
+def name_in(names: Callable[[], list[str]]) -> Rule:
+    """A name (any case, ``-`` or ``_``) among ``names()``, read when checked so registrations count."""
+    return Rule(lambda v: isinstance(v, str) and normalize_name(v) in names(), lambda: f"one of {names()}")
+
+
+def value_in(values: tuple[str, ...]) -> Rule:
+    """Exactly one of ``values``."""
+    return Rule(lambda v: v in values, f"one of {list(values)}")
+
+
+ANY = Rule(lambda v: True, "")
+
+
+def forward_solvers() -> list[str]:
+    """The registered solvers that can solve a nonlinear fixed point (not the affine-only GMRES)."""
+    return [name for name in available_solvers() if not SOLVERS.get_class(name).affine_only]
+
+
+@dataclasses.dataclass(frozen=True)
+class DEQField:
+    """One DEQ config field (see the module docstring).
+
+    ``engine_arg`` is the ``DEQFixedPoint`` keyword it feeds; for the ``"gradient"`` group (but
+    ``grad_estimator`` itself) it is the estimator's constructor argument, passed to the estimators that take it.
+    """
+
+    name: str
+    type: type
+    default: Any
+    group: str
+    engine_arg: str
+    help: str
+    rule: Rule = ANY
+    optional: bool = False
+    choices: Callable[[], list[str]] | None = None
+
+    @property
+    def annotation(self) -> str:
+        """The annotation of the config attribute (``"int | None"``)."""
+        name = "dict[str, Any]" if self.type is dict else self.type.__name__
+        return f"{name} | None" if self.optional else name
+
+    def has_type(self, value: Any) -> bool:
+        """Whether ``value`` has this field's type (``None`` where optional)."""
+        return (self.optional and value is None) or TYPE_TESTS[self.type][0](value)
+
+    def type_words(self) -> str:
+        words = TYPE_TESTS[self.type][1]
+        return f"{words} or None" if self.optional else words
+
+    def allowed(self) -> str:
+        """The words an error shows for this field."""
+        words = self.rule.allowed() if self.rule is not ANY else self.type_words()
+        return f"None or {words}" if self.optional and self.rule is not ANY else words
+
+    def is_valid(self, value: Any) -> bool:
+        if self.optional and value is None:
+            return True
+        return self.has_type(value) and self.rule.test(value)
+
+    def check(self, value: Any, owner: str) -> None:
+        """Raise ``DEQConfigError`` naming this field, ``value`` and the allowed values."""
+        if not self.is_valid(value):
+            raise DEQConfigError(owner, self.name, value, self.allowed())
+
+
+def _gradient(name: str, type_: type, default: Any, engine_arg: str, help_: str, rule: Rule) -> DEQField:
+    return DEQField(name, type_, default, "gradient", engine_arg, help_, rule)
+
+
+#: The table: one row per DEQ field, in the order of the config, the flags and the card.
+DEQ_FIELDS: tuple[DEQField, ...] = (
+    DEQField("solver", str, "anderson", "solver", "solver", "forward solver", name_in(forward_solvers),
+             choices=forward_solvers),
+    DEQField("solver_kwargs", dict, None, "solver", "solver_kwargs",
+             'hyperparameters of the solver, e.g. {"memory": 5}',
+             Rule(lambda v: isinstance(v, dict), "a dict of solver hyperparameters"), optional=True),
+    DEQField("solver_max_iter", int, 30, "solver", "max_iter", "forward budget in training",
+             integer_in(1, MAX_SOLVER_ITER, " (a solve that needs more has no usable fixed point)")),
+    DEQField("solver_eval_max_iter", int, None, "solver", "eval_max_iter",
+             "forward budget in eval mode (None: solver_max_iter)",
+             integer_in(1, MAX_SOLVER_ITER, " (a solve that needs more has no usable fixed point)"), optional=True),
+    DEQField("solver_tol", float, 1e-3, "solver", "tol", "stop when every sample's residual is below this",
+             finite_at_least(0)),
+    DEQField("solver_stop_mode", str, "rel", "solver", "stop_mode",
+             "residual measure: rel (||f(z)-z|| / ||f(z)||) or abs", value_in(STOP_MODES),
+             choices=lambda: list(STOP_MODES)),
+    DEQField("solver_on_failure", str, "warn", "solver", "on_failure",
+             "when a solve fails: warn (once), raise or ignore", value_in(FAILURE_MODES),
+             choices=lambda: list(FAILURE_MODES)),
+    DEQField("compile_cell", bool, False, "solver", "compile_cell",
+             "evaluate the cell f through torch.compile in the solve and the backward"),
+    DEQField("compile_solve", bool, False, "solver", "compile_solve",
+             "run each solver iteration as one compiled step, and compile the cell in the backward"),
+    DEQField("grad_estimator", str, "upg", "gradient", "grad_estimator",
+             "gradient estimator: implicit, upg, npg, one_step, unrolled or a registered name",
+             name_in(available_grad_estimators), choices=available_grad_estimators),
+    _gradient("grad_steps", int, 5, "steps", "k of UPG/NPG, unrolled steps of unrolled",
+              integer_in(1, MAX_GRAD_STEPS, " (every step keeps its graph in memory)")),
+    _gradient("grad_damping", float, 0.5, "damping", "lambda of UPG/NPG, in (0, 1]", number_in_open_closed(0, 1)),
+    _gradient("grad_solver", str, "gmres", "solver", "backward solver of implicit (the backward problem is linear)",
+              name_in(available_solvers)),
+    _gradient("grad_max_iter", int, 30, "max_iter", "backward budget of implicit (J^T v products)",
+              integer_in(1, MAX_SOLVER_ITER, " (a solve that needs more has no usable fixed point)")),
+    _gradient("grad_tol", float, 1e-6, "tol", "backward tolerance of implicit", finite_at_least(0)),
+    DEQField("jacobian_reg_weight", float, 0.0, "regularization", "jacobian_reg_weight",
+             "weight of the Jacobian regularisation term added to the loss (0 = off)", finite_at_least(0)),
+)  # fmt: skip
+
+FIELDS_BY_NAME: dict[str, DEQField] = {f.name: f for f in DEQ_FIELDS}
+#: Every DEQ field name, in table order.
+DEQ_FIELD_NAMES: tuple[str, ...] = tuple(FIELDS_BY_NAME)
+
+
+def deq_field(name: str) -> DEQField:
+    """The row of field ``name`` (``KeyError`` if it is no DEQ field)."""
+    return FIELDS_BY_NAME[name]
+
+
+def field_names(group: str) -> tuple[str, ...]:
+    """The names of the fields of one group (``"solver"``, ``"gradient"`` or ``"regularization"``)."""
+    return tuple(f.name for f in DEQ_FIELDS if f.group == group)
+
+
+def _estimator_hyperparameters(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        f.engine_arg: values[f.name]
+        for f in DEQ_FIELDS
+        if f.group == "gradient" and f.name != "grad_estimator"
+    }
+
+
+def _check_relations(values: Mapping[str, Any], owner: str) -> None:
+    """The checks that read two fields: the solver's own check of ``solver_kwargs``, the estimator's own check
+    of its hyperparameters (a registered class may add its own)."""
+    if values["solver_kwargs"]:
+        try:
+            get_solver(values["solver"], **values["solver_kwargs"])
+        except (TypeError, ValueError) as err:
+            allowed = f"hyperparameters that solver {values['solver']!r} accepts ({err})"
+            raise DEQConfigError(owner, "solver_kwargs", values["solver_kwargs"], allowed) from err
+    try:
+        grad_estimator_from_hyperparameters(values["grad_estimator"], **_estimator_hyperparameters(values))
+    except (TypeError, ValueError) as err:
+        allowed = f"an estimator whose hyperparameters accept the grad_* fields ({err})"
+        raise DEQConfigError(owner, "grad_estimator", values["grad_estimator"], allowed) from err
+
+
+def check_deq_values(values: Mapping[str, Any], owner: str) -> None:
+    """Raise ``DEQConfigError`` naming the first invalid DEQ field of ``values`` (every field, by name)."""
+    for field in DEQ_FIELDS:
+        field.check(values[field.name], owner)
+    _check_relations(values, owner)
+
+
+def deq_values(config: Any) -> dict[str, Any]:
+    """The DEQ fields of a config (or any object with those attributes) as a dict."""
+    return {name: getattr(config, name) for name in DEQ_FIELD_NAMES}
+
+
+def engine_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``DEQFixedPoint`` keyword arguments that DEQ field values feed: the one place where field names
+    become engine arguments (the estimator is built here, with the hyperparameters it takes)."""
+    kwargs = {
+        f.engine_arg: values[f.name]
+        for f in DEQ_FIELDS
+        if f.group != "gradient" or f.name == "grad_estimator"
+    }
+    kwargs["solver_kwargs"] = dict(kwargs["solver_kwargs"] or {})
+    kwargs["grad_estimator"] = grad_estimator_from_hyperparameters(
+        values["grad_estimator"], **_estimator_hyperparameters(values)
+    )
+    return kwargs
+
+
+__all__ = [
+    "DEQ_FIELDS",
+    "DEQ_FIELD_NAMES",
+    "DEQConfigError",
+    "DEQField",
+    "GROUPS",
+    "Rule",
+    "check_deq_values",
+    "deq_field",
+    "deq_values",
+    "engine_kwargs",
+    "field_names",
+]
