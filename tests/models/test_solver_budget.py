@@ -155,8 +155,8 @@ def test_text_generation_pipeline_passes_the_budget(char_lm):
 
 
 def test_image_classification_pipeline_runs_inside_solver_budget():
-    """transformers 5.25's image-classification pipeline refuses keywords it does not know, so the budget is set
-    around the call."""
+    """``model.solver_budget`` around a pipeline call also works (the keywords themselves:
+    ``test_solver_budget_pipeline.py``)."""
     from hf_deq import MDEQImageProcessor
 
     model = slow_model("mdeq").eval()

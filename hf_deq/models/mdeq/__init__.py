@@ -2,13 +2,15 @@
 
 Importing this package registers ``MDEQConfig`` with ``AutoConfig``, ``MDEQModel`` with ``AutoModel``,
 ``MDEQForImageClassification`` with ``AutoModelForImageClassification``, ``MDEQImageProcessor`` with
-``AutoImageProcessor``, and the ``mdeq-*`` presets with ``hf_deq.variants``.
+``AutoImageProcessor``, the ``mdeq-*`` presets with ``hf_deq.variants``, and hf_deq's image-classification pipeline
+(the per-call solver budget keywords) with ``transformers.pipeline``.
 """
 
 import warnings
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
+from ...pipelines import register_pipelines
 from . import hub_card as _hub_card  # noqa: F401  (registers what the Hub model card says)
 from . import presets as _presets  # noqa: F401  (registers the mdeq-* presets)
 from .configuration_mdeq import MDEQConfig
@@ -18,6 +20,7 @@ from .modeling_mdeq import MDEQForImageClassification, MDEQModel, MDEQPreTrained
 AutoConfig.register(MDEQConfig.model_type, MDEQConfig, exist_ok=True)
 AutoModel.register(MDEQConfig, MDEQModel, exist_ok=True)
 AutoModelForImageClassification.register(MDEQConfig, MDEQForImageClassification, exist_ok=True)
+register_pipelines()
 try:
     AutoImageProcessor.register(
         MDEQConfig, image_processor_classes={"pil": MDEQImageProcessor}, exist_ok=True
