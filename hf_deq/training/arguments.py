@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..configuration_deq import DEQConfig
-from ..deq_fields import DEQ_FIELDS
 from ..deq import available_grad_estimators, available_solvers
 from ..deq.core import FAILURE_MODES
 from ..deq.solvers import SOLVERS
 from ..deq.solvers.base import STOP_MODES
+from ..deq_fields import DEQ_FIELDS
 from .checkpoints import (
     CheckpointError,
     OutputDirLock,
@@ -89,7 +89,8 @@ def json_object(text: str) -> dict[str, Any]:
 
 def _field_help(config_class: type) -> dict[str, str]:
     """``{field: text}`` of the ``Args:`` sections of the docstrings of a config class and its bases."""
-    helps: dict[str, str] = {f.name: f.help for f in DEQ_FIELDS}  # the table's; a subclass's docstring adds its own
+    # the table's help; a subclass's docstring adds its own fields' help
+    helps: dict[str, str] = {f.name: f.help for f in DEQ_FIELDS}
     for cls in reversed(config_class.__mro__):
         if isinstance(cls, type) and issubclass(cls, DEQConfig) and cls is not DEQConfig and cls.__doc__:
             helps.update(_docstring_args(cls.__doc__))
