@@ -115,7 +115,9 @@ class DEQFixedPoint(nn.Module):
     Args:
         solver: forward solver, a name from ``available_solvers()`` or a ``Solver``.
         grad_estimator: a name from ``available_grad_estimators()`` or a ``GradientEstimator``.
-        max_iter, tol, stop_mode: forward budget and stop rule (``"rel"`` or ``"abs"``).
+        max_iter: forward budget (solver iterations) in training mode.
+        tol: forward stopping tolerance.
+        stop_mode: stop rule, ``"rel"`` or ``"abs"`` residual.
         eval_max_iter: budget in eval mode; ``None`` means ``max_iter``.
         solver_kwargs: hyperparameters of a solver given by name.
         jacobian_reg_weight: when > 0, training forwards also compute ``result.jacobian_loss``.
