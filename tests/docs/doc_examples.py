@@ -72,7 +72,7 @@ def run_page(path: Path) -> str | None:
     """Execute a page's Python blocks in order in one namespace, in a fresh temporary folder; ``None`` when
     they all ran, else where the failing block starts and its traceback (line numbers are the page's)."""
     namespace: dict = {"__name__": "__main__"}
-    relative = path.relative_to(REPO)
+    relative = path.relative_to(REPO) if path.is_relative_to(REPO) else path
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="hf_deq_docs_") as folder:
         os.chdir(folder)
@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
     sys.path.insert(0, str(REPO))
-    results = {page: run_page(REPO / page) for page in args.pages}
+    results = {page: run_page(Path(REPO, page)) for page in args.pages}
     Path(args.output).write_text(json.dumps(results), encoding="utf-8")
 
 

@@ -26,6 +26,11 @@ PUBLIC_MODULES: dict[str, str] = {
     "hf_deq.hub": "Publishing (`hf_deq.hub`)",
 }
 
+#: subpackages with an ``__all__`` that are not public API, and why
+NOT_PUBLIC: dict[str, str] = {
+    "hf_deq.benchmarks": "the pieces of the benchmark scripts, not a library API (issue 17 moves them out)",
+}
+
 
 @dataclass(frozen=True)
 class PublicName:
