@@ -17,7 +17,8 @@ from .deq.solvers.base import STOP_MODES
 
 
 class DEQConfigError(ValueError):
-    """A config field holds a value outside its allowed range or choices."""
+    """A config field holds a value outside its allowed range or choices: ``config_name`` (the config class),
+    ``field``, the ``value`` given and what is ``allowed``, all named in the message."""
 
     def __init__(self, config_name: str, field: str, value: Any, allowed: str) -> None:
         self.field, self.value, self.allowed = field, value, allowed
@@ -26,7 +27,8 @@ class DEQConfigError(ValueError):
 
 class MisspelledConfigFieldError(DEQConfigError):
     """A keyword that is not a field of the config but a near-miss of one (``solver_maxiter`` for
-    ``solver_max_iter``). ``field`` is the keyword as given, ``suggestion`` the field it probably meant."""
+    ``solver_max_iter``) of the config class ``config_name``. ``field`` is the keyword as given, ``value`` its
+    value, ``suggestion`` the field it probably meant."""
 
     def __init__(self, config_name: str, field: str, value: Any, suggestion: str) -> None:
         self.field, self.value, self.suggestion = field, value, suggestion

@@ -39,8 +39,8 @@ class DEQConvergenceError(RuntimeError):
 
 
 def grad_estimator_from_fields(name: str | GradientEstimator, **fields: Any) -> GradientEstimator:
-    """Build an estimator from config-style fields (``grad_steps=5, grad_damping=0.5, ...``), passing each
-    estimator only the hyperparameters it takes."""
+    """Build the estimator registered as ``name`` (an instance is returned as it is) from config-style fields
+    (``grad_steps=5, grad_damping=0.5, ...``), passing each estimator only the hyperparameters it takes."""
     if isinstance(name, GradientEstimator):
         return name
     cls = GRAD_ESTIMATORS.get_class(name)
@@ -104,7 +104,8 @@ def _caller_stacklevel() -> int:
 
 
 class DEQFixedPoint(nn.Module):
-    """The equilibrium layer ``z* = f(z*)``.
+    """The equilibrium layer ``z* = f(z*)`` (Bai et al. 2019; trained with the gradients of Geng et al. 2021,
+    arXiv 2111.05177: the implicit one, eq. 3, or the phantom gradients, eqs. 9-10).
 
     ``forward(fn, z0)`` returns ``(z, SolverResult)``. With autograd on, the solve runs without a graph and
     the gradient estimator attaches the gradient to ``z*``; otherwise only the solve runs. In eval mode
