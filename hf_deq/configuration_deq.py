@@ -26,7 +26,8 @@ from .deq_fields import (  # noqa: F401  (MAX_*, BUDGET_ALLOWED, _is_*: re-expor
 
 class MisspelledConfigFieldError(DEQConfigError):
     """A keyword that is not a field of the config but a near-miss of one (``solver_maxiter`` for
-    ``solver_max_iter``). ``field`` is the keyword as given, ``suggestion`` the field it probably meant."""
+    ``solver_max_iter``) of the config class ``config_name``. ``field`` is the keyword as given, ``value`` its
+    value, ``suggestion`` the field it probably meant."""
 
     def __init__(self, config_name: str, field: str, value: Any, suggestion: str) -> None:
         self.field, self.value, self.suggestion = field, value, suggestion

@@ -30,7 +30,8 @@ GROUPS = ("solver", "gradient", "regularization")
 
 
 class DEQConfigError(ValueError):
-    """A config field holds a value outside its allowed range or choices."""
+    """A config field holds a value outside its allowed range or choices: ``config_name`` (the config class),
+    ``field``, the ``value`` given and what is ``allowed``, all named in the message."""
 
     def __init__(self, config_name: str, field: str, value: Any, allowed: str) -> None:
         self.field, self.value, self.allowed = field, value, allowed

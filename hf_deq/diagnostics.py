@@ -31,7 +31,8 @@ from .deq.solvers import SolverResult
 
 @dataclasses.dataclass(frozen=True)
 class Alignment:
-    """Cosine similarity and relative error ``||g - g*|| / ||g*||`` of a gradient ``g`` against ``g*``."""
+    """How close a gradient ``g`` is to ``g*``: ``cosine`` similarity, ``relative_error``
+    ``||g - g*|| / ||g*||``, and ``numel``, the number of gradient entries compared."""
 
     cosine: float
     relative_error: float
@@ -198,6 +199,7 @@ def gradient_alignment(
     forward budget and estimator), one with every DEQ layer solving forward to ``reference_tol`` within
     ``reference_max_iter`` iterations and differentiating implicitly (GMRES to ``reference_tol``). The model's
     mode (train/eval) is used as it is; weights, buffers, ``.grad``, config and RNG stream are unchanged after.
+    Parameter groups are the parameter names cut to ``group_depth`` dotted components.
     """
     layers = _deq_layers(model)
     params = _trainable(model, "gradient_alignment")
@@ -224,7 +226,7 @@ def gradient_alignment(
 @dataclasses.dataclass(frozen=True)
 class SweepPoint:
     """One estimator setting of ``alignment_sweep``: ``estimator`` (UPG/NPG name), ``steps`` (k), ``damping``
-    (lambda), and its alignment with the exact gradient."""
+    (lambda), and its alignment with the exact gradient (``cosine``, ``relative_error``)."""
 
     estimator: str
     steps: int
@@ -247,7 +249,8 @@ def alignment_sweep(
     relative error of UPG(k, lambda) / NPG(k, lambda) (eqs. 9-10) against the exact implicit gradient (eq. 3)
     for every ``estimators x steps x dampings``, on one batch.
 
-    The exact gradient is computed once (as in ``gradient_alignment``); each setting swaps every DEQ layer's
+    The exact gradient is computed once (as in ``gradient_alignment``, with ``reference_tol`` and
+    ``reference_max_iter``); each setting swaps every DEQ layer's
     estimator for one pass (the config is not touched) from the same RNG state and buffers, so all settings
     differentiate the same forward solve. Returns the points and the reference solve's largest residual; the
     model is left as it was (weights, buffers, ``.grad``, config, estimators, RNG stream).
@@ -296,8 +299,9 @@ def plot_alignment_sweep(
     points: list[SweepPoint] | Mapping[str, list[SweepPoint]], path: str, title: str = ""
 ) -> None:
     """Cosine similarity and relative error against k, one line per (estimator, lambda); one row of two panels
-    per entry when ``points`` maps row labels (e.g. "trained", "at initialisation") to points. The PNG of
-    ``scripts/gradient_alignment_sweep.py`` and of the docs (needs matplotlib)."""
+    per entry when ``points`` maps row labels (e.g. "trained", "at initialisation") to points; written to the
+    PNG ``path`` under the figure ``title``. The PNG of ``scripts/gradient_alignment_sweep.py`` and of the docs
+    (needs matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,7 +335,8 @@ def plot_alignment_sweep(
 
 
 def contractivity(model: nn.Module, batch: Mapping[str, Any], *, iters: int = 20) -> list[Tensor]:
-    """Per DEQ layer (in call order), the ``(B,)`` spectral radius of ``df/dz`` at the equilibrium of ``batch``.
+    """Per DEQ layer of ``model`` (in call order), the ``(B,)`` spectral radius of ``df/dz`` at the equilibrium of
+    ``batch``.
 
     One eval-mode forward without autograd finds each layer's equilibrium, then ``iters`` Jacobian-vector
     products estimate the radius (``spectral_radius``). Below 1: the cell contracts there.

@@ -43,7 +43,17 @@ class DEQModelOutput(ModelOutput):
 
 @dataclass
 class DEQCausalLMOutput(ModelOutput):
-    """Causal LM output with solver statistics."""
+    """Causal LM output with solver statistics.
+
+    Args:
+        loss: next-token cross-entropy (with ``labels``), plus the Jacobian term in training.
+        logits: ``(B, T, vocab)`` next-token scores.
+        cache: equilibrium key/value cache for generation (``past_key_values`` on older transformers).
+        hidden_states: the equilibrium state, when asked for.
+        solver_nstep: ``(B,)`` solver steps to the returned state.
+        solver_residual: ``(B,)`` residual of the returned state under the configured stop rule.
+        jacobian_loss: Jacobian regularisation term (training with ``jacobian_reg_weight > 0``).
+    """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
@@ -59,7 +69,16 @@ class DEQCausalLMOutput(ModelOutput):
 
 @dataclass
 class DEQImageClassifierOutput(ModelOutput):
-    """Image classification output with solver statistics."""
+    """Image classification output with solver statistics.
+
+    Args:
+        loss: cross-entropy (with ``labels``), plus the Jacobian term in training.
+        logits: ``(B, num_labels)`` class scores.
+        hidden_states: the equilibrium maps of every resolution, when asked for.
+        solver_nstep: ``(B,)`` solver steps to the returned state.
+        solver_residual: ``(B,)`` residual of the returned state under the configured stop rule.
+        jacobian_loss: Jacobian regularisation term (training with ``jacobian_reg_weight > 0``).
+    """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None

@@ -34,7 +34,8 @@ def register_variant(variant: Variant) -> Variant:
 
 
 def list_variants(prefix: str = "", include_test: bool = False) -> list[str]:
-    """Names of the registered presets starting with ``prefix`` (tiny ``test_*`` ones only if asked)."""
+    """Names of the registered presets starting with ``prefix`` (the tiny ``test_*`` ones with
+    ``include_test=True``)."""
     return sorted(
         n for n in _VARIANTS if n.startswith(prefix) and (include_test or not n.startswith("test_"))
     )

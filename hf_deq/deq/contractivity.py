@@ -23,7 +23,8 @@ from .solvers.base import FixedPointFn
 def spectral_radius(
     fn: FixedPointFn, z: Tensor, *, iters: int = 20, generator: torch.Generator | None = None
 ) -> Tensor:
-    """Per-sample estimate of the spectral radius of ``df/dz`` at ``z`` (``(B, D)``), shape ``(B,)``.
+    """Per-sample estimate of the spectral radius of ``df/dz`` of the map ``fn`` at ``z`` (``(B, D)``), shape
+    ``(B,)``; the start vector is drawn from ``generator`` (the global RNG when ``None``).
 
     ``iters`` vector-Jacobian products of the whole batch (each sample's block of ``J`` is its own when ``f``
     treats samples independently, as a DEQ cell in eval mode does). The estimate is the geometric mean of the

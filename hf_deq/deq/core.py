@@ -31,8 +31,9 @@ class DEQConvergenceError(RuntimeError):
 def grad_estimator_from_hyperparameters(
     name: str | GradientEstimator, **hyperparameters: Any
 ) -> GradientEstimator:
-    """Build estimator ``name`` from the hyperparameters it takes among ``hyperparameters`` (``steps``,
-    ``damping``, ``solver``, ...): one set of values serves every estimator, a registered one included."""
+    """Build the estimator registered as ``name`` (an instance is returned as it is) from the hyperparameters it
+    takes among ``hyperparameters`` (``steps``, ``damping``, ``solver``, ...): one set of values serves every
+    estimator, a registered one included."""
     if isinstance(name, GradientEstimator):
         return name
     accepted = accepted_arguments(GRAD_ESTIMATORS.get_class(name))
@@ -92,7 +93,8 @@ def _caller_stacklevel() -> int:
 
 
 class DEQFixedPoint(nn.Module):
-    """The equilibrium layer ``z* = f(z*)``.
+    """The equilibrium layer ``z* = f(z*)`` (Bai et al. 2019; trained with the gradients of Geng et al. 2021,
+    arXiv 2111.05177: the implicit one, eq. 3, or the phantom gradients, eqs. 9-10).
 
     ``forward(fn, z0)`` returns ``(z, SolverResult)``. With autograd on, the solve runs without a graph and
     the gradient estimator attaches the gradient to ``z*``; otherwise only the solve runs. In eval mode
@@ -103,7 +105,9 @@ class DEQFixedPoint(nn.Module):
     Args:
         solver: forward solver, a name from ``available_solvers()`` or a ``Solver``.
         grad_estimator: a name from ``available_grad_estimators()`` or a ``GradientEstimator``.
-        max_iter, tol, stop_mode: forward budget and stop rule (``"rel"`` or ``"abs"``).
+        max_iter: forward budget (solver iterations) in training mode.
+        tol: forward stopping tolerance.
+        stop_mode: stop rule, ``"rel"`` or ``"abs"`` residual.
         eval_max_iter: budget in eval mode; ``None`` means ``max_iter``.
         solver_kwargs: hyperparameters of a solver given by name.
         jacobian_reg_weight: when > 0, training forwards also compute ``result.jacobian_loss``.

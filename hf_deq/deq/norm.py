@@ -26,7 +26,8 @@ def _targets(module: nn.Module, types: Iterable[type[nn.Module]]) -> list[nn.Mod
 
 
 def apply_weight_norm(module: nn.Module, types: Iterable[type[nn.Module]] = DEFAULT_TYPES) -> nn.Module:
-    """``w = g * v / ||v||`` (Salimans & Kingma 2016) on the ``weight`` of every matching submodule."""
+    """``w = g * v / ||v||`` (Salimans & Kingma 2016) on the ``weight`` of every submodule of ``module`` that is
+    an instance of one of ``types``; returns ``module``."""
     for m in _targets(module, types):
         if not parametrize.is_parametrized(m, "weight"):
             parametrizations.weight_norm(m, name="weight", dim=0)
@@ -36,7 +37,8 @@ def apply_weight_norm(module: nn.Module, types: Iterable[type[nn.Module]] = DEFA
 def apply_spectral_norm(
     module: nn.Module, types: Iterable[type[nn.Module]] = DEFAULT_TYPES, n_power_iterations: int = 1
 ) -> nn.Module:
-    """``w / sigma_max(w)`` (Miyato et al. 2018) on the ``weight`` of every matching submodule."""
+    """``w / sigma_max(w)`` (Miyato et al. 2018) on the ``weight`` of every submodule of ``module`` that is an
+    instance of one of ``types``, ``sigma_max`` estimated by ``n_power_iterations`` per call; returns ``module``."""
     for m in _targets(module, types):
         if not parametrize.is_parametrized(m, "weight"):
             parametrizations.spectral_norm(m, name="weight", n_power_iterations=n_power_iterations)
@@ -44,7 +46,7 @@ def apply_spectral_norm(
 
 
 def remove_norm(module: nn.Module) -> nn.Module:
-    """Bake normalised weights back into plain parameters."""
+    """Bake the normalised weights of ``module``'s submodules back into plain parameters; returns ``module``."""
     for m in module.modules():
         if parametrize.is_parametrized(m, "weight"):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)

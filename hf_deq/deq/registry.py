@@ -9,7 +9,7 @@ T = TypeVar("T")
 
 
 def normalize_name(name: str) -> str:
-    """``"One-Step"`` -> ``"one_step"``: case, dashes and spaces do not matter."""
+    """The registry key of ``name``: ``"One-Step"`` -> ``"one_step"`` (case, dashes and spaces do not matter)."""
     return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 

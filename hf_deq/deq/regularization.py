@@ -11,7 +11,8 @@ def jacobian_frobenius_loss(f_out: Tensor, z_in: Tensor, num_samples: int = 1) -
     """Hutchinson estimate of ``||dF/dz||_F^2 / D`` per sample, averaged over the batch (eq. 6 there).
 
     ``||J||_F^2 = E_eps ||eps^T J||^2`` with ``eps ~ N(0, I)``. ``f_out = F(z_in)`` must have been computed
-    with ``z_in.requires_grad``; the result is differentiable (``create_graph=True``).
+    with ``z_in.requires_grad``; the result is differentiable (``create_graph=True``). ``num_samples`` Gaussian
+    probes ``eps`` are averaged.
     """
     if not z_in.requires_grad:
         raise ValueError("jacobian_frobenius_loss needs z_in.requires_grad=True and f_out computed from it")

@@ -26,7 +26,8 @@ class StateSpec:
 
 
 def pack_state(tensors: Sequence[Tensor]) -> tuple[Tensor, StateSpec]:
-    """``[(B, *s_1), (B, *s_2), ...] -> ((B, sum prod s_i), spec)``."""
+    """``tensors`` ``[(B, *s_1), (B, *s_2), ...] -> ((B, sum prod s_i), spec)``: one flat state and the spec
+    that ``unpack_state`` needs."""
     if len(tensors) == 0:
         raise ValueError("pack_state needs at least one tensor")
     batch = tensors[0].shape[0]
@@ -38,7 +39,7 @@ def pack_state(tensors: Sequence[Tensor]) -> tuple[Tensor, StateSpec]:
 
 
 def unpack_state(z: Tensor, spec: StateSpec) -> list[Tensor]:
-    """Inverse of ``pack_state``: views into ``z`` with the original per-sample shapes."""
+    """Inverse of ``pack_state``: views into ``z`` with the per-sample shapes recorded in ``spec``."""
     if z.dim() != 2 or z.shape[1] != spec.dim:
         raise ValueError(f"unpack_state: expected a state of shape (batch, {spec.dim}), got {tuple(z.shape)}")
     parts = torch.split(z, spec.sizes, dim=1)

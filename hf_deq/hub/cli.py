@@ -19,7 +19,8 @@ from .push import push_model, push_model_dir
 
 
 def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--push_to_hub``, ``--hub_model_id``, ``--hub_private_repo``, ``--hub_strategy``, ``--hub_token``."""
+    """Add ``--push_to_hub``, ``--hub_model_id``, ``--hub_private_repo``, ``--hub_strategy``, ``--hub_token`` to
+    ``parser``."""
     group = parser.add_argument_group("Hugging Face Hub")
     group.add_argument(
         "--push_to_hub",
@@ -46,7 +47,8 @@ def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def hub_repo_id(args: argparse.Namespace) -> str:
-    """``--hub_model_id``, or the name of ``--output_dir`` (created under the token's user)."""
+    """From the parsed ``args``: ``--hub_model_id``, or the name of ``--output_dir`` (created under the token's
+    user)."""
     repo_id = getattr(args, "hub_model_id", None)
     if not repo_id:
         output_dir = getattr(args, "output_dir", None)
@@ -59,7 +61,8 @@ def hub_repo_id(args: argparse.Namespace) -> str:
 
 
 def check_hub_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> None:
-    """Call right after parsing: a malformed ``--hub_model_id`` stops the script before training, not after.
+    """Check the parsed ``args`` right after parsing: a malformed ``--hub_model_id`` stops the script before
+    training, not after.
     With ``parser`` the answer is argparse's (one ``error:`` line, exit status 2), else ``SystemExit`` with the
     message."""
     if getattr(args, "push_to_hub", False):
@@ -114,7 +117,8 @@ def push_from_args(
     ``model_dir`` (the saved final model with its ``all_results.json``); at a checkpoint (``step=N``, pushed only
     with ``--hub_strategy checkpoint``) it publishes ``model`` from memory. Does nothing without
     ``--push_to_hub``. A failed checkpoint push warns and training goes on; a failed final push raises with the
-    command that retries it."""
+    command that retries it. The flags come from the parsed ``args``; ``processing_class`` (tokenizer or image
+    processor) is saved with an in-memory ``model``; ``metrics`` and ``eval_inputs`` go to the card."""
     if not getattr(args, "push_to_hub", False):
         return None
     if step is not None and getattr(args, "hub_strategy", "end") != "checkpoint":

@@ -156,7 +156,9 @@ def render_model_card(
     running the model in eval mode on ``eval_inputs`` (or, lacking them, on the family's random probe inputs;
     the card says which). What the card says about the family (template, task, metrics, built-in datasets)
     comes from its registered ``CardFacts``. With ``validate`` the metadata is parsed back with
-    ``huggingface_hub.ModelCard``.
+    ``huggingface_hub.ModelCard``. ``repo_id`` names the repo in the card's title and loading snippet,
+    ``license`` goes into the metadata, and ``template_dir`` is searched for templates before hf_deq's
+    ``model_cards/``.
     """
     import transformers
 
@@ -234,7 +236,7 @@ def render_model_card(
 
 
 def validate_model_card(content: str) -> dict[str, Any]:
-    """Parse the card's metadata locally with ``huggingface_hub`` (``ModelCard`` / ``ModelCardData``, which also
+    """Parse the metadata of the card text ``content`` locally with ``huggingface_hub`` (``ModelCard`` / ``ModelCardData``, which also
     checks the ``model-index`` structure) and check the fields the Hub needs; returns the metadata. The server-side
     check (``/api/validate-yaml``) runs when the card is pushed."""
     from huggingface_hub import ModelCard

@@ -147,7 +147,8 @@ def pushed_files(model_dir: Path) -> list[Path]:
 
 
 def read_metrics(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """The run's metrics: ``all_results.json``, else ``train_results.json`` + ``eval_results.json``."""
+    """The run's metrics in ``model_dir``: ``all_results.json``, else ``train_results.json`` +
+    ``eval_results.json``."""
     model_dir = Path(model_dir)
     metrics = read_json(model_dir / "all_results.json")
     if metrics is None:
@@ -166,8 +167,8 @@ def read_training_record(model_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def read_training_info(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """The training recipe saved next to the model (the first of ``TRAINING_INFO_FILES`` found, else the
-    flags of the ``TRAINING_RECORD_FILE``), if any."""
+    """The training recipe saved next to the model in ``model_dir`` (the first of ``TRAINING_INFO_FILES`` found,
+    else the flags of the ``TRAINING_RECORD_FILE``), if any."""
     for name in TRAINING_INFO_FILES:
         info = read_json(Path(model_dir) / name)
         if info is not None:

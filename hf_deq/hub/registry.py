@@ -31,6 +31,7 @@ class CardMetric:
 class CardFacts:
     """How one model family is described on the Hub.
 
+    - ``model_type``: the family's ``config.model_type``, the registry key; ``description``: one line on the card;
     - ``template``: the card template (``*.md.jinja``), looked up in ``template_dir`` (the family's own folder, if
       given) and then in hf_deq's ``model_cards/`` (which holds the shared partials ``_deq.md.jinja`` ...);
     - ``pipeline_tag`` / ``task_name``: the Hub task; ``auto_class``: the ``transformers`` Auto class that loads
@@ -40,7 +41,8 @@ class CardFacts:
       evaluation data is at hand;
     - ``builtin_datasets``: ``{name: description}`` for the dataset names the family's training script loads
       without the Hub (e.g. ``digits``); any other ``dataset_name`` is a Hub id or a local file;
-    - ``citations``: ``(bibtex key, heading)`` pairs: which entries of ``_citations.md.jinja`` the card shows.
+    - ``citations``: ``(bibtex key, heading)`` pairs: which entries of ``_citations.md.jinja`` the card shows;
+    - ``tags``: Hub tags added to the card's metadata.
     """
 
     model_type: str
@@ -72,7 +74,7 @@ def register_card_facts(facts: CardFacts) -> CardFacts:
 
 
 def unregister_card_facts(model_type: str) -> None:
-    """Forget a family's card facts (for tests and plug-ins that register temporarily)."""
+    """Forget the card facts of the family ``model_type`` (for tests and plug-ins that register temporarily)."""
     _FAMILIES.pop(model_type, None)
 
 

@@ -26,7 +26,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class RemoteCodeBundle:
-    """Generated source files (``{file name: source}``) and the ``auto_map`` entries that point into them."""
+    """Generated source ``files`` (``{file name: source}``), the ``auto_map`` entries of ``config.json`` and the
+    ``processor_auto_map`` ones of the processor's config that point into them, and ``sources`` (``{file name:
+    the hf_deq module it was generated from}``)."""
 
     files: dict[str, str] = field(default_factory=dict)
     auto_map: dict[str, str] = field(default_factory=dict)

@@ -64,8 +64,8 @@ def measure_solver_stats(
 
 
 def probe_inputs(config, num_samples: int = 8, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    """Random inputs for measuring solver statistics when no evaluation data is at hand (the family's
-    registered ``CardFacts.probe_inputs``)."""
+    """``num_samples`` random inputs for a model of ``config``, drawn with ``seed``, for measuring solver
+    statistics when no evaluation data is at hand (the family's registered ``CardFacts.probe_inputs``)."""
     generator = torch.Generator().manual_seed(seed)
     return [dict(get_card_facts(config.model_type).probe_inputs(config, num_samples, generator))]
 

@@ -128,6 +128,9 @@ def per_example_nll(model, batch: dict, outputs) -> tuple[torch.Tensor, torch.Te
 
 @register_task
 class CausalLMTask(TrainingTask):
+    """The ``causal-lm`` task of ``scripts/train_deq_lm.py``: a DEQ-Transformer language model on text (see the
+    module docstring), evaluated by perplexity."""
+
     name = "causal-lm"
     model_type = "deq_transformer"
     project_name = "train_deq_lm"

@@ -64,6 +64,9 @@ def build_classifier(args: argparse.Namespace, label_names: list[str]):
 
 @register_task
 class ImageClassificationTask(TrainingTask):
+    """The ``image-classification`` task of ``scripts/train_mdeq_classifier.py``: an MDEQ classifier on images
+    (scikit-learn's digits, a Hub dataset or an image folder), evaluated by accuracy."""
+
     name = "image-classification"
     model_type = "mdeq"
     project_name = "mdeq_classifier"

@@ -52,6 +52,8 @@ class CheckpointError(ValueError):
 
 
 def holds_a_model(output_dir: str | os.PathLike) -> bool:
+    """Whether ``output_dir`` holds a saved model or a finished run's results (what a new run must not
+    overwrite without ``--overwrite_output_dir``)."""
     path = Path(output_dir)
     return path.is_dir() and any(
         (path / f).exists() for f in ("config.json", "model.safetensors", "all_results.json")

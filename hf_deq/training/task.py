@@ -110,6 +110,7 @@ def register_task(task_class: type[TrainingTask]) -> type[TrainingTask]:
 
 
 def available_tasks() -> list[str]:
+    """The registered task names, sorted (``image-classification``, ``causal-lm``, and any registered later)."""
     return sorted(_TASKS)
 
 

@@ -1,7 +1,7 @@
 """Mixed precision. Training steps under ``torch.autocast("cpu", dtype=torch.bfloat16)`` give
 finite losses and gradients for both models and every gradient estimator; the equilibrium state stays float32
 (the solver's iterate, its residuals and the small Anderson/Broyden/GMRES systems are float32 or wider) while the
-cell's matmuls and convolutions run in bf16. See the "Precision" section of README.md."""
+cell's matmuls and convolutions run in bf16. See docs/precision.md."""
 
 from __future__ import annotations
 

@@ -19,13 +19,16 @@ GRAD_ESTIMATORS.register("unrolled", UnrolledBackprop)
 def register_grad_estimator(
     name: str, cls: type[GradientEstimator], *, overwrite: bool = False
 ) -> type[GradientEstimator]:
-    """Make ``cls`` available as ``get_grad_estimator(name)`` and as a config ``grad_estimator`` value."""
+    """Make ``cls`` available as ``get_grad_estimator(name)`` and as a config ``grad_estimator`` value. A ``name``
+    taken by another class raises ``ValueError`` unless ``overwrite``."""
     if not (isinstance(cls, type) and issubclass(cls, GradientEstimator)):
         raise TypeError(f"register_grad_estimator needs a subclass of GradientEstimator, got {cls!r}")
     return GRAD_ESTIMATORS.register(name, cls, overwrite=overwrite)
 
 
 def available_grad_estimators() -> list[str]:
+    """The registered gradient-estimator names, sorted (read at call time: a newly registered one is among
+    them)."""
     return GRAD_ESTIMATORS.names()
 
 

@@ -24,6 +24,10 @@ class UnrolledPhantomGradient(GradientEstimator):
     """UPG(k, lambda), paper eq. 9: from ``h_0 = z*`` (detached) run ``k`` damped steps under autograd; the
     model continues with ``h_k``. The implied gradient is ``lambda F_theta^T sum_t (B^T)^t`` with
     ``B = lambda J + (1 - lambda) I`` evaluated along the unrolled path. Memory grows with ``k``.
+
+    Args:
+        steps: ``k``, the number of damped steps.
+        damping: ``lambda`` in ``(0, 1]``.
     """
 
     def __init__(self, steps: int = 5, damping: float = 0.5) -> None:
@@ -47,6 +51,10 @@ class NeumannPhantomGradient(GradientEstimator, BackwardTransform):
     ``v = sum_{i<k} (B^T)^i g`` with ``B = lambda J + (1 - lambda) I``, then ``lambda F_theta^T v`` to the
     parameters and inputs. All ``J^T`` products reuse one recorded graph of ``F(z*)``: memory is O(1) in
     ``k``.
+
+    Args:
+        steps: ``k``, the number of terms of the series.
+        damping: ``lambda`` in ``(0, 1]``.
     """
 
     def __init__(self, steps: int = 5, damping: float = 0.5) -> None:

@@ -11,8 +11,9 @@ from .phantom import damped_unroll
 
 class UnrolledBackprop(GradientEstimator):
     """Backprop through ``steps`` explicit iterations ``z_{t+1} = F(z_t)`` from the initial state, as a
-    weight-tied ``steps``-layer network (DEQ paper's pretraining). ``DEQFixedPoint`` skips the forward solve
-    in training and passes ``z0``.
+    weight-tied ``steps``-layer network: the unrolled warm-up of the DEQ recipes (Bai et al. 2019), which the
+    phantom-gradient paper's WikiText-103 recipes (Geng et al. 2021) also use. ``DEQFixedPoint`` skips the
+    forward solve in training and passes ``z0``.
     """
 
     needs_fixed_point = False

@@ -17,13 +17,15 @@ SOLVERS.register("gmres", GMRES)
 
 
 def register_solver(name: str, cls: type[Solver], *, overwrite: bool = False) -> type[Solver]:
-    """Make ``cls`` available as ``get_solver(name)`` and as a config ``solver`` value."""
+    """Make ``cls`` available as ``get_solver(name)`` and as a config ``solver`` value. A ``name`` taken by another
+    class raises ``ValueError`` unless ``overwrite``."""
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         raise TypeError(f"register_solver needs a subclass of Solver, got {cls!r}")
     return SOLVERS.register(name, cls, overwrite=overwrite)
 
 
 def available_solvers() -> list[str]:
+    """The registered solver names, sorted (read at call time: a newly registered solver is among them)."""
     return SOLVERS.names()
 
 

@@ -47,7 +47,7 @@ def _check_int(name: str, value: object, low: int, high: int = MAX_HISTORY) -> i
 
 
 class Anderson(Solver):
-    """Anderson acceleration of ``z = f(z)``.
+    """Anderson acceleration of ``z = f(z)`` (Anderson 1965; Walker & Ni 2011).
 
     With the last ``n <= memory`` iterates ``x_i`` and residuals ``g_i = f(x_i) - x_i``, each sample solves
     ``min_a ||sum_i a_i g_i||^2 + reg ||a||^2`` subject to ``sum_i a_i = 1`` and steps to

@@ -159,6 +159,8 @@ class DEQTransformerBlock(nn.Module):
 
 
 class DEQTransformerPreTrainedModel(DEQModelMixin, PreTrainedModel):
+    """Weight initialisation and the capability attributes shared by the DEQ-Transformer models."""
+
     config_class = DEQTransformerConfig
     config: DEQTransformerConfig
     base_model_prefix = "model"
