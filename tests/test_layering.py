@@ -134,6 +134,10 @@ for model, auto, inputs in ((lm, AutoModelForCausalLM, {{"input_ids": ids}}),
         model.save_pretrained(folder)
         loaded = auto.from_pretrained(folder).eval()
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+from hf_deq import hub  # what push_to_hub uploads: the card and the remote-code bundle
+
+assert hub.render_model_card(model=mdeq).startswith("---")
+assert hub.build_remote_code_bundle(lm.config).files
 print(sorted(m for m, v in sys.modules.items() if v and m.split(".")[0] in {refused!r}))
 """
 
@@ -152,5 +156,7 @@ def test_the_engine_imports_with_the_upper_layers_missing():
 
 @pytest.mark.parametrize("refused", [{"accelerate", "datasets", "evaluate"}])
 def test_models_run_save_and_load_without_the_training_extra(refused):
-    """``pip install hf_deq`` (no ``[train]`` extra): the package, the models and ``from_pretrained`` work."""
+    """``pip install hf_deq`` (no ``[train]`` extra): the package, the models, ``from_pretrained`` and what
+    ``push_to_hub`` uploads work. (Refused through ``sys.modules``, not a raising finder: transformers probes
+    optional packages with ``importlib.util.find_spec``, which must answer "not installed", not raise.)"""
     assert _run(LEAN_INSTALL, refused) == "[]"
