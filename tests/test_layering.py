@@ -94,6 +94,36 @@ def test_the_hub_never_imports_training_and_training_knows_no_family():
     assert not _violations(_modules_under("hf_deq.training"), FAMILIES)
 
 
+def test_registration_is_an_explicit_idempotent_call():
+    """No layer imports the top-level ``hf_deq`` package to trigger registration; ``register_models()`` registers
+    (again, harmlessly) what ``import hf_deq`` registered."""
+    below_the_top = [
+        p for p in PACKAGE.rglob("*.py") if _within(_module_name(p), ("hf_deq.deq", *MODEL_LAYER))
+    ]
+    below_the_top += sorted((PACKAGE / "hub").glob("*.py"))
+    bare = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in below_the_top
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Import) and any(alias.name == "hf_deq" for alias in node.names)
+    ]
+    assert not bare, f"`import hf_deq` (for its side effects) at {bare}; call register_models()"
+    from transformers import AutoConfig
+
+    from hf_deq.models import register_models
+    from hf_deq.models.card_facts import register_card_facts, registered_card_facts, unregister_card_facts
+
+    facts = registered_card_facts("mdeq")
+    unregister_card_facts("mdeq")
+    try:
+        register_models()
+        register_models()
+        assert registered_card_facts("mdeq") is facts
+        assert type(AutoConfig.for_model("mdeq")).__name__ == "MDEQConfig"
+    finally:
+        register_card_facts(facts)
+
+
 def test_nothing_in_the_package_imports_the_benchmarks():
     assert not _violations(_modules_under("hf_deq"), ("benchmarks", "hf_deq.benchmarks"))
     assert not (PACKAGE / "benchmarks").exists(), "benchmarks live in the top-level benchmarks/ package"
