@@ -1,6 +1,7 @@
 """hf_deq: Deep Equilibrium models for the Hugging Face ecosystem, trained with phantom gradients.
 
-Importing ``hf_deq`` registers its configs and models with the ``transformers`` Auto classes. The engine
+Importing ``hf_deq`` registers its configs and models with the ``transformers`` Auto classes
+(``hf_deq.models.register_models``) and the Hub publisher of ``model.push_to_hub`` (``hf_deq.hub.register_publisher``). The engine
 (``hf_deq.deq``: solvers, gradient estimators, ``DEQFixedPoint``) is pure PyTorch: it imports and runs where
 ``transformers`` is not installed, and only the model names then raise an ``ImportError`` saying so.
 """
@@ -39,13 +40,20 @@ else:
 
 if _HF_LAYER_ERROR is None:
     from .configuration_deq import DEQConfig, DEQConfigError, MisspelledConfigFieldError
+    from .hub import register_publisher as _register_publisher
     from .modeling_deq import DEQModelMixin
     from .modeling_outputs import DEQCausalLMOutput, DEQImageClassifierOutput, DEQModelOutput
     from .models import deq_transformer as _deq_transformer
     from .models import mdeq as _mdeq
-    from .models.deq_transformer import *  # noqa: F403  (each family exports its classes, registers Auto classes)
+    from .models import register_models as _register_models
+    from .models.deq_transformer import *  # noqa: F403  (each family exports its classes)
     from .models.mdeq import *  # noqa: F403
     from .variants import create_config, create_model, list_variants
+
+    # Registration is explicit: the model families (Auto classes, card facts), then the Hub layer's publisher
+    # into the model layer's hook (models never import the Hub layer).
+    _register_models()
+    _register_publisher()
 
     __all__ += [
         "DEQCausalLMOutput",

@@ -1,5 +1,5 @@
 """What every hf_deq ``PreTrainedModel`` shares: the config's solver and estimator fields as run-time knobs,
-safetensors-only loading, and ``push_to_hub`` with hf_deq's model card and remote code."""
+safetensors-only loading, and ``push_to_hub`` through the publisher the Hub layer registers (``set_publisher``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import importlib
 import inspect
 import json
 import operator
@@ -238,6 +237,21 @@ def _refuse_adapter_on_normalised_weight(parent: torch.nn.Module, name: str, chi
 torch.nn.modules.module.register_module_module_registration_hook(_refuse_adapter_on_normalised_weight)
 
 
+#: ``publisher(model, repo_id, *, processing_class, private, commit_message, token) -> url``: what
+#: ``DEQModelMixin.push_to_hub`` publishes with. The model layer owns this hook point and never imports the Hub
+#: layer; ``hf_deq.hub.register_publisher`` (run by ``import hf_deq``) sets it.
+Publisher = Callable[..., str]
+_PUBLISHER: Publisher | None = None
+
+
+def set_publisher(publisher: Publisher | None) -> None:
+    """Make ``push_to_hub`` of every hf_deq model publish with ``publisher`` (``None``: transformers' upload)."""
+    global _PUBLISHER
+    if publisher is not None and not callable(publisher):
+        raise TypeError(f"set_publisher takes a callable or None, got {type(publisher).__name__}")
+    _PUBLISHER = publisher
+
+
 class DEQModelMixin:
     """Mixin for ``PreTrainedModel`` subclasses holding ``DEQFixedPoint`` layers built with ``from_config``.
 
@@ -285,28 +299,23 @@ class DEQModelMixin:
         token: bool | str | None = None,
         revision: str | None = None,
         create_pr: bool = False,
-        max_shard_size: int | str | None = "50GB",
+        max_shard_size: int | str | None = None,
         tags: list[str] | None = None,
         processing_class: Any = None,
     ) -> str:
-        """``PreTrainedModel.push_to_hub`` with hf_deq's model card (rendered from ``model_cards/``, with solver
-        statistics measured on probe inputs) and the remote code that loads the repo where hf_deq is not installed
-        (``hf_deq.hub.push_model``); ``processing_class`` (tokenizer or image processor) is uploaded with it.
+        """``PreTrainedModel.push_to_hub`` through the registered publisher (``set_publisher``; ``import hf_deq``
+        registers ``hf_deq.hub.push_model``: hf_deq's model card with solver statistics measured on probe inputs,
+        and the remote code that loads the repo where hf_deq is not installed); ``processing_class`` (tokenizer or
+        image processor) is uploaded with it.
 
-        ``commit_description``, ``revision``, ``create_pr``, ``tags`` and another ``max_shard_size`` exist only in
-        transformers' own upload: with any of them, or where ``hf_deq.hub`` cannot be imported (a model loaded as
-        remote code), that upload is used instead (transformers' card, no bundled code)."""
+        ``commit_description``, ``revision``, ``create_pr``, ``tags`` and ``max_shard_size`` exist only in
+        transformers' own upload: with any of them, or with no publisher registered (a model loaded as remote
+        code), that upload is used instead (transformers' card, no bundled code)."""
         transformers_only = (
-            bool(commit_description or revision or create_pr or tags) or max_shard_size != "50GB"
+            bool(commit_description or revision or create_pr or tags) or max_shard_size is not None
         )
-        hub = None
-        if not transformers_only:
-            try:
-                hub = importlib.import_module("hf_deq.hub")  # not a from-import: remote-code bundles skip it
-            except ImportError:
-                hub = None
-        if hub is not None:
-            return hub.push_model(
+        if _PUBLISHER is not None and not transformers_only:
+            return _PUBLISHER(
                 self,
                 repo_id,
                 processing_class=processing_class,
@@ -318,13 +327,9 @@ class DEQModelMixin:
         options["create_pr"] = create_pr
         if processing_class is not None:
             processing_class.push_to_hub(repo_id, **options)
-        return super().push_to_hub(
-            repo_id,
-            commit_description=commit_description,
-            max_shard_size=max_shard_size,
-            tags=tags,
-            **options,
-        )
+        if max_shard_size is not None:
+            options["max_shard_size"] = max_shard_size
+        return super().push_to_hub(repo_id, commit_description=commit_description, tags=tags, **options)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``PreTrainedModel.save_pretrained`` that refuses (``DEQConfigError``, nothing written) to save a model

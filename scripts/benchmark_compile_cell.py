@@ -23,8 +23,8 @@ import torch
 from torch._dynamo.utils import counters
 
 import hf_deq
-from hf_deq.benchmarks.solve_setup import make_inputs
-from hf_deq.benchmarks.tables import table
+from benchmarks.solve_setup import make_inputs
+from benchmarks.tables import table
 from hf_deq.deq import CompiledCell
 from hf_deq.variants import get_variant, list_variants
 

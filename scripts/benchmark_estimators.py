@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Benchmark the DEQ engine's forward solvers and gradient estimators, optionally against torchdeq.
 
-For each cell (``hf_deq.benchmarks.cells``: an MDEQ-like conv block and a transformer block) it prints (a) a
+For each cell (``benchmarks.cells``: an MDEQ-like conv block and a transformer block) it prints (a) a
 forward-solver table, (b) a gradient-estimator table and (c) the peak memory of a training step for forward
 budgets of 10 and 40 iterations, then checks the project's targets against the numbers of the run
-(``hf_deq.benchmarks.targets``). How each number is measured: ``hf_deq.benchmarks.measure``. With
-``--output_file`` the same numbers are written as JSON (``hf_deq.benchmarks.run.run_benchmark``).
+(``benchmarks.targets``). How each number is measured: ``benchmarks.measure``. With
+``--output_file`` the same numbers are written as JSON (``benchmarks.run.run_benchmark``).
 
 With ``--compare-torchdeq`` the same cells, inputs and fixed point also run through torchdeq
-(``pip install --no-deps torchdeq``; not a dependency of this project; ``hf_deq.benchmarks.torchdeq_adapter``).
+(``pip install --no-deps torchdeq``; not a dependency of this project; ``benchmarks.torchdeq_adapter``).
 
 Usage:
     python scripts/benchmark_estimators.py [--device cpu|cuda] [--compare-torchdeq] [--dtype float32|bfloat16]
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from hf_deq.benchmarks import CELLS, run_benchmark
-from hf_deq.benchmarks.cells import QUICK_BATCH_SIZE
-from hf_deq.benchmarks.tables import write_results
-from hf_deq.benchmarks.torchdeq_adapter import import_torchdeq
+from benchmarks import CELLS, run_benchmark
+from benchmarks.cells import QUICK_BATCH_SIZE
+from benchmarks.tables import write_results
+from benchmarks.torchdeq_adapter import import_torchdeq
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from hf_deq.benchmarks.load import (
+from benchmarks.load import (
     BUSY_LOOPS,
     char_job,
     main_job,

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Measure the solve per engine variant: operators per solver iteration, training-step time, solver overhead.
 
-``--mode ops`` (``hf_deq.benchmarks.op_counts``): per preset, solver (fixed_point, anderson, broyden) and
+``--mode ops`` (``benchmarks.op_counts``): per preset, solver (fixed_point, anderson, broyden) and
 engine variant, the ATen operators dispatched per evaluation of f in an eval forward (10 evaluations, tol
 1e-12): inside f, outside f (the solver's bookkeeping), in total, and the host syncs. ``--mode step``
-(``hf_deq.benchmarks.step_time``): training-step time (forward + backward) of eager, compile_cell and
+(``benchmarks.step_time``): training-step time (forward + backward) of eager, compile_cell and
 compile_solve side by side with compile time apart, and the solver overhead per evaluation of f of Anderson and
 Broyden. ``--mode all`` runs both. Variants: eager, sync_free (``solver_kwargs={"check_every": None}``),
 compile_cell, compile_solve and compile_solve_sync_free; an engine without ``compile_solve`` gets "n/a" rows.
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from hf_deq.benchmarks.op_counts import SOLVERS, ops_lines, ops_suite
-from hf_deq.benchmarks.solve_setup import EVAL_MAX_ITER, SEQ_LEN, VARIANTS
-from hf_deq.benchmarks.step_time import STEP_VARIANTS, step_lines, step_suite
-from hf_deq.benchmarks.tables import write_results
+from benchmarks.op_counts import SOLVERS, ops_lines, ops_suite
+from benchmarks.solve_setup import EVAL_MAX_ITER, SEQ_LEN, VARIANTS
+from benchmarks.step_time import STEP_VARIANTS, step_lines, step_suite
+from benchmarks.tables import write_results
 from hf_deq.variants import list_variants
 
 MODES = ("ops", "step", "all")

@@ -11,7 +11,7 @@ to the explicit model's final validation loss (LM) or accuracy (MDEQ), as a rati
 
 Both models of a family evaluate every ``--eval_steps`` steps (default 200 for lm, on the first 512 validation
 blocks; 15 for mdeq, on every validation image). The pieces live
-in ``hf_deq.benchmarks.against_explicit``; the time to target is interpolated in training time between the two
+in ``benchmarks.against_explicit``; the time to target is interpolated in training time between the two
 evaluations around the crossing (the first evaluation there is reported too).
 
 Usage:
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from hf_deq.benchmarks.against_explicit import (
+from benchmarks.against_explicit import (
     EXPLICIT_LM_FLAGS,
     FAMILIES,
     compare,
@@ -38,7 +38,7 @@ from hf_deq.benchmarks.against_explicit import (
     lm_targets,
     parse_run,
 )
-from hf_deq.benchmarks.tables import table
+from benchmarks.tables import table
 
 DEFAULT_LM_CONFIG = Path(__file__).resolve().parent / "configs" / "deq-transformer-char-upg.json"
 DEFAULT_EVAL_STEPS = {"lm": 200, "mdeq": 15}

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hf_deq.benchmarks import estimator_comparison as ec
+from benchmarks import estimator_comparison as ec
 from hf_deq.tasks import available_tasks, get_task
 from hf_deq.training import parse_args as parse_training_args
 from hf_deq.training import train

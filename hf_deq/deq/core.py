@@ -235,7 +235,10 @@ class DEQFixedPoint(nn.Module):
                 setattr(self, name, value)
 
     def forward(self, fn: FixedPointFn, z0: Tensor) -> tuple[Tensor, SolverResult]:
-        new_dropout_masks()
+        with new_dropout_masks():  # one mask per VariationalDropout for this call (keyed per call)
+            return self._solve_and_attach(fn, z0)
+
+    def _solve_and_attach(self, fn: FixedPointFn, z0: Tensor) -> tuple[Tensor, SolverResult]:
         grad_needed = torch.is_grad_enabled()
         estimator = self.grad_estimator
         cell = fn if self.compiled_cell is None else self.compiled_cell.wrap(fn)

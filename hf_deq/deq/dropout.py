@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
 
-_GENERATION = 0
+#: The key of the solve running in this thread / task (``None`` outside one). ``DEQFixedPoint.forward`` sets a new
+#: key for its call and restores the previous one on exit, so a mask is keyed per call, never per process.
+_SOLVE_KEY: ContextVar[object | None] = ContextVar("hf_deq_dropout_solve_key", default=None)
 
 
-def new_dropout_masks() -> None:
-    """Make every ``VariationalDropout`` draw a new mask at its next call. ``DEQFixedPoint`` calls this at the
-    start of each forward, so users never reset masks by hand."""
-    global _GENERATION
-    _GENERATION += 1
+@contextlib.contextmanager
+def new_dropout_masks() -> Iterator[None]:
+    """Inside the ``with`` block, every ``VariationalDropout`` draws one new mask at its first call and reuses it
+    at every later call of the block. ``DEQFixedPoint.forward`` runs each forward inside one, so users never
+    reset masks by hand; a nested block (a DEQ inside ``f``) gets its own masks and restores the outer ones."""
+    token = _SOLVE_KEY.set(object())
+    try:
+        yield
+    finally:
+        _SOLVE_KEY.reset(token)
 
 
 class VariationalDropout(nn.Module):
     """Dropout whose mask is drawn once per forward and reused at every iteration of ``f`` (a DEQ needs the
     same ``f`` at every iteration to have a fixed point; Gal & Ghahramani 2016, DEQ paper sec. 4).
+
+    The mask is keyed by the call it was drawn in (``new_dropout_masks``); called outside any such call, the
+    module reuses its last mask (``reset_mask`` forgets it).
 
     Args:
         p: drop probability in ``[0, 1)``.
@@ -34,7 +46,11 @@ class VariationalDropout(nn.Module):
         self.p = float(p)
         self.broadcast_dims = tuple(broadcast_dims)
         self._mask: Tensor | None = None
-        self._generation = -1
+        self._key: object | None = None
+
+    def reset_mask(self) -> None:
+        """Draw a new mask at the next call."""
+        self._mask, self._key = None, None
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
@@ -47,18 +63,19 @@ class VariationalDropout(nn.Module):
             and list(mask.shape) == shape
             and mask.device == x.device
         ):
-            # A compiled cell reads the mask its forward's first (eager) call drew; comparing generations here
+            # A compiled cell reads the mask its forward's first (eager) call drew; comparing keys here
             # would make every forward a new graph (``CompiledCell``).
             return x * mask.to(x.dtype)
+        key = _SOLVE_KEY.get()
         if (
             mask is None
-            or self._generation != _GENERATION
+            or (key is not None and key is not self._key)
             or list(mask.shape) != shape
             or mask.device != x.device
         ):
             keep = 1.0 - self.p
             mask = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(keep).div_(keep)
-            self._mask, self._generation = mask, _GENERATION
+            self._mask, self._key = mask, key
         return x * mask.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -3,8 +3,8 @@
 One concept per module:
 
 - ``errors``: ``HubPushError``, ``InvalidRepoIdError``, ``ModelDirError``, ``BundleError``, ``check_repo_id``;
-- ``registry``: ``CardFacts``, what a card needs to know about a model family, registered by the family's own
-  package (``hf_deq/models/<family>/hub_card.py``); the Hub code never branches on a ``model_type``;
+- ``registry``: ``CardFacts``, what a card needs to know about a model family, declared in the model layer by the
+  family's own package (``hf_deq/models/<family>/hub_card.py``); the Hub code never branches on a ``model_type``;
 - ``model_dir``: a saved model folder: its checks (at once, before the Hub is contacted) and what is read from it;
 - ``remote_code``: ``build_remote_code_bundle``, the family's modules and the engine modules they import,
   generated from the installed sources so a pushed repo loads with ``trust_remote_code=True`` without hf_deq;
@@ -13,8 +13,9 @@ One concept per module:
 - ``push``: ``push_model_dir`` / ``push_model``, staged in a temporary folder and uploaded in one commit;
 - ``cli``: ``add_hub_arguments`` / ``check_hub_args`` / ``push_from_args`` for the training scripts.
 
-The names below are loaded on first use, so ``import hf_deq`` (whose model packages import ``registry``) loads
-none of the publishing code; ``huggingface_hub`` itself is imported only inside the functions that call it (it
+``register_publisher`` (run by ``import hf_deq``) makes ``model.push_to_hub`` publish through ``push_model``: the
+model layer owns the hook (``hf_deq.modeling_deq.set_publisher``) and never imports this package. The names below
+are loaded on first use, so ``import hf_deq`` loads none of the publishing code; ``huggingface_hub`` itself is imported only inside the functions that call it (it
 reads ``HF_ENDPOINT`` / ``HF_HUB_OFFLINE`` when first imported).
 """
 
@@ -75,3 +76,16 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
+
+
+def _publish(model: Any, repo_id: str, **options: Any) -> str:
+    """``push_model`` looked up at each call (so a replaced ``hf_deq.hub.push_model`` is the one used)."""
+    return importlib.import_module(__name__).push_model(model, repo_id, **options)
+
+
+def register_publisher() -> None:
+    """Make ``push_to_hub`` of every hf_deq model publish through ``push_model`` (model card + remote code).
+    Idempotent; ``import hf_deq`` calls it."""
+    from ..modeling_deq import set_publisher
+
+    set_publisher(_publish)

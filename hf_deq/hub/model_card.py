@@ -162,8 +162,10 @@ def render_model_card(
     """
     import transformers
 
-    import hf_deq
+    from .. import __version__
+    from ..models import register_models
 
+    register_models()  # the model types AutoConfig resolves
     if model_dir is not None:
         check_model_dir(model_dir, need_weights=False)
     if config is None:
@@ -192,7 +194,7 @@ def render_model_card(
     context = {
         "card_data": Markup(card_data.to_yaml()),  # YAML written by huggingface_hub from escaped values
         "generated_marker": GENERATED_MARKER,
-        "hf_deq_version": hf_deq.__version__,
+        "hf_deq_version": __version__,
         "install_command": sections.source_install_command(),
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__.split("+")[0],

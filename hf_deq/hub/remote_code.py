@@ -193,11 +193,8 @@ def _registered_classes(config_class: type) -> dict[str, type]:
 
 def _find_hf_deq_class(name: str, near_module: str) -> type | None:
     """A class named ``name`` defined in hf_deq (looked up in the family package, then in ``hf_deq``)."""
-    import hf_deq
-
     for module_name in (_family_package(near_module), PACKAGE):
-        module = importlib.import_module(module_name)
-        cls = getattr(module, name, None) or getattr(hf_deq, name, None)
+        cls = getattr(importlib.import_module(module_name), name, None)
         if isinstance(cls, type) and cls.__module__.startswith(PACKAGE + "."):
             return cls
     return None
@@ -212,7 +209,9 @@ def build_remote_code_bundle(
     ``processor_class_names`` are processor classes the repo names (e.g. ``"MDEQImageProcessor"``)."""
     import transformers
 
-    import hf_deq  # noqa: F401  (registers the model types)
+    from ..models import register_models
+
+    register_models()  # the model types CONFIG_MAPPING resolves
 
     if isinstance(config_or_model_type, str):
         config_class = transformers.CONFIG_MAPPING[config_or_model_type]

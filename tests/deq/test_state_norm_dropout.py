@@ -274,13 +274,44 @@ def test_variational_dropout_reuses_mask_until_new_masks():
     torch.testing.assert_close(b, 2 * a)
     # The mask is shared along the broadcast dimension.
     assert bool((a == a[:, :1, :]).all())
-    new_dropout_masks()
-    c = drop(x)
+    with new_dropout_masks():  # a new call: one new mask, reused inside it
+        c = drop(x)
+        torch.testing.assert_close(drop(3 * x), 3 * c)
     assert not torch.equal(a, c)
+    torch.testing.assert_close(drop(x), c)  # outside any call: the last mask
+    drop.reset_mask()
+    assert not torch.equal(drop(x), c)
     drop.eval()
     y = torch.randn(4, 5, 8)
     assert torch.equal(drop(y), y)
     assert torch.equal(VariationalDropout(p=0.0)(y), y)
+
+
+def test_nested_solve_keeps_the_outer_solves_dropout_mask():
+    """Masks are keyed per call, not by a process-wide counter: a DEQ solved inside another DEQ's ``f`` (or any
+    other layer's forward in between) does not make the outer layer's dropout draw a new mask mid-solve."""
+    torch.manual_seed(0)
+    dim = 8
+    outer_drop, inner_drop = VariationalDropout(p=0.5), VariationalDropout(p=0.5)
+    inner = DEQFixedPoint("fixed_point", "implicit", max_iter=3, tol=1e-9, on_failure="ignore").train()
+    x = torch.randn(2, dim)
+    outer_masks: list[torch.Tensor] = []
+
+    def inner_fn(z):
+        return 0.3 * torch.tanh(z) * inner_drop(torch.ones(2, dim)) + x
+
+    def outer_fn(z):
+        mask = outer_drop(torch.ones(2, dim))
+        outer_masks.append(mask.detach().clone())
+        with torch.no_grad():
+            y, _ = inner(inner_fn, torch.zeros(2, dim))
+        return 0.3 * torch.tanh(z) * mask + y
+
+    outer = DEQFixedPoint("fixed_point", "implicit", max_iter=5, tol=1e-9, on_failure="ignore").train()
+    with torch.no_grad():
+        outer(outer_fn, torch.zeros(2, dim))
+    assert len(outer_masks) >= 3
+    assert _distinct(outer_masks) == 1
 
 
 @pytest.mark.parametrize("p", [1, 1.0, -0.1, 2.0])

@@ -1,5 +1,6 @@
 """The wheel carries everything a user of a plain ``pip install`` needs: every subpackage and the model-card
-templates (top-level ``model_cards/``, shipped as ``hf_deq/model_cards/``)."""
+templates (top-level ``model_cards/``, shipped as ``hf_deq/model_cards/``), and no more: not the benchmarks (their
+own project, ``benchmarks/pyproject.toml``), and none of the training extra's packages among its requirements."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_a_wheel_install_renders_model_cards(tmp_path):
     dist, site, source = tmp_path / "dist", tmp_path / "site", tmp_path / "source"
     # Build from a copy of what the wheel is made of, so setuptools' build/ never lands in the checkout.
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("hf_deq", "model_cards"):
+    for name in ("hf_deq", "model_cards", "benchmarks"):  # benchmarks/ beside it, as in the checkout
         shutil.copytree(REPO / name, source / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
@@ -55,6 +56,22 @@ def test_a_wheel_install_renders_model_cards(tmp_path):
     templates = {p.name for p in (REPO / "model_cards").glob("*.jinja")}
     assert templates and {f"hf_deq/model_cards/{t}" for t in templates} <= names
     assert "hf_deq/metrics/accuracy.py" in names  # the evaluate metric script, package data
+    assert not [n for n in names if n.startswith(("benchmarks/", "hf_deq/benchmarks/"))]
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    requires = [
+        line.split(":", 1)[1].strip()
+        for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
+    base = {
+        r.split(";")[0].split("[")[0].split(">")[0].split("<")[0].strip().lower()
+        for r in requires
+        if ";" not in r
+    }
+    assert {"torch", "transformers", "huggingface_hub", "safetensors"} <= base
+    assert not base & {"accelerate", "datasets", "evaluate", "pillow", "scikit-learn"}, base
+    train = [r for r in requires if 'extra == "train"' in r]
+    assert {r.split(">")[0] for r in train} >= {"accelerate", "datasets", "evaluate"}, train
     subprocess.run(
         [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)], check=True
     )

@@ -51,3 +51,24 @@ def test_transformers_only_options_use_transformers_upload(calls, option):
     ((path, repo_id, kwargs),) = calls
     assert (path, repo_id) == ("transformers", "me/lm")
     assert all(kwargs[k] == v for k, v in option.items())
+
+
+def test_push_goes_through_the_publisher_the_hub_layer_registered(calls):
+    """The model layer owns the hook (``set_publisher``) and never imports ``hf_deq.hub``; ``import hf_deq``
+    registers the Hub's publisher into it. With none registered (a model loaded as remote code, without hf_deq),
+    ``push_to_hub`` is transformers' plain upload."""
+    from hf_deq import modeling_deq
+
+    model = hf_deq.create_model("test_deq_transformer_tiny")
+    try:
+        modeling_deq.set_publisher(None)
+        assert model.push_to_hub("me/plain", private=True) == "u"
+        seen = []
+        modeling_deq.set_publisher(lambda model, repo_id, **kw: seen.append(repo_id) or "mine")
+        assert model.push_to_hub("me/mine") == "mine" and seen == ["me/mine"]
+        with pytest.raises(TypeError, match="set_publisher takes a callable"):
+            modeling_deq.set_publisher("hub")
+    finally:
+        hub.register_publisher()
+    assert [path for path, _, _ in calls] == ["transformers"]
+    assert model.push_to_hub("me/lm") == "url"  # registered again: hf_deq's card and remote code

@@ -1,4 +1,4 @@
-"""``scripts/compare_estimators.py`` and its library ``hf_deq.benchmarks.estimator_comparison``: the aggregation
+"""``scripts/compare_estimators.py`` and its library ``benchmarks.estimator_comparison``: the aggregation
 over seeds (mean ± sample std, time to the reference's final metric, 'not reached'), and tiny end-to-end
 comparisons of both families (2 seeds, 2 estimators, 2 steps, in-process)."""
 
@@ -11,7 +11,7 @@ import pytest
 from script_loading import load_script
 from tiny_runs import family_args
 
-from hf_deq.benchmarks import estimator_comparison as ec
+from benchmarks import estimator_comparison as ec
 
 ACCURACY = ec.METRICS["image-classification"]
 LOSS = ec.METRICS["causal-lm"]

@@ -11,8 +11,8 @@ import torch
 from tiny_runs import tiny_model
 from torch.utils.data import DataLoader
 
-from hf_deq.benchmarks.against_explicit import ExplicitImageClassificationTask
-from hf_deq.benchmarks.explicit_models import ExplicitCNNConfig, ExplicitCNNForImageClassification
+from benchmarks.against_explicit import ExplicitImageClassificationTask
+from benchmarks.explicit_models import ExplicitCNNConfig, ExplicitCNNForImageClassification
 from hf_deq.training import EVAL_KEYS, EstimatorSchedule, evaluate, solver_stats
 
 

@@ -1,11 +1,11 @@
-"""What the Hub model card says about DEQ-Transformer language models (``hf_deq.hub`` reads it; nothing is
-imported from there but its small registry)."""
+"""What the Hub model card says about DEQ-Transformer language models (``register`` of the family package
+registers it; ``hf_deq.hub`` reads it)."""
 
 from __future__ import annotations
 
 import torch
 
-from ...hub.registry import CardFacts, CardMetric, register_card_facts
+from ..card_facts import CardFacts, CardMetric
 from .configuration_deq_transformer import DEQTransformerConfig
 
 
@@ -15,23 +15,21 @@ def probe_inputs(config, num_samples: int, generator: torch.Generator) -> dict[s
     return {"input_ids": torch.randint(0, config.vocab_size, (num_samples, length), generator=generator)}
 
 
-CARD_FACTS = register_card_facts(
-    CardFacts(
-        model_type=DEQTransformerConfig.model_type,
-        template="deq_transformer_lm.md.jinja",
-        pipeline_tag="text-generation",
-        task_name="Causal language modeling",
-        auto_class="AutoModelForCausalLM",
-        description="DEQ-Transformer causal language model",
-        metrics=(
-            CardMetric("eval_perplexity", "perplexity", "Perplexity"),
-            CardMetric("eval_loss", "loss", "Loss (nats/token)", headline=False),
-        ),
-        probe_inputs=probe_inputs,
-        citations=(
-            ("geng2021training", "Phantom gradients (the training method)"),
-            ("bai2019deep", "Deep equilibrium models (the DEQ-Transformer)"),
-        ),
-        tags=("deq-transformer", "causal-lm"),
-    )
+CARD_FACTS = CardFacts(
+    model_type=DEQTransformerConfig.model_type,
+    template="deq_transformer_lm.md.jinja",
+    pipeline_tag="text-generation",
+    task_name="Causal language modeling",
+    auto_class="AutoModelForCausalLM",
+    description="DEQ-Transformer causal language model",
+    metrics=(
+        CardMetric("eval_perplexity", "perplexity", "Perplexity"),
+        CardMetric("eval_loss", "loss", "Loss (nats/token)", headline=False),
+    ),
+    probe_inputs=probe_inputs,
+    citations=(
+        ("geng2021training", "Phantom gradients (the training method)"),
+        ("bai2019deep", "Deep equilibrium models (the DEQ-Transformer)"),
+    ),
+    tags=("deq-transformer", "causal-lm"),
 )

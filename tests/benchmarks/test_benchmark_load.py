@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from script_loading import load_script
 
-from hf_deq.benchmarks.load import SCRIPTS as BENCH_SCRIPTS
-from hf_deq.benchmarks.load import (
+from benchmarks.load import SCRIPTS as BENCH_SCRIPTS
+from benchmarks.load import (
     Job,
     LoadResults,
     Setting,

@@ -90,7 +90,7 @@ def saved_activations_mb(task, args) -> float:
     implicit / NPG."""
     import torch
 
-    from ..training import build_dataloaders
+    from hf_deq.training import build_dataloaders
 
     torch.manual_seed(args.seed)
     raw = task.load_raw(args)

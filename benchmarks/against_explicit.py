@@ -19,10 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..tasks.causal_lm import CausalLMTask, per_example_nll
-from ..tasks.image_classification import ImageClassificationTask
-from ..training import parse_args, train
-from ..training.task import TrainingTask
+from hf_deq.tasks.causal_lm import CausalLMTask, per_example_nll
+from hf_deq.tasks.image_classification import ImageClassificationTask
+from hf_deq.training import parse_args, train
+from hf_deq.training.task import TrainingTask
+
 from .explicit_models import ExplicitCNNConfig, ExplicitCNNForImageClassification, explicit_gpt2
 from .tables import table
 
@@ -35,7 +36,7 @@ class ExplicitCausalLMTask(CausalLMTask):
     label = "GPT2LMHeadModel (4 layers, width 128, 4 heads)"
 
     def build_model(self, args: argparse.Namespace, raw: Any, checkpoint: Path | None):
-        from ..tasks.causal_lm import load_or_train_tokenizer
+        from hf_deq.tasks.causal_lm import load_or_train_tokenizer
 
         tokenizer = load_or_train_tokenizer(args, raw, checkpoint)
         return explicit_gpt2(tokenizer, args.block_size), tokenizer
@@ -54,8 +55,8 @@ class ExplicitImageClassificationTask(ImageClassificationTask):
     label = "ResNet-style CNN (widths 32, 64; 2 blocks each)"
 
     def build_model(self, args: argparse.Namespace, raw: Any, checkpoint: Path | None):
-        from ..models.mdeq import MDEQImageProcessor
-        from ..variants import create_config
+        from hf_deq.models.mdeq import MDEQImageProcessor
+        from hf_deq.variants import create_config
 
         label_names = raw[3]
         deq_config = create_config(args.preset)

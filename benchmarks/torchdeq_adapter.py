@@ -1,6 +1,6 @@
 """The optional torchdeq side of the comparison (``pip install --no-deps torchdeq``; not a dependency).
 
-torchdeq is imported only by ``import_torchdeq``; everything else in ``hf_deq.benchmarks`` runs without it.
+torchdeq is imported only by ``import_torchdeq``; everything else in ``benchmarks`` runs without it.
 Its DEQ objects are built with the same budgets and tolerances as ours (``engines``); ``NOTES`` states where
 the stop rules still differ.
 """

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 
 #: code of one busy process, by kind; each keeps one CPU busy until it is stopped

@@ -2,7 +2,7 @@
 vocabulary and block size, random weights: its cost does not depend on them), on the validation blocks of a text
 file, at one or more evaluation budgets (``solver_eval_max_iter``).
 
-    python -m hf_deq.benchmarks.inference_cost --model_name_or_path runs/ts \\
+    python -m benchmarks.inference_cost --model_name_or_path runs/ts \\
         --train_file ../shared/data/tinyshakespeare/input.txt --budgets 10,15,30
 
 One thread by default; the validation blocks are the last ``--validation_split_percentage`` of the text, as the
@@ -34,7 +34,7 @@ def validation_blocks(
 ):
     """The validation blocks of ``text_file`` as the training script cuts them (its last ``percentage`` percent
     of lines, concatenated, cut into ``block_size`` tokens), at most ``limit``."""
-    from ..data.text import tail_split_index
+    from hf_deq.data.text import tail_split_index
 
     lines = Path(text_file).read_text().splitlines(keepends=True)
     tail = "".join(lines[tail_split_index([len(line) for line in lines], percentage / 100) :])

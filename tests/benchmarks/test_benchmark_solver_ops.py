@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from script_loading import load_script
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from hf_deq.benchmarks import solve_setup
-from hf_deq.benchmarks.op_counts import SOLVERS, count_dispatches
-from hf_deq.benchmarks.solve_setup import F_RANGE, SOLVE_RANGE
+from benchmarks import solve_setup
+from benchmarks.op_counts import SOLVERS, count_dispatches
+from benchmarks.solve_setup import F_RANGE, SOLVE_RANGE
 
 N_A = "n/a: compile_solve not available"
 

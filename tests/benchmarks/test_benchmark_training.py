@@ -10,8 +10,8 @@ import pytest
 import torch
 from script_loading import load_script
 
-from hf_deq.benchmarks.against_explicit import time_to_target
-from hf_deq.benchmarks.explicit_models import (
+from benchmarks.against_explicit import time_to_target
+from benchmarks.explicit_models import (
     ExplicitCNNConfig,
     ExplicitCNNForImageClassification,
     explicit_gpt2,

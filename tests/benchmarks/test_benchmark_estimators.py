@@ -8,7 +8,7 @@ import math
 import pytest
 from script_loading import load_script
 
-from hf_deq.benchmarks.engines import FORWARD_SOLVERS, MEMORY_BUDGETS, our_estimators
+from benchmarks.engines import FORWARD_SOLVERS, MEMORY_BUDGETS, our_estimators
 
 
 def _numbers(value):
