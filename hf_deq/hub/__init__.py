@@ -11,7 +11,7 @@ One concept per module:
 - ``solver_stats``: solver statistics at evaluation, from ``all_results.json`` or measured;
 - ``card_sections`` / ``model_card``: ``render_model_card`` from the templates in ``model_cards/``;
 - ``push``: ``push_model_dir`` / ``push_model``, staged in a temporary folder and uploaded in one commit;
-- ``cli``: ``add_hub_arguments`` / ``check_hub_args`` / ``push_from_args`` for the training scripts.
+- ``cli``: ``HubArguments`` / ``check_hub_args`` / ``push_from_args`` for the training scripts.
 
 ``register_publisher`` (run by ``import hf_deq``) makes ``model.push_to_hub`` publish through ``push_model``: the
 model layer owns the hook (``hf_deq.modeling_deq.set_publisher``) and never imports this package. The names below
@@ -57,7 +57,7 @@ _EXPORTS = {
     "push_model_dir": "push",
     "push_staged_folder": "push",
     "stage_model_dir": "push",
-    "add_hub_arguments": "cli",
+    "HubArguments": "cli",
     "check_hub_args": "cli",
     "hub_repo_id": "cli",
     "push_from_args": "cli",

@@ -4,7 +4,7 @@ checkpoint)."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -18,60 +18,51 @@ from .model_dir import SECRET_KEYS
 from .push import push_model, push_model_dir
 
 
-def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--push_to_hub``, ``--hub_model_id``, ``--hub_private_repo``, ``--hub_strategy``, ``--hub_token`` to
-    ``parser``."""
-    group = parser.add_argument_group("Hugging Face Hub")
-    group.add_argument(
-        "--push_to_hub",
-        action="store_true",
-        help="publish the final model (card and remote code included) on the Hub (main process only)",
+def _hub_flag(default: Any, help_text: str, **metadata: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help_text, **metadata})
+
+
+@dataclasses.dataclass
+class HubArguments:
+    """The Hub flags of the training scripts (``hf_deq.training.flags.FlagParser`` makes them flags)."""
+
+    _argument_group_name = "Hugging Face Hub"
+
+    push_to_hub: bool = _hub_flag(
+        False, "publish the final model (card and remote code included) on the Hub (main process only)"
     )
-    group.add_argument(
-        "--hub_model_id",
-        default=None,
-        help="repo id 'namespace/name' (default: the output_dir's name under your user)",
+    hub_model_id: str | None = _hub_flag(
+        None, "repo id 'namespace/name' (default: the output_dir's name under your user)"
     )
-    group.add_argument("--hub_private_repo", action="store_true", help="create the repo as private")
-    group.add_argument(
-        "--hub_strategy",
+    hub_private_repo: bool = _hub_flag(False, "create the repo as private")
+    hub_strategy: str = _hub_flag(
+        "end",
+        "'end': push once after training; 'checkpoint': also push at every checkpoint",
         choices=["end", "checkpoint"],
-        default="end",
-        help="'end': push once after training; 'checkpoint': also push at every checkpoint",
     )
-    group.add_argument(
-        "--hub_token",
-        default=None,
-        help="token with write access (default: HF_TOKEN or the `hf auth login` token)",
+    hub_token: str | None = _hub_flag(
+        None, "token with write access (default: HF_TOKEN or the `hf auth login` token)"
     )
 
 
-def hub_repo_id(args: argparse.Namespace) -> str:
-    """From the parsed ``args``: ``--hub_model_id``, or the name of ``--output_dir`` (created under the token's
-    user)."""
-    repo_id = getattr(args, "hub_model_id", None)
+def hub_repo_id(args: Any) -> str:
+    """From the parsed ``args`` (``hub_model_id``, ``output_dir``): ``--hub_model_id``, or the name of
+    ``--output_dir`` (created under the token's user)."""
+    repo_id = args.hub_model_id
     if not repo_id:
-        output_dir = getattr(args, "output_dir", None)
-        if not output_dir:
+        if not args.output_dir:
             raise InvalidRepoIdError(
                 "--push_to_hub needs --hub_model_id (or an --output_dir to name the repo)"
             )
-        repo_id = Path(output_dir).resolve().name
+        repo_id = Path(args.output_dir).resolve().name
     return repo_id
 
 
-def check_hub_args(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> None:
-    """Check the parsed ``args`` right after parsing: a malformed ``--hub_model_id`` stops the script before
-    training, not after.
-    With ``parser`` the answer is argparse's (one ``error:`` line, exit status 2), else ``SystemExit`` with the
-    message."""
-    if getattr(args, "push_to_hub", False):
-        try:
-            check_repo_id(hub_repo_id(args))
-        except InvalidRepoIdError as err:
-            if parser is not None:
-                parser.error(f"--hub_model_id: {err}")
-            raise SystemExit(f"--hub_model_id: {err}") from err
+def check_hub_args(args: Any) -> None:
+    """Check the parsed ``args`` right after parsing, so that a malformed ``--hub_model_id`` stops the script
+    before training, not after: raises ``InvalidRepoIdError`` (a ``ValueError`` naming the repo id)."""
+    if args.push_to_hub:
+        check_repo_id(hub_repo_id(args))
 
 
 def _hardware() -> str:
@@ -82,9 +73,9 @@ def _hardware() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def training_info(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON-able flags of a run (secrets left out), with the hardware and the number of processes."""
-    items = vars(args).items() if isinstance(args, argparse.Namespace) else dict(args).items()
+def training_info(args: Any) -> dict[str, Any]:
+    """The JSON-able flags of a run (``args``: a typed arguments object or a mapping; secrets left out), with the hardware and the number of processes."""
+    items = dict(args).items() if isinstance(args, Mapping) else vars(args).items()
     info: dict[str, Any] = {}
     for key, value in items:
         if SECRET_KEYS.search(key):
@@ -104,7 +95,7 @@ def training_info(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any
 
 
 def push_from_args(
-    args: argparse.Namespace,
+    args: Any,
     model_dir: str | os.PathLike | None = None,
     *,
     model=None,
@@ -119,13 +110,12 @@ def push_from_args(
     ``--push_to_hub``. A failed checkpoint push warns and training goes on; a failed final push raises with the
     command that retries it. The flags come from the parsed ``args``; ``processing_class`` (tokenizer or image
     processor) is saved with an in-memory ``model``; ``metrics`` and ``eval_inputs`` go to the card."""
-    if not getattr(args, "push_to_hub", False):
+    if not args.push_to_hub:
         return None
-    if step is not None and getattr(args, "hub_strategy", "end") != "checkpoint":
+    if step is not None and args.hub_strategy != "checkpoint":
         return None
     repo_id = hub_repo_id(args)
-    private = bool(getattr(args, "hub_private_repo", False))
-    token = getattr(args, "hub_token", None)
+    private, token = bool(args.hub_private_repo), args.hub_token
     training = training_info(args)
     try:
         if step is not None or model_dir is None:

@@ -5,6 +5,7 @@ perplexity."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from ..data.tokenizers import (
     train_tokenizer,
 )
 from ..training.arguments import config_overrides
+from ..training.errors import FlagError
 from ..training.flag_ranges import WORKER_RANGE, Range, count_range
+from ..training.flags import flag
 from ..training.task import TaskData, TrainingTask, register_task
 
 #: where a checkpoint keeps the run's processing class (the loop writes it there)
@@ -126,6 +129,29 @@ def per_example_nll(model, batch: dict, outputs) -> tuple[torch.Tensor, torch.Te
     return nll.sum(dim=1), mask.sum(dim=1).float()
 
 
+@dataclasses.dataclass
+class TextDataArguments:
+    """The text data and tokenizer flags of ``scripts/train_deq_lm.py``."""
+
+    _argument_group_name = "text data and tokenizer"
+
+    train_file: str | None = flag(None, "a local text file (one example per line)")
+    validation_file: str | None = flag(None, "a local text file")
+    text_column_name: str = flag("text", "the dataset's text column")
+    validation_split_percentage: float = flag(
+        10.0,
+        "without a validation split or file, the last this-many percent of the training text (by characters, in "
+        "order) are the validation set",
+    )
+    block_size: int = flag(128, "tokens per training sequence")
+    preprocessing_num_workers: int | None = flag(None, "processes of the tokenising map")
+    tokenizer_name: str | None = flag(None, "a saved tokenizer (path or Hub id)")
+    train_tokenizer: str | None = flag(None, "train one on the training text", choices=list(TOKENIZER_KINDS))
+    tokenizer_vocab_size: int | None = flag(
+        None, "vocabulary of a trained tokenizer: bpe (default 8000) or word (default: every training word)"
+    )
+
+
 @register_task
 class CausalLMTask(TrainingTask):
     """The ``causal-lm`` task of ``scripts/train_deq_lm.py``: a DEQ-Transformer language model on text (see the
@@ -159,53 +185,31 @@ class CausalLMTask(TrainingTask):
         "validation_split_percentage": Range(0, 100, low_open=True, high_open=True),
     }
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        data = parser.add_argument_group("text data and tokenizer")
-        data.add_argument("--train_file", default=None, help="a local text file (one example per line)")
-        data.add_argument("--validation_file", default=None, help="a local text file")
-        data.add_argument("--text_column_name", default="text", help="the dataset's text column")
-        data.add_argument(
-            "--validation_split_percentage",
-            type=float,
-            default=10.0,
-            help="without a validation split or file, the last this-many percent of the training text (by "
-            "characters, in order) are the validation set",
-        )
-        data.add_argument("--block_size", type=int, default=128, help="tokens per training sequence")
-        data.add_argument(
-            "--preprocessing_num_workers", type=int, default=None, help="processes of the tokenising map"
-        )
-        data.add_argument("--tokenizer_name", default=None, help="a saved tokenizer (path or Hub id)")
-        data.add_argument(
-            "--train_tokenizer", choices=TOKENIZER_KINDS, default=None, help="train one on the training text"
-        )
-        data.add_argument(
-            "--tokenizer_vocab_size",
-            type=int,
-            default=None,
-            help="vocabulary of a trained tokenizer: bpe (default 8000) or word (default: every training word)",
-        )
+    arguments = TextDataArguments
 
-    def check_args(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    def check_args(self, args: Any) -> dict[str, Any]:
+        """The data and tokenizer flags of ``args`` that need no data (``FlagError`` / ``InputError``)."""
         if args.dataset_name is None and args.train_file is None and args.validation_file is not None:
-            parser.error("argument --validation_file: needs --train_file")
+            raise FlagError("validation_file", args.validation_file, "needs --train_file")
         if args.dataset_name is not None and args.train_file is not None:
-            parser.error("argument --train_file: pass --dataset_name or --train_file, not both")
+            raise FlagError("train_file", args.train_file, "pass --dataset_name or --train_file, not both")
         if args.tokenizer_name is not None and args.train_tokenizer is not None:
-            parser.error("argument --train_tokenizer: pass --tokenizer_name or --train_tokenizer, not both")
+            raise FlagError(
+                "train_tokenizer",
+                args.train_tokenizer,
+                "pass --tokenizer_name or --train_tokenizer, not both",
+            )
         if args.tokenizer_name is not None:
             from ..hub.model_dir import names_a_local_folder
 
             if names_a_local_folder(args.tokenizer_name) and (
                 problem := missing_tokenizer_folder(args.tokenizer_name)
             ):
-                parser.error(f"argument --tokenizer_name: {problem}")
-        for flag in ("train_file", "validation_file"):
-            if getattr(args, flag) is not None:
-                try:
-                    check_text_file(getattr(args, flag), flag, contents=False)  # the contents when loading
-                except InputError as err:
-                    parser.error(f"argument {err.flag}: {err}")
+                raise FlagError("tokenizer_name", args.tokenizer_name, problem)
+        for flag_name, path in (("train_file", args.train_file), ("validation_file", args.validation_file)):
+            if path is not None:
+                check_text_file(path, flag_name, contents=False)  # the contents when loading
+        return {}
 
     def load_raw(self, args: argparse.Namespace) -> Any:
         return load_text(args)
@@ -217,8 +221,10 @@ class CausalLMTask(TrainingTask):
     def load_pretrained(self, args: argparse.Namespace, raw: Any):
         from transformers import AutoModelForCausalLM
 
-        flag = "tokenizer_name" if args.tokenizer_name is not None else "model_name_or_path"
-        tokenizer = load_saved_tokenizer(getattr(args, flag), flag)
+        if args.tokenizer_name is not None:
+            tokenizer = load_saved_tokenizer(args.tokenizer_name, "tokenizer_name")
+        else:
+            tokenizer = load_saved_tokenizer(args.model_name_or_path, "model_name_or_path")
         return AutoModelForCausalLM.from_pretrained(args.model_name_or_path), tokenizer
 
     def load_data(self, args: argparse.Namespace, raw: Any, processing_class: Any) -> TaskData:

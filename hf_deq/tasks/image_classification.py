@@ -4,6 +4,7 @@ accuracy; random crop / flip augmentation."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ from ..data.images import (
     with_image_transform,
 )
 from ..training.arguments import config_overrides
+from ..training.errors import FlagError
 from ..training.evaluation import load_packaged_metric
 from ..training.flag_ranges import SEED_RANGE
+from ..training.flags import flag
 from ..training.task import TaskData, TrainingTask, register_task
 
 
@@ -62,6 +65,25 @@ def build_classifier(args: argparse.Namespace, label_names: list[str]):
     return get_variant(args.preset).model_class(config), MDEQImageProcessor.from_model_config(config)
 
 
+@dataclasses.dataclass
+class ImageDataArguments:
+    """The image data flags of ``scripts/train_mdeq_classifier.py``."""
+
+    _argument_group_name = "image data"
+
+    train_dir: str | None = flag(None, "local image folder (imagefolder layout) to train on")
+    validation_dir: str | None = flag(None, "local image folder to evaluate on")
+    image_column_name: str | None = flag(None, "default: the first Image feature")
+    label_column_name: str | None = flag(None, "default: the first ClassLabel feature")
+    train_val_split: float = flag(0.2, "evaluation fraction split off train when needed")
+    split_seed: int = flag(DIGITS_SPLIT_SEED, "seed of that split")
+    augment: str = flag(
+        "none",
+        "training augmentation: random crop after padding by image_size/8 (and horizontal flip)",
+        choices=list(AUGMENTATIONS),
+    )
+
+
 @register_task
 class ImageClassificationTask(TrainingTask):
     """The ``image-classification`` task of ``scripts/train_mdeq_classifier.py``: an MDEQ classifier on images
@@ -87,40 +109,24 @@ class ImageClassificationTask(TrainingTask):
     evaluation_data_flags = ("image_column_name", "label_column_name", "train_val_split", "split_seed")
     flag_ranges = {"split_seed": SEED_RANGE}
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        data = parser.add_argument_group("image data")
-        data.add_argument(
-            "--train_dir", default=None, help="local image folder (imagefolder layout) to train on"
-        )
-        data.add_argument("--validation_dir", default=None, help="local image folder to evaluate on")
-        data.add_argument("--image_column_name", default=None, help="default: the first Image feature")
-        data.add_argument("--label_column_name", default=None, help="default: the first ClassLabel feature")
-        data.add_argument(
-            "--train_val_split",
-            type=float,
-            default=0.2,
-            help="evaluation fraction split off train when needed",
-        )
-        data.add_argument("--split_seed", type=int, default=DIGITS_SPLIT_SEED, help="seed of that split")
-        data.add_argument(
-            "--augment",
-            choices=AUGMENTATIONS,
-            default="none",
-            help="training augmentation: random crop after padding by image_size/8 (and horizontal flip)",
-        )
+    arguments = ImageDataArguments
 
-    def check_args(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-        if args.dataset_name is None and args.train_dir is None:
-            args.dataset_name = "digits"
+    def check_args(self, args: Any) -> dict[str, Any]:
+        """The data flags of ``args``: the split share, the image folders (``FlagError`` / ``InputError``);
+        resolves ``dataset_name`` to ``digits`` when no data is named."""
         if not 0 < args.train_val_split < 1:
-            parser.error(f"argument --train_val_split: must be in (0, 1), got {args.train_val_split}")
-        folders = (("train_dir", 2), ("validation_dir", 1))  # the least number of label folders
-        for flag, min_classes in folders:
-            if getattr(args, flag) is not None:
-                try:
-                    check_image_folder(getattr(args, flag), flag, min_classes)
-                except InputError as err:
-                    parser.error(f"argument {err.flag}: {err}")
+            raise FlagError(
+                "train_val_split", args.train_val_split, f"must be in (0, 1), got {args.train_val_split}"
+            )
+        for flag_name, folder, min_classes in (
+            ("train_dir", args.train_dir, 2),  # the least number of label folders
+            ("validation_dir", args.validation_dir, 1),
+        ):
+            if folder is not None:
+                check_image_folder(folder, flag_name, min_classes)
+        if args.dataset_name is None and args.train_dir is None:
+            return {"dataset_name": "digits"}
+        return {}
 
     def load_raw(self, args: argparse.Namespace) -> Any:
         return load_images(args)

@@ -1,7 +1,8 @@
 """The one training layer of hf_deq: an Accelerate loop that every model family plugs into with a
 ``TrainingTask``. It imports no model family.
 
-- ``arguments``: the shared flag vocabulary, ``--config FILE`` recipes, parse-time checks;
+- ``flags``: ``FlagParser``, typed dataclasses to flags and back, ``--config FILE`` recipes;
+- ``arguments``: the typed training arguments (dataclasses), parse-time checks;
 - ``flag_ranges``: what every numeric flag accepts (NaN and ±inf never);
 - ``errors``: ``TrainingError``, what stops an accepted run (one ``error:`` line from a script);
 - ``accelerator``: the ``Accelerator``, seeding (also per step), logging;
@@ -23,11 +24,11 @@
 
 from .arguments import (
     DEQ_ARGUMENT_NAMES,
-    add_deq_arguments,
-    add_training_arguments,
+    DEQArguments,
     deq_overrides,
     parse_args,
-    read_config_file,
+    training_arguments_class,
+    training_parser,
 )
 from .checkpoints import (
     CheckpointError,
@@ -37,8 +38,9 @@ from .checkpoints import (
     resolve_checkpoint,
     save_checkpoint_atomically,
 )
-from .errors import TrainingError
+from .errors import FlagError, TrainingError
 from .evaluation import EVAL_KEYS, evaluate, load_packaged_metric, packaged_metric_path, solver_stats
+from .flags import FlagParser
 from .loop import build_dataloaders, num_parameters, train
 from .optimizer import build_optimizer, build_scheduler, parameter_groups
 from .record import data_source_flags, evaluation_data_flags, training_record, write_training_record
@@ -51,10 +53,13 @@ from .tracking import log_step, state_fingerprint
 
 __all__ = [
     "DEQ_ARGUMENT_NAMES",
+    "DEQArguments",
     "EVAL_KEYS",
     "BufferRollback",
     "CheckpointError",
     "EstimatorSchedule",
+    "FlagError",
+    "FlagParser",
     "GuardedStep",
     "NonFiniteStepGuard",
     "OutputDirLock",
@@ -63,8 +68,6 @@ __all__ = [
     "TrainingState",
     "TrainingStateError",
     "TrainingTask",
-    "add_deq_arguments",
-    "add_training_arguments",
     "available_tasks",
     "build_dataloaders",
     "build_optimizer",
@@ -83,13 +86,14 @@ __all__ = [
     "packaged_metric_path",
     "parameter_groups",
     "parse_args",
-    "read_config_file",
     "register_task",
     "resolve_checkpoint",
     "save_checkpoint_atomically",
     "solver_stats",
     "state_fingerprint",
     "train",
+    "training_arguments_class",
+    "training_parser",
     "training_record",
     "training_script",
     "write_training_record",

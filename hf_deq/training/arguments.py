@@ -1,16 +1,17 @@
-"""The flag vocabulary of every training script: model, DEQ, optimisation and output flags, ``--config FILE``
-recipes, and the checks done at parse time (before any data is loaded), each failing like argparse does with a
-bad choice: one ``error:`` line naming the flag, exit status 2.
+"""The typed arguments of every training script: dataclasses of the model, DEQ, optimisation, output and Hub
+flags (a task adds its data flags: ``TrainingTask.arguments``), parsed by ``FlagParser`` (``--config FILE``
+recipes included), and the checks done at parse time (before any data is loaded). A check never modifies its
+input: it raises ``FlagError`` (one ``error:`` line naming the flag, exit status 2) or returns resolved values.
 
-The DEQ flags are derived from ``DEQConfig.SOLVER_FIELDS`` / ``GRAD_FIELDS`` (+ ``jacobian_reg_weight``): a new
-field in those groups gets its flag, typed from its annotation and described by the ``Args:`` entry of the
-config's docstring."""
+The DEQ flags are generated from the field table ``DEQ_FIELDS`` (``DEQConfig.SOLVER_FIELDS`` / ``GRAD_FIELDS`` +
+``jacobian_reg_weight``; a config subclass's new field gets its flag, typed from its annotation and described by
+the ``Args:`` entry of its docstring)."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import functools
 import inspect
-import json
 import os
 import re
 import types
@@ -19,11 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..configuration_deq import DEQConfig
-from ..deq import available_grad_estimators, available_solvers
-from ..deq.core import FAILURE_MODES
-from ..deq.solvers import SOLVERS
-from ..deq.solvers.base import STOP_MODES
 from ..deq_fields import DEQ_FIELDS
+from ..hub.cli import HubArguments
+from ..hub.errors import InvalidRepoIdError
 from .checkpoints import (
     CheckpointError,
     OutputDirLock,
@@ -32,15 +31,20 @@ from .checkpoints import (
     output_dir_problem,
     resolve_checkpoint,
 )
+from .errors import FlagError
 from .flag_ranges import FLAG_RANGES, check_flag_ranges
+from .flags import DefaultsHelpFormatter, FlagParser, flag, json_object, merged_dataclass, refusing
 from .state import TrainingState, TrainingStateError
 
 if TYPE_CHECKING:
+    import argparse
+
     from .task import TrainingTask
 
 
 def deq_argument_names(config_class: type = DEQConfig) -> tuple[str, ...]:
-    """The config fields that have a DEQ flag: the solver and estimator groups, and the Jacobian weight."""
+    """The config fields of ``config_class`` that have a DEQ flag: the solver and estimator groups, and the
+    Jacobian weight."""
     return (*config_class.SOLVER_FIELDS, *config_class.GRAD_FIELDS, "jacobian_reg_weight")
 
 
@@ -48,43 +52,7 @@ def deq_argument_names(config_class: type = DEQConfig) -> tuple[str, ...]:
 DEQ_ARGUMENT_NAMES = deq_argument_names()
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
-
-
-def _forward_solvers() -> list[str]:
-    return [n for n in available_solvers() if not SOLVERS.get_class(n).affine_only]
-
-
-#: choices of the DEQ fields that name a registered thing (the rest are checked by the config at parse time)
-DEQ_FIELD_CHOICES = {
-    "solver": _forward_solvers,
-    "grad_solver": available_solvers,
-    "grad_estimator": available_grad_estimators,
-    "solver_stop_mode": lambda: list(STOP_MODES),
-    "solver_on_failure": lambda: list(FAILURE_MODES),
-}
-
-
-class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """``--help`` with every flag's default: ``(default: X)`` after its text, unless the text already says what
-    its default is; an unset flag shows its action's ``unset_default`` (e.g. "the preset's"), else "none"."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
-            return text
-        unset = getattr(action, "unset_default", "none")
-        return f"{text} (default: {unset if action.default is None else '%(default)s'})"
-
-
-def json_object(text: str) -> dict[str, Any]:
-    """``type=`` of the JSON flags: a JSON object."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
+DEQ_GROUP = "DEQ solver and gradient estimator (default: the preset's)"
 
 
 def _field_help(config_class: type) -> dict[str, str]:
@@ -112,21 +80,6 @@ def _docstring_args(doc: str) -> dict[str, str]:
     return helps
 
 
-def _flag_type(annotation: Any) -> tuple[type | None, bool]:
-    """``(type, is_bool)`` of a config field annotation (``X | None`` is ``X``)."""
-    if isinstance(annotation, (types.UnionType,)) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        annotation = args[0] if len(args) == 1 else str
-    origin = typing.get_origin(annotation) or annotation
-    if origin is bool:
-        return None, True
-    if origin in (dict, list):
-        return json.loads, False
-    if origin in (int, float, str):
-        return origin, False
-    return str, False
-
-
 def _field_annotations(config_class: type) -> dict[str, Any]:
     annotations: dict[str, Any] = {f.name: f.type for f in DEQ_FIELDS}  # the table's; a subclass adds its own
     for cls in reversed(config_class.__mro__):
@@ -135,203 +88,89 @@ def _field_annotations(config_class: type) -> dict[str, Any]:
     return annotations
 
 
-def add_deq_arguments(parser: argparse.ArgumentParser, config_class: type = DEQConfig) -> None:
-    """A flag for every solver and estimator field of ``config_class``, typed from its annotation (``bool``:
-    ``--name`` / ``--no-name``; ``dict``/``list``: JSON), with the docstring's text as help. Unset flags keep the
-    preset's value."""
-    group = parser.add_argument_group("DEQ solver and gradient estimator (default: the preset's)")
-    annotations = _field_annotations(config_class)
-    helps = _field_help(config_class)
+def _flag_value_type(annotation: Any) -> type:
+    """The flag type of a config field annotation (``X | None`` is ``X``; what no flag type fits: ``str``)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = members[0] if len(members) == 1 else str
+    origin = typing.get_origin(annotation) or annotation
+    return origin if origin in (bool, dict, list, int, float, str) else str
+
+
+def deq_arguments_class(config_class: type = DEQConfig) -> type:
+    """The dataclass of the DEQ flags of ``config_class``: one per field of ``deq_argument_names``, typed from
+    its annotation (``bool``: ``--name`` / ``--no-name``; ``dict``/``list``: JSON), its help from the field
+    table (or the config's docstring), its choices from the table; unset (``None``): the preset's value. Then
+    ``--unrolled_warmup_steps`` and ``--unrolled_warmup_depth``."""
+    import json
+
+    annotations, helps = _field_annotations(config_class), _field_help(config_class)
+    choices = {f.name: f.choices for f in DEQ_FIELDS if f.choices is not None}
+    fields: list[tuple[str, Any, Any]] = []
     for name in deq_argument_names(config_class):
-        flag_type, is_bool = _flag_type(annotations.get(name, str))
-        text = helps.get(name, f"the config field {name}")
-        if is_bool:
-            action = group.add_argument(
-                f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=text
-            )
-            action.unset_default = "the preset's"  # what --help shows as its default
-            continue
-        choices = DEQ_FIELD_CHOICES[name]() if name in DEQ_FIELD_CHOICES else None
-        if flag_type is json.loads:
-            text += " (JSON)"
-        action = group.add_argument(f"--{name}", type=flag_type, choices=choices, default=None, help=text)
-        action.unset_default = "the preset's"
-    group.add_argument(
-        "--unrolled_warmup_steps",
-        type=int,
-        default=0,
-        help="train the first N optimizer steps with plain backprop through unrolled iterations (grad_estimator "
+        value_type = _flag_value_type(annotations.get(name, str))
+        metadata = {"help": helps.get(name, f"the config field {name}"), "unset_default": "the preset's"}
+        if value_type in (dict, list):
+            metadata.update(help=metadata["help"] + " (JSON)", parse=json.loads)
+        if name in choices:
+            metadata["choices"] = choices[name]
+        fields.append((name, value_type | None, dataclasses.field(default=None, metadata=metadata)))
+    warmup_steps = flag(
+        0,
+        "train the first N optimizer steps with plain backprop through unrolled iterations (grad_estimator "
         "'unrolled') before switching to the configured estimator",
     )
-    group.add_argument(
-        "--unrolled_warmup_depth",
-        type=int,
-        default=None,
-        help="iterations unrolled in warm-up (default grad_steps)",
+    warmup_depth = flag(None, "iterations unrolled in warm-up (default grad_steps)")
+    fields += [
+        ("unrolled_warmup_steps", int, warmup_steps),
+        ("unrolled_warmup_depth", int | None, warmup_depth),
+    ]
+    return dataclasses.make_dataclass(
+        f"{config_class.__name__}Arguments" if config_class is not DEQConfig else "DEQArguments",
+        fields,
+        namespace={"_argument_group_name": DEQ_GROUP, "__doc__": "The DEQ flags of the training scripts."},
     )
 
 
-def deq_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The DEQ config fields set by flags."""
-    return {name: getattr(args, name) for name in DEQ_ARGUMENT_NAMES if getattr(args, name, None) is not None}
+#: the DEQ flags of every training script (and of ``scripts/finetune_with_trainer.py``)
+DEQArguments = deq_arguments_class()
 
 
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """``--config_overrides`` and then the DEQ flags: every config field the user set."""
+def deq_overrides(args: Any) -> dict[str, Any]:
+    """The DEQ config fields that the DEQ flags of ``args`` set."""
+    values = vars(args)
+    return {name: values[name] for name in DEQ_ARGUMENT_NAMES if values.get(name) is not None}
+
+
+def config_overrides(args: Any) -> dict[str, Any]:
+    """``--config_overrides`` and then the DEQ flags of ``args``: every config field the user set."""
     return {**(args.config_overrides or {}), **deq_overrides(args)}
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, task: TrainingTask) -> None:
-    """The flags every training script shares (``task`` adds its data flags and its defaults)."""
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", default=None, help=task.dataset_help)
-    data.add_argument(
-        "--dataset_config_name", default=None, help="the dataset's configuration, e.g. wikitext-103-v1"
-    )
-    data.add_argument("--max_train_samples", type=int, default=None, help="truncate the training set")
-    data.add_argument("--max_eval_samples", type=int, default=None, help="truncate the evaluation set")
-    data.add_argument(
-        "--dataloader_num_workers", type=int, default=0, help="worker processes of each dataloader"
-    )
-    task.add_arguments(parser)
+@dataclasses.dataclass
+class DataArguments:
+    """The data flags every training script shares (a task adds its own: ``TrainingTask.arguments``)."""
 
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--preset",
-        default=task.default_preset,
-        help="a preset of hf_deq.list_variants() (default %(default)s)",
-    )
-    model.add_argument(
-        "--model_name_or_path", default=None, help="start from a saved model (folder or Hub id) instead"
-    )
-    model.add_argument(
-        "--config_overrides",
-        type=json_object,
-        default=None,
-        help="JSON object of further config fields, e.g. '{\"dropout\": 0.1}'",
-    )
-    add_deq_arguments(parser)
+    _argument_group_name = "data"
 
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="the optimiser")
-    opt.add_argument("--learning_rate", type=float, default=1e-3, help="peak learning rate")
-    opt.add_argument(
-        "--weight_decay",
-        type=float,
-        default=0.0,
-        help="decoupled weight decay of the matrices and kernels (never biases, norms, gains)",
-    )
-    opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    opt.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
-    opt.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1")
-    opt.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2")
-    opt.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon")
-    opt.add_argument(
-        "--lr_scheduler_type",
-        choices=_scheduler_names(),
-        default="cosine",
-        help="a transformers learning-rate schedule",
-    )
-    opt.add_argument(
-        "--min_lr_ratio", type=float, default=0.1, help="final / peak learning rate of cosine_with_min_lr"
-    )
-    opt.add_argument("--num_warmup_steps", type=int, default=0, help="learning-rate warm-up steps")
-    opt.add_argument("--num_train_epochs", type=int, default=1, help="passes over the training set")
-    opt.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps; overrides epochs")
-    opt.add_argument("--per_device_train_batch_size", type=int, default=16, help="training batch per process")
-    opt.add_argument(
-        "--per_device_eval_batch_size", type=int, default=32, help="evaluation batch per process"
-    )
-    opt.add_argument(
-        "--gradient_accumulation_steps", type=int, default=1, help="batches accumulated per optimizer step"
-    )
-    opt.add_argument(
-        "--max_grad_norm",
-        type=float,
-        default=None,
-        help="clip the gradient norm to this (unset or 0: no clip)",
-    )
-    opt.add_argument("--seed", type=int, default=42, help="seed of the weights, data order and dropout")
-    opt.add_argument(
-        "--mixed_precision",
-        choices=MIXED_PRECISION,
-        default=None,
-        help="default: the accelerate config's (accelerate launch --mixed_precision)",
-    )
-    opt.add_argument(
-        "--max_nonfinite_steps",
-        type=int,
-        default=10,
-        help="stop after N steps in a row with a non-finite loss, gradient or updated weight (each is skipped)",
-    )
-    opt.add_argument(
-        "--torch_num_threads",
-        type=int,
-        default=None,
-        help="intra-op CPU threads per process (torch.set_num_threads); default: OMP_NUM_THREADS if set, else the "
-        "CPUs other processes leave free, re-checked every few seconds",
-    )
+    dataset_name: str | None = flag(None, "a datasets Hub id")
+    dataset_config_name: str | None = flag(None, "the dataset's configuration, e.g. wikitext-103-v1")
+    max_train_samples: int | None = flag(None, "truncate the training set")
+    max_eval_samples: int | None = flag(None, "truncate the evaluation set")
+    dataloader_num_workers: int = flag(0, "worker processes of each dataloader")
 
-    out = parser.add_argument_group("output")
-    out.add_argument(
-        "--output_dir",
-        default=None,
-        help="where the model, checkpoints and results go; required by the training scripts (no default)",
-    )
-    out.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="remove what an earlier run left in --output_dir (its checkpoints, model and results files; nothing "
-        "else) and write this run there",
-    )
-    out.add_argument(
-        "--checkpointing_steps", default=None, help="save a checkpoint every N steps, or 'epoch'"
-    )
-    out.add_argument(
-        "--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest' in --output_dir"
-    )
-    out.add_argument("--with_tracking", action="store_true", help="log to the trackers of --report_to")
-    out.add_argument(
-        "--report_to",
-        default="tensorboard",
-        help="accelerate trackers (tensorboard, wandb, ... or all); TensorBoard writes into --output_dir",
-    )
-    out.add_argument("--logging_steps", type=int, default=10, help="log the training window every N steps")
-    out.add_argument(
-        "--log_file",
-        default=None,
-        help="append one JSON line per optimizer step (step, loss, skipped steps) and a final one with the "
-        "weights' SHA-256; process i > 0 writes <log_file>.rank<i>",
-    )
-    out.add_argument(
-        "--eval_steps", type=int, default=None, help="evaluate every N steps (then not at each epoch's end)"
-    )
-    out.add_argument(
-        "--eval_every_epochs",
-        type=int,
-        default=None,
-        help="evaluate every N epochs (default 1 without --eval_steps, none with it; always at the end)",
-    )
-    out.add_argument(
-        "--probe_steps",
-        type=int,
-        default=0,
-        help="every N optimizer steps, measure on a fixed probe batch (the first validation examples) the cosine "
-        "and relative error of the estimator's gradient against the exact implicit one (grad_alignment_cosine, "
-        "grad_alignment_relative_error, probe_time: logged, in log_history.json and all_results.json; not "
-        "training time); 0: off",
-    )
-    out.add_argument(
-        "--probe_contractivity",
-        action="store_true",
-        help="with --probe_steps, also log the spectral radius of df/dz at the equilibrium "
-        "(spectral_radius_mean, spectral_radius_max)",
-    )
-    out.add_argument("--disable_tqdm", action="store_true", help="no progress bar")
-    from ..hub import add_hub_arguments
 
-    add_hub_arguments(parser)
-    parser.set_defaults(**task.defaults)
+@dataclasses.dataclass
+class ModelArguments:
+    """Where the model comes from: a preset or a saved model, and config fields to override."""
+
+    _argument_group_name = "model"
+
+    preset: str | None = flag(None, "a preset of hf_deq.list_variants() (default %(default)s)")
+    model_name_or_path: str | None = flag(None, "start from a saved model (folder or Hub id) instead")
+    config_overrides: dict | None = flag(
+        None, "JSON object of further config fields, e.g. '{\"dropout\": 0.1}'", parse=json_object
+    )
 
 
 def _scheduler_names() -> list[str]:
@@ -340,101 +179,134 @@ def _scheduler_names() -> list[str]:
     return [s.value for s in SchedulerType]
 
 
-# -- --config FILE ----------------------------------------------------------------------------------------------
-def read_config_file(parser: argparse.ArgumentParser, path: str | os.PathLike, script: str) -> dict[str, Any]:
-    """The flag values of a ``--config`` JSON file (keys are flag names without dashes; ``_``-keys are notes;
-    ``_script``, when given, must name ``script``), each checked like its flag (type, choices)."""
-    where = f"--config {path}"
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{where}: no such file") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a JSON object of flag values, got {type(data).__name__}")
-    meant_for = data.get("_script")
-    if meant_for is not None and meant_for != script:
-        raise ValueError(f"{where} is a config for {meant_for}, not for {script}")
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
-    values = {}
-    for key, value in data.items():
-        if key.startswith("_"):
-            continue
-        if key not in actions:
-            raise ValueError(
-                f"{where}: unknown key {key!r}; the keys are the flags of {script}: {sorted(actions)}"
-            )
-        values[key] = _config_value(actions[key], key, value, where)
-    return values
+@dataclasses.dataclass
+class OptimizationArguments:
+    """The optimiser, its schedule, the batches and steps, the precision and the threads."""
 
+    _argument_group_name = "optimisation"
 
-def _config_value(action: argparse.Action, key: str, value: Any, where: str) -> Any:
-    """``value`` checked and converted as the command line would do for ``--key``."""
-    switches = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
-    if isinstance(action, switches):
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: {key!r} is a switch, so it takes true or false, got {value!r}")
-        return value
-    if value is None:  # null: the flag left unset, which a flag with a default cannot be
-        if action.default is not None:
-            raise ValueError(
-                f"{where}: {key!r} is null (None), but --{key} cannot be unset; leave the key out for its "
-                f"default {action.default!r}"
-            )
-        return None
-    structured = action.type in (json.loads, json_object)
-    if isinstance(value, bool) or (isinstance(value, (list, dict)) and not structured):
-        raise ValueError(f"{where}: {key!r} got {value!r}, which --{key} does not take")
-    if structured:
-        if action.type is json_object and not isinstance(value, dict):
-            raise ValueError(f"{where}: {key!r} must be a JSON object, got {value!r}")
-        return value
-    if action.type is None and isinstance(value, (int, float)):  # a string flag such as checkpointing_steps
-        value = str(value)
-    if action.type is int and not isinstance(value, int):
-        raise ValueError(f"{where}: {key!r} must be an integer, got {value!r}")
-    if action.type is float and isinstance(value, (int, float)):
-        value = float(value)
-    elif isinstance(value, str) and action.type is not None:
-        try:
-            value = action.type(value)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: {key!r} got {value!r}: {err}") from None
-    elif action.type is float:
-        raise ValueError(f"{where}: {key!r} must be a number, got {value!r}")
-    if value is not None and action.choices is not None and value not in action.choices:
-        raise ValueError(f"{where}: {key!r} must be one of {list(action.choices)}, got {value!r}")
-    return value
-
-
-def parse_args_with_config_file(
-    parser: argparse.ArgumentParser, argv: list[str] | None, script: str
-) -> argparse.Namespace:
-    """Parse ``argv`` with ``--config FILE`` support: the file's values are defaults, flags on the command line
-    win. A bad file is a one-line ``error:`` (exit status 2)."""
-    parser.add_argument(
-        "--config",
-        metavar="JSON",
-        default=None,
-        help="a JSON file of flag values (see scripts/configs/); flags on the command line override it",
+    optimizer: str = flag("adamw", "the optimiser", choices=["adamw", "sgd"])
+    learning_rate: float = flag(1e-3, "peak learning rate")
+    weight_decay: float = flag(
+        0.0, "decoupled weight decay of the matrices and kernels (never biases, norms, gains)"
     )
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.config is not None:
-        try:
-            parser.set_defaults(**read_config_file(parser, known.config, script))
-        except ValueError as err:
-            parser.error(str(err))
-    return parser.parse_args(argv)
+    momentum: float = flag(0.9, "SGD momentum")
+    nesterov: bool = flag(False, "Nesterov momentum (SGD)")
+    adam_beta1: float = flag(0.9, "AdamW beta1")
+    adam_beta2: float = flag(0.999, "AdamW beta2")
+    adam_epsilon: float = flag(1e-8, "AdamW epsilon")
+    lr_scheduler_type: str = flag("cosine", "a transformers learning-rate schedule", choices=_scheduler_names)
+    min_lr_ratio: float = flag(0.1, "final / peak learning rate of cosine_with_min_lr")
+    num_warmup_steps: int = flag(0, "learning-rate warm-up steps")
+    num_train_epochs: int = flag(1, "passes over the training set")
+    max_train_steps: int | None = flag(None, "optimizer steps; overrides epochs")
+    per_device_train_batch_size: int = flag(16, "training batch per process")
+    per_device_eval_batch_size: int = flag(32, "evaluation batch per process")
+    gradient_accumulation_steps: int = flag(1, "batches accumulated per optimizer step")
+    max_grad_norm: float | None = flag(None, "clip the gradient norm to this (unset or 0: no clip)")
+    seed: int = flag(42, "seed of the weights, data order and dropout")
+    mixed_precision: str | None = flag(
+        None,
+        "default: the accelerate config's (accelerate launch --mixed_precision)",
+        choices=list(MIXED_PRECISION),
+    )
+    max_nonfinite_steps: int = flag(
+        10,
+        "stop after N steps in a row with a non-finite loss, gradient or updated weight (each is skipped)",
+    )
+    torch_num_threads: int | None = flag(
+        None,
+        "intra-op CPU threads per process (torch.set_num_threads); default: OMP_NUM_THREADS if set, else the "
+        "CPUs other processes leave free, re-checked every few seconds",
+    )
+
+
+@dataclasses.dataclass
+class OutputArguments:
+    """Where the run writes, its checkpoints, logging, evaluation and probes. ``resume_checkpoint`` is no flag:
+    the checkpoint folder that ``--resume_from_checkpoint`` resolves to (set by ``check_training_args``)."""
+
+    _argument_group_name = "output"
+
+    output_dir: str | None = flag(
+        None, "where the model, checkpoints and results go; required by the training scripts (no default)"
+    )
+    overwrite_output_dir: bool = flag(
+        False,
+        "remove what an earlier run left in --output_dir (its checkpoints, model and results files; nothing "
+        "else) and write this run there",
+    )
+    checkpointing_steps: str | None = flag(None, "save a checkpoint every N steps, or 'epoch'")
+    resume_from_checkpoint: str | None = flag(None, "a checkpoint folder, or 'latest' in --output_dir")
+    with_tracking: bool = flag(False, "log to the trackers of --report_to")
+    report_to: str = flag(
+        "tensorboard",
+        "accelerate trackers (tensorboard, wandb, ... or all); TensorBoard writes into --output_dir",
+    )
+    logging_steps: int = flag(10, "log the training window every N steps")
+    log_file: str | None = flag(
+        None,
+        "append one JSON line per optimizer step (step, loss, skipped steps) and a final one with the "
+        "weights' SHA-256; process i > 0 writes <log_file>.rank<i>",
+    )
+    eval_steps: int | None = flag(None, "evaluate every N steps (then not at each epoch's end)")
+    eval_every_epochs: int | None = flag(
+        None, "evaluate every N epochs (default 1 without --eval_steps, none with it; always at the end)"
+    )
+    probe_steps: int = flag(
+        0,
+        "every N optimizer steps, measure on a fixed probe batch (the first validation examples) the cosine "
+        "and relative error of the estimator's gradient against the exact implicit one (grad_alignment_cosine, "
+        "grad_alignment_relative_error, probe_time: logged, in log_history.json and all_results.json; not "
+        "training time); 0: off",
+    )
+    probe_contractivity: bool = flag(
+        False,
+        "with --probe_steps, also log the spectral radius of df/dz at the equilibrium "
+        "(spectral_radius_mean, spectral_radius_max)",
+    )
+    disable_tqdm: bool = flag(False, "no progress bar")
+    resume_checkpoint: Path | None = flag(None, "the resolved --resume_from_checkpoint", flag=False)
+
+
+@functools.cache
+def _training_arguments_class(task_class: type[TrainingTask]) -> type:
+    parts = [DataArguments, *([task_class.arguments] if task_class.arguments is not None else [])]
+    parts += [ModelArguments, DEQArguments, OptimizationArguments, OutputArguments, HubArguments]
+    return merged_dataclass(
+        f"{task_class.__name__.removesuffix('Task')}Arguments",
+        parts,
+        defaults={"preset": task_class.default_preset, **task_class.defaults},
+        helps={"dataset_name": task_class.dataset_help},
+    )
+
+
+def training_arguments_class(task: TrainingTask) -> type:
+    """The dataclass of ``task``'s training flags: the shared data flags, the task's own, the model, DEQ,
+    optimisation, output and Hub flags, with the task's defaults; ``train(task, args)`` takes an instance."""
+    return _training_arguments_class(type(task))
+
+
+def training_parser(
+    task: TrainingTask, script: str | None = None, description: str | None = None
+) -> FlagParser:
+    """The ``FlagParser`` of ``task``'s training flags with ``--config FILE`` (``script``: its ``prog`` and the
+    name a recipe's ``_script`` must give)."""
+    return FlagParser(
+        training_arguments_class(task),
+        config_file=True,
+        script=script,
+        prog=script,
+        usage="%(prog)s [-h] [--config JSON] [options]",
+        description=description,
+    )
 
 
 # -- checks at parse time ---------------------------------------------------------------------------------------
-def config_error_flag(args: argparse.Namespace, field: str | None) -> str:
-    """The flag that set config field ``field``: its DEQ flag, else ``--config_overrides``, else where the
-    config came from (``--preset`` / ``--model_name_or_path``)."""
-    if field in DEQ_ARGUMENT_NAMES and getattr(args, field, None) is not None:
+def config_error_flag(args: Any, field: str | None) -> str:
+    """The flag of ``args`` that set config field ``field``: its DEQ flag, else ``--config_overrides``, else
+    where the config came from (``--preset`` / ``--model_name_or_path``)."""
+    if field in DEQ_ARGUMENT_NAMES and vars(args).get(field) is not None:
         return f"--{field}"
     if field is not None and field in (args.config_overrides or {}):
         return "--config_overrides"
@@ -443,44 +315,80 @@ def config_error_flag(args: argparse.Namespace, field: str | None) -> str:
     return "--model_name_or_path" if args.model_name_or_path is not None else "--preset"
 
 
-def check_model_config(parser: argparse.ArgumentParser, args: argparse.Namespace, task: TrainingTask) -> None:
-    """Build the model config from ``--preset`` (or a local ``--model_name_or_path``) and every override, so that
-    a bad value stops the script now, naming its flag. A Hub model's config is checked when it is loaded."""
-    from ..hub import missing_local_model_dir
-    from ..variants import create_config, get_variant, list_variants
+def _check_preset_family(preset: str, task: TrainingTask) -> None:
+    """Raise ``FlagError`` when ``preset`` is unknown or of another family than ``task``'s."""
+    from ..variants import get_variant, list_variants
 
-    fields = config_overrides(args)
-    if args.model_name_or_path is not None and (problem := missing_local_model_dir(args.model_name_or_path)):
-        parser.error(f"argument --model_name_or_path: {problem}")
     try:
-        if args.model_name_or_path is None:
-            try:
-                variant = get_variant(args.preset)
-            except ValueError as err:
-                parser.error(f"argument --preset: {err}")
-            model_type = getattr(variant.config_class, "model_type", None)
-            if model_type != task.model_type:
-                own = [
-                    n for n in list_variants() if get_variant(n).config_class.model_type == task.model_type
-                ]
-                parser.error(
-                    f"argument --preset: {args.preset!r} is a {model_type} preset; this script trains "
-                    f"{task.model_type} models: {own}"
-                )
+        variant = get_variant(preset)
+    except ValueError as err:
+        raise FlagError("preset", preset, str(err)) from None
+    model_type = getattr(variant.config_class, "model_type", None)
+    if model_type != task.model_type:
+        own = [n for n in list_variants() if get_variant(n).config_class.model_type == task.model_type]
+        raise FlagError(
+            "preset",
+            preset,
+            f"{preset!r} is a {model_type} preset; this script trains {task.model_type} models: {own}",
+        )
+
+
+def check_model_config(args: Any, task: TrainingTask) -> None:
+    """Build the model config of ``args`` (``--preset``, or a local ``--model_name_or_path``, and every
+    override) for ``task``, so that a bad value stops the script now: ``FlagError`` naming its flag. A Hub
+    model's config is checked when it is loaded."""
+    from ..hub import missing_local_model_dir
+    from ..variants import create_config
+
+    fields, path = config_overrides(args), args.model_name_or_path
+    if path is not None and (problem := missing_local_model_dir(path)):
+        raise FlagError("model_name_or_path", path, problem)
+    try:
+        if path is None:
+            _check_preset_family(args.preset, task)
             create_config(args.preset, **fields)
-        elif (Path(args.model_name_or_path) / "config.json").is_file():
+        elif (Path(path) / "config.json").is_file():
             from transformers import AutoConfig
 
-            config = AutoConfig.from_pretrained(args.model_name_or_path, **fields)
+            config = AutoConfig.from_pretrained(path, **fields)
             if config.model_type != task.model_type:
-                parser.error(
-                    f"argument --model_name_or_path: {args.model_name_or_path} holds a {config.model_type} "
-                    f"model; this script trains {task.model_type} models"
+                raise FlagError(
+                    "model_name_or_path",
+                    path,
+                    f"{path} holds a {config.model_type} model; this script trains {task.model_type} models",
                 )
             if hasattr(config, "validate_deq_fields"):
                 config.validate_deq_fields()
+    except FlagError:
+        raise
     except ValueError as err:  # DEQConfigError (field, value, allowed) or another config error
-        parser.error(f"argument {config_error_flag(args, getattr(err, 'field', None))}: {err}")
+        flag_name = config_error_flag(args, getattr(err, "field", None))
+        raise FlagError(flag_name, getattr(err, "value", None), str(err)) from err
+
+
+def preset_config(
+    preset: str,
+    overrides: dict[str, Any] | None = None,
+    flags: dict[str, str] | None = None,
+    model_type: str | None = None,
+    preset_flag: str = "--preset",
+):
+    """The config of ``preset`` with ``overrides``; a bad value raises ``FlagError`` naming its flag
+    (``flags[field]``, else ``--config_overrides``, else ``preset_flag``); ``model_type``: the family required."""
+    from ..variants import create_config, get_variant
+
+    try:
+        variant = get_variant(preset)
+    except ValueError as err:
+        raise FlagError(preset_flag, preset, str(err)) from None
+    if model_type is not None and getattr(variant.config_class, "model_type", None) != model_type:
+        raise FlagError(preset_flag, preset, f"{preset!r} is not a {model_type} preset")
+    try:
+        return create_config(preset, **(overrides or {}))
+    except ValueError as err:
+        field = getattr(err, "field", None)
+        flag_name = (flags or {}).get(field) or ("--config_overrides" if overrides else preset_flag)
+        raise FlagError(flag_name, getattr(err, "value", None), str(err)) from err
 
 
 def check_preset_config(
@@ -491,119 +399,132 @@ def check_preset_config(
     model_type: str | None = None,
     preset_flag: str = "--preset",
 ):
-    """The config of ``preset`` with ``overrides``, built now so that a bad value is one ``error:`` line naming
-    its flag (``flags[field]``, else ``--config_overrides``, else ``preset_flag``); returns the config."""
-    from ..variants import create_config, get_variant
-
-    try:
-        variant = get_variant(preset)
-    except ValueError as err:
-        parser.error(f"argument {preset_flag}: {err}")
-    if model_type is not None and getattr(variant.config_class, "model_type", None) != model_type:
-        parser.error(f"argument {preset_flag}: {preset!r} is not a {model_type} preset")
-    try:
-        return create_config(preset, **(overrides or {}))
-    except ValueError as err:
-        field = getattr(err, "field", None)
-        flag = (flags or {}).get(field) or ("--config_overrides" if overrides else preset_flag)
-        parser.error(f"argument {flag}: {err}")
+    """``preset_config(preset, overrides, flags, model_type, preset_flag)`` with its refusal as ``parser``'s one
+    ``error:`` line (for a script's own parser); returns the config."""
+    with refusing(parser):
+        return preset_config(preset, overrides, flags, model_type, preset_flag)
 
 
-def check_training_args(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, task: TrainingTask
-) -> None:
-    """Every check that needs no data: flag ranges, the output folder, the checkpoint to resume, the model config,
-    the Hub repo id, and the task's own data flags."""
-    check_flag_ranges(parser, args, {**FLAG_RANGES, **task.flag_ranges})
+def _check_switches(args: Any) -> None:
+    """The flags that only make sense together (``FlagError`` on the first that does not)."""
     if args.optimizer == "sgd" and args.nesterov and args.momentum == 0:
-        parser.error("argument --nesterov: Nesterov momentum needs --momentum > 0, got 0")
+        raise FlagError("nesterov", True, "Nesterov momentum needs --momentum > 0, got 0")
     steps = args.checkpointing_steps
     if (
         steps is not None
         and steps != "epoch"
         and not (steps.isascii() and steps.isdigit() and int(steps) >= 1)
     ):
-        parser.error(f"argument --checkpointing_steps: must be a positive integer or 'epoch', got {steps!r}")
-    if getattr(args, "probe_contractivity", False) and not args.probe_steps:
-        parser.error(
-            "argument --probe_contractivity: it measures at the --probe_steps probes; set --probe_steps N"
+        raise FlagError("checkpointing_steps", steps, f"must be a positive integer or 'epoch', got {steps!r}")
+    if args.probe_contractivity and not args.probe_steps:
+        raise FlagError(
+            "probe_contractivity", True, "it measures at the --probe_steps probes; set --probe_steps N"
         )
     if (args.checkpointing_steps or args.resume_from_checkpoint) and args.output_dir is None:
-        parser.error("argument --output_dir: --checkpointing_steps and --resume_from_checkpoint need it")
-    if args.output_dir is not None and (problem := output_dir_problem(args.output_dir)):
-        parser.error(f"argument --output_dir: {problem}")
+        raise FlagError("output_dir", None, "--checkpointing_steps and --resume_from_checkpoint need it")
+
+
+def _check_output_dir(args: Any) -> None:
+    """``--output_dir`` is usable, free, and holds no earlier run unless resumed or overwritten."""
+    out = args.output_dir
+    if out is None:
+        return
+    if problem := output_dir_problem(out):
+        raise FlagError("output_dir", out, problem)
     # (only rank 0 of a multi-process job looks: the other ranks would see the lock their own rank 0 took)
-    if args.output_dir is not None and os.environ.get("RANK", "0") == "0":
-        if holder := OutputDirLock.holder(args.output_dir):
-            parser.error(f"argument --output_dir: {args.output_dir} is in use by another run ({holder})")
-    args.resume_checkpoint = None
-    if args.resume_from_checkpoint is not None:
-        try:
-            args.resume_checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-            TrainingState.read(args.resume_checkpoint)  # a corrupt state file: refused before data loads
-        except (CheckpointError, TrainingStateError) as err:
-            parser.error(f"argument --resume_from_checkpoint: {err}")
-    elif args.output_dir is not None and not args.overwrite_output_dir:
-        if holds_a_model(args.output_dir):
-            parser.error(
-                f"argument --output_dir: {args.output_dir} already holds a model; pass --overwrite_output_dir to "
-                "replace it or --resume_from_checkpoint to continue that run"
-            )
-        if found := list_checkpoints(args.output_dir):
-            names = found[0].name if len(found) == 1 else f"{found[0].name} ... {found[-1].name}"
-            parser.error(
-                f"argument --output_dir: {args.output_dir} holds {len(found)} checkpoint(s) of an earlier run "
-                f"({names}); pass --resume_from_checkpoint latest to continue it or --overwrite_output_dir to "
-                "remove them"
-            )
-    task.check_args(parser, args)
-    check_model_config(parser, args, task)
+    if os.environ.get("RANK", "0") == "0" and (holder := OutputDirLock.holder(out)):
+        raise FlagError("output_dir", out, f"{out} is in use by another run ({holder})")
+    if args.resume_from_checkpoint is not None or args.overwrite_output_dir:
+        return
+    if holds_a_model(out):
+        raise FlagError(
+            "output_dir",
+            out,
+            f"{out} already holds a model; pass --overwrite_output_dir to replace it or --resume_from_checkpoint "
+            "to continue that run",
+        )
+    if found := list_checkpoints(out):
+        names = found[0].name if len(found) == 1 else f"{found[0].name} ... {found[-1].name}"
+        raise FlagError(
+            "output_dir",
+            out,
+            f"{out} holds {len(found)} checkpoint(s) of an earlier run ({names}); pass --resume_from_checkpoint "
+            "latest to continue it or --overwrite_output_dir to remove them",
+        )
+
+
+def resumed_checkpoint(args: Any) -> Path | None:
+    """The checkpoint folder ``--resume_from_checkpoint`` names (``None`` without it), its state file read so
+    that a corrupt one is refused before data loads."""
+    if args.resume_from_checkpoint is None:
+        return None
+    try:
+        checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        TrainingState.read(checkpoint)
+    except (CheckpointError, TrainingStateError) as err:
+        raise FlagError("resume_from_checkpoint", args.resume_from_checkpoint, str(err)) from None
+    return checkpoint
+
+
+def check_training_args(args: Any, task: TrainingTask) -> Any:
+    """Every check of ``args`` that needs no data: flag ranges, the output folder, the checkpoint to resume,
+    the task's own data flags, the model config and the Hub repo id. Raises ``FlagError``; returns a new
+    arguments object with the resolved values (``resume_checkpoint``, the task's), ``args`` left as it is."""
     from ..hub import check_hub_args
 
+    check_flag_ranges(args, {**FLAG_RANGES, **task.flag_ranges})
+    _check_switches(args)
+    _check_output_dir(args)
+    resolved = dataclasses.replace(args, resume_checkpoint=resumed_checkpoint(args))
+    resolved = dataclasses.replace(resolved, **task.check_args(resolved))
+    check_model_config(resolved, task)
     try:
-        check_hub_args(args)
-    except SystemExit as err:
-        parser.error(f"argument {err}")
+        check_hub_args(resolved)
+    except InvalidRepoIdError as err:
+        raise FlagError("hub_model_id", resolved.hub_model_id, str(err)) from None
+    return resolved
 
 
 def parse_args(
     task: TrainingTask,
     argv: list[str] | None = None,
     script: str | None = None,
-    description=None,
+    description: str | None = None,
     defaults: dict[str, Any] | None = None,
-):
-    """The training flags of ``task`` parsed from ``argv`` (with ``--config FILE``) and checked: a bad value is
-    one ``error:`` line naming its flag, exit status 2, before any data is loaded. ``defaults`` replace the
-    flags' own defaults (a ``--config`` file and the command line still win)."""
-    parser = argparse.ArgumentParser(
-        prog=script,
-        usage="%(prog)s [-h] [--config JSON] [options]",
-        description=description,
-        formatter_class=DefaultsHelpFormatter,
-    )
-    add_training_arguments(parser, task)
+) -> Any:
+    """``task``'s training arguments (``training_arguments_class(task)``) parsed from ``argv`` (with
+    ``--config FILE``) and checked: a bad value is one ``error:`` line naming its flag, exit status 2, before
+    any data is loaded. ``defaults`` replace the flags' own defaults (a ``--config`` file and the command line
+    still win); ``script`` names the script in messages, ``description`` heads its ``--help``."""
+    parser = training_parser(task, script, description)
     if defaults:
         parser.set_defaults(**defaults)
-    args = parse_args_with_config_file(parser, argv, script or parser.prog)
-    check_training_args(parser, args, task)
-    return args
+    (args,) = parser.parse_into_dataclasses(argv)
+    with parser.refusing():
+        return check_training_args(args, task)
 
 
 __all__ = [
     "DEQ_ARGUMENT_NAMES",
+    "DEQArguments",
+    "DataArguments",
     "DefaultsHelpFormatter",
-    "add_deq_arguments",
-    "deq_argument_names",
-    "add_training_arguments",
+    "FlagParser",
+    "ModelArguments",
+    "OptimizationArguments",
+    "OutputArguments",
     "check_model_config",
     "check_preset_config",
     "check_training_args",
     "config_error_flag",
     "config_overrides",
+    "deq_argument_names",
+    "deq_arguments_class",
     "deq_overrides",
     "json_object",
     "parse_args",
-    "parse_args_with_config_file",
-    "read_config_file",
+    "preset_config",
+    "resumed_checkpoint",
+    "training_arguments_class",
+    "training_parser",
 ]

@@ -122,21 +122,28 @@ FLAG_RANGES: dict[str, Range] = {
 }
 
 
-def range_error(name: str, value: Any, allowed: Range) -> str | None:
-    """The ``error:`` text of ``--name value`` outside ``allowed`` (``None`` when ``value`` is fine or unset)."""
+def range_problem(value: Any, allowed: Range) -> str | None:
+    """What is wrong with ``value`` outside ``allowed`` (``None`` when ``value`` is fine or unset)."""
     if value is None or value in allowed:
         return None
-    return f"argument --{name}: must be {allowed.describe()}, got {value!r}"
+    return f"must be {allowed.describe()}, got {value!r}"
 
 
-def check_flag_ranges(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, ranges: dict[str, Range]
-) -> None:
-    """``parser.error`` (one ``error:`` line naming the flag, its value and the range) on the first flag of
-    ``ranges`` set outside its range."""
+def range_error(name: str, value: Any, allowed: Range) -> str | None:
+    """The ``error:`` text of ``--name value`` outside ``allowed`` (``None`` when ``value`` is fine or unset)."""
+    problem = range_problem(value, allowed)
+    return None if problem is None else f"argument --{name}: {problem}"
+
+
+def check_flag_ranges(args: Any, ranges: dict[str, Range]) -> None:
+    """Raise ``FlagError`` (naming the flag, its value and the range) on the first flag of ``ranges`` that
+    ``args`` (a typed arguments object) sets outside its range."""
+    from .errors import FlagError
+
+    values = vars(args)
     for name, allowed in ranges.items():
-        if (problem := range_error(name, getattr(args, name, None), allowed)) is not None:
-            parser.error(problem)
+        if (problem := range_problem(values.get(name), allowed)) is not None:
+            raise FlagError(name, values[name], problem)
 
 
 __all__ = [
@@ -154,6 +161,7 @@ __all__ = [
     "check_flag_ranges",
     "count_range",
     "range_error",
+    "range_problem",
 ]
 
 

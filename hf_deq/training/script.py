@@ -1,14 +1,14 @@
 """The entry points of a training script: a script names its task and gets ``(task, parse_args, main)``.
 
-This is the one place where a training script's failures become what its user reads: a bad input of the data
-or the task (``hf_deq.data.errors.InputError``), a run that cannot go on or cannot be right (``TrainingError``: divergence,
+This is the one place where a training script's failures become what its user reads: a refused flag
+(``FlagError``), a bad input of the data or the task (``hf_deq.data.errors.InputError``), a run that cannot go on or cannot be right (``TrainingError``: divergence,
 output folder, non-finite weights, a failed save) and a failed final ``--push_to_hub`` are one ``error:`` line,
 never a traceback."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .arguments import parse_args as parse_training_args
-from .errors import TrainingError
+from .errors import FlagError, LaunchError, TrainingError
 from .loop import train
 from .task import TrainingTask, get_task
 
@@ -58,7 +58,7 @@ def error_lines(script: str, output_dir: str | os.PathLike | None = None) -> Ite
 
     try:
         yield
-    except InputError as err:
+    except InputError as err:  # FlagError included
         fail(script, f"argument {err.flag}: {err}")
     except TrainingError as err:  # a run that cannot go on or cannot be right: one line, no traceback
         print(f"{script}: error: {err}", file=sys.stderr)
@@ -93,26 +93,29 @@ def requested_processes() -> int | None:
     return None
 
 
-def check_script_args(args: argparse.Namespace, script: str) -> None:
-    """What only a training script (not a benchmark or an evaluation that reuses its flags) requires: an
-    ``--output_dir`` to save into, a known ``--report_to``, and the processes ``accelerate launch`` was asked for."""
+def check_script_args(args: Any, script: str) -> Any:
+    """What only a training script (not a benchmark or an evaluation that reuses its flags) requires of ``args``:
+    an ``--output_dir`` to save into, a known ``--report_to``, and the processes ``accelerate launch`` was asked
+    for (``script`` names the script). Raises ``FlagError`` / ``LaunchError``; returns the arguments to run
+    with (``--report_to none``: no tracking), ``args`` left as it is."""
     if args.output_dir is None:
-        fail(
-            script,
-            "argument --output_dir: required: the trained model, its processing class and all_results.json are "
-            "saved there (nothing is saved without it)",
+        raise FlagError(
+            "output_dir",
+            None,
+            "required: the trained model, its processing class and all_results.json are saved there (nothing is "
+            "saved without it)",
         )
     if args.report_to not in (trackers := tracker_names()):
-        fail(script, f"argument --report_to: invalid choice {args.report_to!r} (choose from {trackers})")
-    if args.report_to == "none":
-        args.with_tracking = False
+        raise FlagError(
+            "report_to", args.report_to, f"invalid choice {args.report_to!r} (choose from {trackers})"
+        )
     requested = requested_processes()
     if requested is not None and requested > 1:
-        fail(
-            script,
+        raise LaunchError(
             f"accelerate launch was asked for {requested} processes (--num_processes {requested}) but started "
-            f"one: on CPU launch with {CPU_LAUNCH.replace('N', str(requested)).format(script=script)}",
+            f"one: on CPU launch with {CPU_LAUNCH.replace('N', str(requested)).format(script=script)}"
         )
+    return dataclasses.replace(args, with_tracking=False) if args.report_to == "none" else args
 
 
 def training_script(
@@ -126,10 +129,10 @@ def training_script(
     name = Path(script_file).name
     description = f"{description or ''}\n{launch_help(name)}\n"
 
-    def parse_args(argv: list[str] | None = None):
+    def parse_args(argv: list[str] | None = None) -> Any:
         args = parse_training_args(task, argv, script=name, description=description)
-        check_script_args(args, name)
-        return args
+        with error_lines(name):
+            return check_script_args(args, name)
 
     def main(argv: list[str] | None = None) -> dict[str, Any]:
         args = parse_args(argv)

@@ -40,8 +40,10 @@ class TrainingTask:
     metric_name: ClassVar[str] = ""
     default_preset: ClassVar[str | None] = None
     dataset_help: ClassVar[str] = "a datasets Hub id"
-    #: flag defaults of this task (``parser.set_defaults``)
+    #: flag defaults of this task (the defaults of its arguments class)
     defaults: ClassVar[dict[str, Any]] = {}
+    #: the dataclass of the task's own data flags (``hf_deq.training.flags.flag`` fields), or ``None``
+    arguments: ClassVar[type | None] = None
     #: keyword arguments of every training forward
     forward_kwargs: ClassVar[dict[str, Any]] = {}
     #: the task's flags that name its data besides ``--dataset_name`` (e.g. ``train_file``): recorded with the
@@ -53,11 +55,11 @@ class TrainingTask:
     #: ranges of the task's numeric data flags (``hf_deq.training.flag_ranges``), checked with the shared ones
     flag_ranges: ClassVar[dict[str, Any]] = {}
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The task's own data flags."""
-
-    def check_args(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-        """Checks of the task's flags that need no data (``parser.error`` on a bad value)."""
+    def check_args(self, args: Any) -> dict[str, Any]:
+        """Checks of the task's flags in ``args`` that need no data: raises ``FlagError`` (or another
+        ``InputError``) on a bad value; returns the values it resolves (applied with ``dataclasses.replace``),
+        never modifying ``args``."""
+        return {}
 
     def load_raw(self, args: argparse.Namespace) -> Any:
         """The raw data (run on the main process first): what ``build_model`` and ``load_data`` start from."""
