@@ -37,6 +37,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import MISSING, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,9 @@ from hf_deq.hub.budget_sweep import (
     plot_budget_sweep,
     write_budget_sweep,
 )
-from hf_deq.training import saved_model_data
+from hf_deq.training import FlagParser, saved_model_data
 from hf_deq.training.flag_ranges import count_list
+from hf_deq.training.flags import flag
 from hf_deq.training.script import error_lines
 
 
@@ -65,64 +67,53 @@ def _solver_list(text: str) -> list[str]:
     return names
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass
+class EvaluateArguments:
+    """The flags of this script (the model family's data flags pass through, after ``--``)."""
+
+    model_name_or_path: str = flag(MISSING, "a saved hf_deq model (folder or Hub id)")
+    solvers: list[str] | None = flag(
+        None, "comma-separated forward solvers (default: the model's)", parse=_solver_list
     )
-    parser.add_argument("--model_name_or_path", required=True, help="a saved hf_deq model (folder or Hub id)")
-    parser.add_argument(
-        "--solvers",
-        type=_solver_list,
-        default=None,
-        help="comma-separated forward solvers (default: the model's)",
+    budgets: list[int] | None = flag(
+        None, "comma-separated solver_eval_max_iter values (default: the model's)", parse=count_list
     )
-    parser.add_argument(
-        "--budgets",
-        type=count_list,
-        default=None,
-        help="comma-separated solver_eval_max_iter values (default: the model's)",
-    )
-    parser.add_argument(
-        "--mixed_precision",
+    mixed_precision: str | None = flag(
+        None,
+        "autocast of the evaluation (default: Accelerate's, i.e. none on CPU)",
         choices=["no", "fp16", "bf16"],
-        default=None,
-        help="autocast of the evaluation (default: Accelerate's, i.e. none on CPU)",
     )
-    parser.add_argument(
-        "--output_file", default=None, help="write the rows as JSON (never over a model file)"
-    )
-    parser.add_argument(
-        "--plot_file",
-        default=None,
-        help="write a PNG of the metric and the time per example against the budget (default: beside "
+    output_file: str | None = flag(None, "write the rows as JSON (never over a model file)")
+    plot_file: str | None = flag(
+        None,
+        "write a PNG of the metric and the time per example against the budget (default: beside "
         "--output_file, as .png)",
     )
-    parser.add_argument(
-        "--save_to_model_dir",
-        action="store_true",
-        help=f"save the sweep with the (local) model: {BUDGET_SWEEP_FILE} and {BUDGET_SWEEP_PLOT}, shown by its "
+    save_to_model_dir: bool = flag(
+        False,
+        f"save the sweep with the (local) model: {BUDGET_SWEEP_FILE} and {BUDGET_SWEEP_PLOT}, shown by its "
         "model card",
     )
-    parser.add_argument(
-        "--overwrite_output_file",
-        action="store_true",
-        help="replace an existing --output_file, --plot_file or the model's saved sweep",
+    overwrite_output_file: bool = flag(
+        False, "replace an existing --output_file, --plot_file or the model's saved sweep"
     )
-    args, passthrough = parser.parse_known_args(argv)
-    if passthrough and passthrough[0] == "--":
-        passthrough = passthrough[1:]
-    if problem := missing_local_model_dir(args.model_name_or_path):
-        parser.error(f"argument --model_name_or_path: {problem}")
-    if args.plot_file is None and args.output_file is not None:
-        args.plot_file = str(Path(args.output_file).with_suffix(".png"))
-    for flag in ("output_file", "plot_file"):
-        value = getattr(args, flag)
+
+
+def build_parser() -> FlagParser:
+    """The script's ``FlagParser``."""
+    return FlagParser(EvaluateArguments, description=__doc__)
+
+
+def check_outputs(parser: FlagParser, args: EvaluateArguments) -> None:
+    """The files the sweep writes: never over a model file, an existing one only with
+    ``--overwrite_output_file``; ``--save_to_model_dir`` needs a local model folder."""
+    for name, value in (("output_file", args.output_file), ("plot_file", args.plot_file)):
         if value is None:
             continue
         if Path(value).name in ("config.json", "model.safetensors"):
-            parser.error(f"--{flag} {value} would overwrite a model file; choose another name")
+            parser.error(f"--{name} {value} would overwrite a model file; choose another name")
         if Path(value).exists() and not args.overwrite_output_file:
-            parser.error(f"--{flag} {value} exists; pass --overwrite_output_file to replace it")
+            parser.error(f"--{name} {value} exists; pass --overwrite_output_file to replace it")
     if args.save_to_model_dir:
         model_dir = Path(args.model_name_or_path)
         if not model_dir.is_dir():
@@ -136,6 +127,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                     f"--save_to_model_dir: {model_dir / name} exists (an earlier sweep); pass "
                     "--overwrite_output_file to replace it"
                 )
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[EvaluateArguments, list[str]]:
+    """``(arguments, passthrough)``: this script's checked arguments (``--plot_file`` resolved) and the family
+    training script's flags."""
+    parser = build_parser()
+    args, passthrough = parser.parse_into_dataclasses(argv, remaining=True)
+    if passthrough and passthrough[0] == "--":
+        passthrough = passthrough[1:]
+    if problem := missing_local_model_dir(args.model_name_or_path):
+        parser.error(f"argument --model_name_or_path: {problem}")
+    if args.plot_file is None and args.output_file is not None:
+        args = replace(args, plot_file=str(Path(args.output_file).with_suffix(".png")))
+    check_outputs(parser, args)
     return args, passthrough
 
 
@@ -147,7 +152,7 @@ def recorded_data_flags(
     return saved_model_data.recorded_data_flags(model_name_or_path, task, passthrough, Path(__file__).name)
 
 
-def build_evaluation(args: argparse.Namespace, passthrough: list[str], accelerator: Accelerator):
+def build_evaluation(args: EvaluateArguments, passthrough: list[str], accelerator: Accelerator):
     """``(model, run_eval)``: the saved model, and its family's evaluation of the data the flags name;
     ``run_eval(prepared_model)`` returns the metric with common names (``metric``, ``metric_name``, ``loss``,
     solver stats, ``num_examples``)."""

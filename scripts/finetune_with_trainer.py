@@ -22,70 +22,57 @@ people without hf_deq load it (``hf_deq.hub.push_model_dir``), instead of ``Trai
 
 from __future__ import annotations
 
-import argparse
-import difflib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import (
-    AutoModelForImageClassification,
-    HfArgumentParser,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import AutoModelForImageClassification, Trainer, TrainingArguments
 
 import hf_deq
-from hf_deq.data.images import load_image_datasets
+from hf_deq.data import images
 from hf_deq.hub import check_hub_args, missing_local_model_dir, push_from_args
+from hf_deq.hub.errors import InvalidRepoIdError
 from hf_deq.tasks import get_task
-from hf_deq.training import holds_a_model, load_packaged_metric
-from hf_deq.training.arguments import DEQ_ARGUMENT_NAMES, DEQ_FIELD_CHOICES, check_model_config
+from hf_deq.training import (
+    DEQArguments,
+    FlagError,
+    FlagParser,
+    deq_overrides,
+    holds_a_model,
+    load_packaged_metric,
+)
+from hf_deq.training.arguments import check_model_config
+from hf_deq.training.flags import flag
 from hf_deq.training.script import error_lines
 
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "a saved hf_deq MDEQ (folder or Hub id); without it, a new --preset"}
-    )
-    preset: str = field(default="mdeq-tiny-digits", metadata={"help": "the preset of a new model"})
-    solver: str | None = field(default=None, metadata={"help": "forward solver (default: the model's)"})
-    solver_max_iter: int | None = field(default=None, metadata={"help": "forward budget in training"})
-    solver_eval_max_iter: int | None = field(default=None, metadata={"help": "forward budget in evaluation"})
-    solver_on_failure: str | None = field(
-        default=None, metadata={"help": "warn, raise or ignore when the solver misses its tolerance"}
-    )
-    grad_estimator: str | None = field(
-        default=None, metadata={"help": "implicit, upg, npg, one_step or unrolled (default: the model's)"}
-    )
-    grad_steps: int | None = field(default=None, metadata={"help": "k of UPG/NPG"})
-    grad_damping: float | None = field(default=None, metadata={"help": "lambda of UPG/NPG"})
-    grad_max_iter: int | None = field(default=None, metadata={"help": "backward budget of implicit"})
+    """Where the model comes from (its DEQ flags: ``hf_deq.training.DEQArguments``, shared with the training
+    scripts)."""
 
-    def deq_overrides(self) -> dict[str, Any]:
-        names = ("solver", "solver_max_iter", "solver_eval_max_iter", "solver_on_failure", "grad_estimator")
-        names += ("grad_steps",)
-        names += ("grad_damping", "grad_max_iter")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+    model_name_or_path: str | None = flag(
+        None, "a saved hf_deq MDEQ (folder or Hub id); without it, a new --preset"
+    )
+    preset: str = flag("mdeq-tiny-digits", "the preset of a new model")
 
 
 @dataclass
 class DataArguments:
-    dataset_name: str = field(
-        default="digits",
-        metadata={"help": "'digits' (built in) or an HF image dataset id, e.g. uoft-cs/cifar10"},
-    )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "the dataset's configuration"})
-    max_train_samples: int | None = field(default=None, metadata={"help": "truncate the training set"})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "truncate the evaluation set"})
+    """The data: ``train_mdeq_classifier.py``'s."""
+
+    dataset_name: str = flag("digits", "'digits' (built in) or an HF image dataset id, e.g. uoft-cs/cifar10")
+    dataset_config_name: str | None = flag(None, "the dataset's configuration")
+    max_train_samples: int | None = flag(None, "truncate the training set")
+    max_eval_samples: int | None = flag(None, "truncate the evaluation set")
 
 
 def load_data(data_args: DataArguments, seed: int):
     """``train_mdeq_classifier.py``'s datasets: ``(DatasetDict(train, validation), image column, label column,
     label names)``."""
-    return load_image_datasets(
+    return images.load_image_datasets(
         dataset_name=data_args.dataset_name,
         dataset_config_name=data_args.dataset_config_name,
         max_train_samples=data_args.max_train_samples,
@@ -94,13 +81,15 @@ def load_data(data_args: DataArguments, seed: int):
     )
 
 
-def build_model(model_args: ModelArguments, label_names: list[str]):
+def build_model(model_args: ModelArguments, deq_args: DEQArguments, label_names: list[str]):
+    """The MDEQ classifier of ``model_args`` with the DEQ fields ``deq_args`` set, for ``label_names``, and its
+    image processor."""
     labels = {
         "num_labels": len(label_names),
         "id2label": dict(enumerate(label_names)),
         "label2id": {name: i for i, name in enumerate(label_names)},
     }
-    overrides = model_args.deq_overrides()
+    overrides = deq_overrides(deq_args)
     if model_args.model_name_or_path is None:
         model = hf_deq.create_model(model_args.preset, **overrides, **labels)
         return model, hf_deq.MDEQImageProcessor.from_model_config(model.config)
@@ -130,68 +119,62 @@ def make_compute_metrics():
     return compute_metrics
 
 
-def check_model_args(parser: argparse.ArgumentParser, model_args: ModelArguments) -> None:
-    """Every model flag checked before any data: a misspelled solver or estimator gets a "did you mean", a
-    preset or saved model of another family (this script fine-tunes MDEQ image classifiers) is refused, and
-    the config with every override is built once, so that a bad value names its flag."""
-    overrides = model_args.deq_overrides()
-    for name, value in overrides.items():
-        choices = DEQ_FIELD_CHOICES[name]() if name in DEQ_FIELD_CHOICES else None
-        if choices is not None and value not in choices:
-            close = difflib.get_close_matches(str(value), choices, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            parser.error(f"argument --{name}: invalid choice {value!r}; {hint}(choose from {choices})")
+def check_model_args(model_args: ModelArguments, deq_args: DEQArguments) -> None:
+    """Every model flag checked before any data (a misspelled solver or estimator already got argparse's "did you
+    mean"): a preset or saved model of another family (this script fine-tunes MDEQ image classifiers) is
+    refused, and the config with every override is built once, so that a bad value raises ``FlagError`` naming
+    its flag."""
     if model_args.model_name_or_path is not None and (
         problem := missing_local_model_dir(model_args.model_name_or_path)
     ):
-        parser.error(f"argument --model_name_or_path: {problem}")
-    flags = {name: overrides.get(name) for name in DEQ_ARGUMENT_NAMES}
-    namespace = argparse.Namespace(
-        **flags,
-        model_name_or_path=model_args.model_name_or_path,
-        preset=model_args.preset,
-        config_overrides=None,
+        raise FlagError("model_name_or_path", model_args.model_name_or_path, problem)
+    model = SimpleNamespace(**vars(deq_args), **vars(model_args), config_overrides=None)
+    check_model_config(model, get_task("image-classification"))
+
+
+def build_parser() -> FlagParser:
+    """The script's flags: the model, its DEQ fields, the data and transformers' ``TrainingArguments``."""
+    return FlagParser(
+        (ModelArguments, DEQArguments, DataArguments, TrainingArguments), usage="%(prog)s [-h] [options]"
     )
-    check_model_config(parser, namespace, get_task("image-classification"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, TrainingArguments), usage="%(prog)s [-h] [options]"
-    )
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = build_parser()
+    model_args, deq_args, data_args, training_args = parser.parse_into_dataclasses(argv)
     if holds_a_model(training_args.output_dir) and training_args.resume_from_checkpoint is None:
         parser.error(
             f"argument --output_dir: {training_args.output_dir} already holds a model; choose another folder "
             "(nothing was overwritten)"
         )
-    check_model_args(parser, model_args)  # a bad value is one error line naming its flag, before any data
-    push = training_args.push_to_hub
-    hub_args = argparse.Namespace(
-        push_to_hub=push,
+    hub_args = SimpleNamespace(
+        push_to_hub=training_args.push_to_hub,
         hub_model_id=training_args.hub_model_id,
         output_dir=training_args.output_dir,
         hub_private_repo=bool(training_args.hub_private_repo),
+        hub_strategy="end",
         hub_token=training_args.hub_token,
     )
-    try:
+    with parser.refusing(InvalidRepoIdError, prefix="argument --hub_model_id: "):
+        check_model_args(
+            model_args, deq_args
+        )  # a bad value is one error line naming its flag, before any data
         check_hub_args(hub_args)  # a malformed --hub_model_id stops here, before training
-    except SystemExit as err:
-        parser.error(f"argument {err}")
     training_args.push_to_hub = False  # published below by hf_deq (model card + remote code), not by Trainer
     with error_lines(parser.prog, training_args.output_dir):
-        return fine_tune(model_args, data_args, training_args, hub_args)
+        return fine_tune(model_args, deq_args, data_args, training_args, hub_args)
 
 
 def fine_tune(
     model_args: ModelArguments,
+    deq_args: DEQArguments,
     data_args: DataArguments,
     training_args: TrainingArguments,
-    hub_args: argparse.Namespace,
+    hub_args: SimpleNamespace,
 ) -> dict[str, float]:
     """Load the data and the model, train with ``Trainer``, evaluate, save and (``--push_to_hub``) publish."""
     data, image_column, label_column, label_names = load_data(data_args, training_args.seed)
-    model, processor = build_model(model_args, label_names)
+    model, processor = build_model(model_args, deq_args, label_names)
 
     def transform(batch: dict[str, list]) -> dict[str, Any]:
         return {
@@ -224,8 +207,8 @@ def fine_tune(
     trainer.save_metrics("eval", metrics)
     trainer.save_state()
     if hub_args.push_to_hub and trainer.is_world_process_zero():
-        recipe = {**asdict(model_args), **asdict(data_args), **training_args.to_dict()}
-        push_from_args(argparse.Namespace(**{**recipe, **vars(hub_args)}), training_args.output_dir)
+        recipe = {**asdict(model_args), **asdict(deq_args), **asdict(data_args), **training_args.to_dict()}
+        push_from_args(SimpleNamespace(**{**recipe, **vars(hub_args)}), training_args.output_dir)
     return metrics
 
 

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from hf_deq.diagnostics import alignment_sweep, plot_alignment_sweep
 from hf_deq.hub import missing_local_model_dir
 from hf_deq.training import saved_model_data
 from hf_deq.training.flag_ranges import count_list
+from hf_deq.training.flags import FlagParser, flag
 from hf_deq.training.script import error_lines
 
 PHANTOM_ESTIMATORS = ("upg", "npg")
@@ -57,29 +59,31 @@ def _estimators(text: str) -> list[str]:
     return names
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model_name_or_path", required=True, help="a saved hf_deq model (folder or Hub id)")
-    parser.add_argument(
-        "--at_init", action="store_true", help="the same architecture (config) freshly initialised (--seed)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="initialisation seed of --at_init")
-    parser.add_argument("--estimators", type=_estimators, default=list(PHANTOM_ESTIMATORS), help="upg,npg")
-    parser.add_argument("--steps", type=count_list, default=[1, 2, 4, 8, 16, 32], help="the k values")
-    parser.add_argument("--dampings", type=_dampings, default=[0.5, 0.8, 1.0], help="the lambda values")
-    parser.add_argument(
-        "--mode",
+@dataclass(kw_only=True)
+class SweepArguments:
+    """The flags of this script (the model family's data flags pass through, after ``--``)."""
+
+    model_name_or_path: str = flag(MISSING, "a saved hf_deq model (folder or Hub id)")
+    at_init: bool = flag(False, "the same architecture (config) freshly initialised (--seed)")
+    seed: int = flag(0, "initialisation seed of --at_init")
+    estimators: list[str] = flag(list(PHANTOM_ESTIMATORS), "upg,npg", parse=_estimators)
+    steps: list[int] = flag([1, 2, 4, 8, 16, 32], "the k values", parse=count_list)
+    dampings: list[float] = flag([0.5, 0.8, 1.0], "the lambda values", parse=_dampings)
+    mode: str = flag(
+        "train",
+        "model mode of the passes: train (the training budget, dropout as in training) or eval",
         choices=["train", "eval"],
-        default="train",
-        help="model mode of the passes: train (the training budget, dropout as in training) or eval",
     )
-    parser.add_argument("--reference_tol", type=float, default=1e-8, help="tolerance of the exact gradient")
-    parser.add_argument("--reference_max_iter", type=int, default=100, help="budget of the exact gradient")
-    parser.add_argument("--output_file", required=True, help="the JSON; the PNG goes next to it")
-    parser.add_argument("--overwrite_output_file", action="store_true", help="replace existing outputs")
-    args, passthrough = parser.parse_known_args(argv)
+    reference_tol: float = flag(1e-8, "tolerance of the exact gradient")
+    reference_max_iter: int = flag(100, "budget of the exact gradient")
+    output_file: str = flag(MISSING, "the JSON; the PNG goes next to it")
+    overwrite_output_file: bool = flag(False, "replace existing outputs")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[SweepArguments, list[str]]:
+    """``(arguments, passthrough)``: this script's checked arguments and the family training script's flags."""
+    parser = FlagParser(SweepArguments, description=__doc__)
+    args, passthrough = parser.parse_into_dataclasses(argv, remaining=True)
     if passthrough and passthrough[0] == "--":
         passthrough = passthrough[1:]
     if problem := missing_local_model_dir(args.model_name_or_path):

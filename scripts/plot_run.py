@@ -14,33 +14,38 @@ picture is replaced only with ``--overwrite``. Needs matplotlib (``pip install m
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 from hf_deq.hub.model_dir import TRAINING_CURVES_FILE
+from hf_deq.training.flags import FlagParser, flag
 from hf_deq.training.run_plot import RunPlotError, plot_run
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--run_dir", required=True, help="a run's --output_dir, a checkpoint, or a checkpoints folder"
-    )
-    parser.add_argument(
-        "--output", default=None, help=f"the PNG to write (default: <run_dir>/{TRAINING_CURVES_FILE})"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace the --output file if it exists")
-    args = parser.parse_args(argv)
-    target = Path(args.output) if args.output else Path(args.run_dir) / TRAINING_CURVES_FILE
+@dataclass
+class PlotArguments:
+    """The flags of this script."""
+
+    run_dir: str = flag(MISSING, "a run's --output_dir, a checkpoint, or a checkpoints folder")
+    output: str | None = flag(None, f"the PNG to write (default: <run_dir>/{TRAINING_CURVES_FILE})")
+    overwrite: bool = flag(False, "replace the --output file if it exists")
+
+    @property
+    def target(self) -> Path:
+        """The PNG to write: ``--output``, else ``<run_dir>/training_curves.png``."""
+        return Path(self.output) if self.output else Path(self.run_dir) / TRAINING_CURVES_FILE
+
+
+def parse_args(argv: list[str] | None = None) -> PlotArguments:
+    """The checked flags: an existing ``--run_dir``, and a picture replaced only with ``--overwrite``."""
+    parser = FlagParser(PlotArguments, description=__doc__.split("\n\n")[0])
+    (args,) = parser.parse_into_dataclasses(argv)
     if not Path(args.run_dir).is_dir():
         parser.error(f"argument --run_dir: {args.run_dir} is not a folder")
-    if target.exists() and not args.overwrite:
-        flag = "--output" if args.output else "--run_dir"
-        parser.error(f"argument {flag}: {target} already exists; pass --overwrite to replace it")
-    args.target = target
+    if args.target.exists() and not args.overwrite:
+        flag_name = "--output" if args.output else "--run_dir"
+        parser.error(f"argument {flag_name}: {args.target} already exists; pass --overwrite to replace it")
     return args
 
 

@@ -15,41 +15,40 @@ publishing fails; every failure is one ``error:`` line.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model_dir",
-        required=True,
-        help="a saved hf_deq model: the folder a training script or save_pretrained wrote",
-    )
-    parser.add_argument("--repo_id", required=True, help="Hub repo id, 'namespace/name'")
-    parser.add_argument("--private", action="store_true", help="create the repo as private")
-    parser.add_argument(
-        "--commit_message", default=None, help="message of the upload commit (default: 'Upload hf_deq model')"
-    )
-    parser.add_argument("--revision", default=None, help="branch to push to (default: main)")
-    parser.add_argument(
-        "--token", default=None, help="Hub token (default: HF_TOKEN or the `hf auth login` token)"
-    )
-    parser.add_argument("--license", default="apache-2.0", help="license of the card metadata")
-    parser.add_argument(
-        "--stage_only",
-        default=None,
-        metavar="DIR",
-        help="write the staged repo into DIR (new or empty) and stop, without uploading",
-    )
-    return parser
+from hf_deq.training.flags import FlagParser, flag
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and check what needs no import of hf_deq: a missing folder is reported at once."""
+@dataclass
+class PushArguments:
+    """The flags of this script."""
+
+    model_dir: str = flag(
+        MISSING, "a saved hf_deq model: the folder a training script or save_pretrained wrote"
+    )
+    repo_id: str = flag(MISSING, "Hub repo id, 'namespace/name'")
+    private: bool = flag(False, "create the repo as private")
+    commit_message: str | None = flag(None, "message of the upload commit (default: 'Upload hf_deq model')")
+    revision: str | None = flag(None, "branch to push to (default: main)")
+    token: str | None = flag(None, "Hub token (default: HF_TOKEN or the `hf auth login` token)")
+    license: str = flag("apache-2.0", "license of the card metadata")
+    stage_only: str | None = flag(
+        None, "write the staged repo into DIR (new or empty) and stop, without uploading", metavar="DIR"
+    )
+
+
+def build_parser() -> FlagParser:
+    """The script's ``FlagParser``."""
+    return FlagParser(PushArguments, description=__doc__.split("\n\n")[0])
+
+
+def parse_args(argv: list[str] | None = None) -> PushArguments:
+    """Parse and check what needs no model: a missing folder is reported at once."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    (args,) = parser.parse_into_dataclasses(argv)
     model_dir = Path(args.model_dir)
     if not model_dir.exists():
         parser.error(

@@ -100,8 +100,7 @@ def _flag_value_type(annotation: Any) -> type:
 def deq_arguments_class(config_class: type = DEQConfig) -> type:
     """The dataclass of the DEQ flags of ``config_class``: one per field of ``deq_argument_names``, typed from
     its annotation (``bool``: ``--name`` / ``--no-name``; ``dict``/``list``: JSON), its help from the field
-    table (or the config's docstring), its choices from the table; unset (``None``): the preset's value. Then
-    ``--unrolled_warmup_steps`` and ``--unrolled_warmup_depth``."""
+    table (or the config's docstring), its choices from the table; unset (``None``): the preset's value."""
     import json
 
     annotations, helps = _field_annotations(config_class), _field_help(config_class)
@@ -115,21 +114,25 @@ def deq_arguments_class(config_class: type = DEQConfig) -> type:
         if name in choices:
             metadata["choices"] = choices[name]
         fields.append((name, value_type | None, dataclasses.field(default=None, metadata=metadata)))
-    warmup_steps = flag(
-        0,
-        "train the first N optimizer steps with plain backprop through unrolled iterations (grad_estimator "
-        "'unrolled') before switching to the configured estimator",
-    )
-    warmup_depth = flag(None, "iterations unrolled in warm-up (default grad_steps)")
-    fields += [
-        ("unrolled_warmup_steps", int, warmup_steps),
-        ("unrolled_warmup_depth", int | None, warmup_depth),
-    ]
     return dataclasses.make_dataclass(
         f"{config_class.__name__}Arguments" if config_class is not DEQConfig else "DEQArguments",
         fields,
         namespace={"_argument_group_name": DEQ_GROUP, "__doc__": "The DEQ flags of the training scripts."},
     )
+
+
+@dataclasses.dataclass
+class UnrolledWarmupArguments:
+    """The unrolled warm-up of the training loop (``hf_deq.training.schedule``)."""
+
+    _argument_group_name = DEQ_GROUP
+
+    unrolled_warmup_steps: int = flag(
+        0,
+        "train the first N optimizer steps with plain backprop through unrolled iterations (grad_estimator "
+        "'unrolled') before switching to the configured estimator",
+    )
+    unrolled_warmup_depth: int | None = flag(None, "iterations unrolled in warm-up (default grad_steps)")
 
 
 #: the DEQ flags of every training script (and of ``scripts/finetune_with_trainer.py``)
@@ -272,7 +275,14 @@ class OutputArguments:
 @functools.cache
 def _training_arguments_class(task_class: type[TrainingTask]) -> type:
     parts = [DataArguments, *([task_class.arguments] if task_class.arguments is not None else [])]
-    parts += [ModelArguments, DEQArguments, OptimizationArguments, OutputArguments, HubArguments]
+    parts += [
+        ModelArguments,
+        DEQArguments,
+        UnrolledWarmupArguments,
+        OptimizationArguments,
+        OutputArguments,
+        HubArguments,
+    ]
     return merged_dataclass(
         f"{task_class.__name__.removesuffix('Task')}Arguments",
         parts,
@@ -522,6 +532,7 @@ __all__ = [
     "deq_arguments_class",
     "deq_overrides",
     "json_object",
+    "UnrolledWarmupArguments",
     "parse_args",
     "preset_config",
     "resumed_checkpoint",

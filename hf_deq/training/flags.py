@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import json
 import os
 import types
@@ -35,6 +36,8 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
             return text
+        if action.required:
+            return f"{text} (required)"
         unset = getattr(action, "unset_default", "none")
         return f"{text} (default: {unset if action.default is None else '%(default)s'})"
 
@@ -74,7 +77,9 @@ def _value_type(annotation: Any) -> Any:
 def _argument_options(field: dataclasses.Field, value_type: Any) -> dict[str, Any]:
     """The ``add_argument`` keywords of ``field`` whose annotation's type is ``value_type``."""
     meta = field.metadata
-    options: dict[str, Any] = {"default": field.default, "help": meta.get("help", "")}
+    options: dict[str, Any] = {"default": _field_default(field), "help": meta.get("help", "")}
+    if options["default"] is dataclasses.MISSING:
+        options.update(required=True, default=None)
     if "metavar" in meta:
         options["metavar"] = meta["metavar"]
     if value_type is bool:
@@ -112,6 +117,8 @@ class FlagParser(HfArgumentParser):
             )
 
     def _add_dataclass_arguments(self, dtype: Any) -> None:
+        if dtype.__module__.startswith("transformers."):  # transformers' own (``TrainingArguments``): its way
+            return super()._add_dataclass_arguments(dtype)
         hints = typing.get_type_hints(dtype)
         default_group = getattr(dtype, "_argument_group_name", None)
         for field in dataclasses.fields(dtype):
@@ -125,13 +132,26 @@ class FlagParser(HfArgumentParser):
             if "unset_default" in field.metadata:
                 action.unset_default = field.metadata["unset_default"]
 
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        """argparse's choice check, with a "did you mean" for a near miss."""
+        choices = action.choices
+        if choices is not None and value not in choices and isinstance(value, str):
+            names = [str(c) for c in choices]
+            if close := difflib.get_close_matches(value, names, n=1):
+                listed = ", ".join(map(repr, choices))
+                message = f"invalid choice: {value!r}; did you mean {close[0]!r}? (choose from {listed})"
+                raise argparse.ArgumentError(action, message)
+        super()._check_value(action, value)
+
     def flag_actions(self) -> dict[str, argparse.Action]:
         """``{dest: action}`` of every flag (not ``--help`` or ``--config``)."""
         return {a.dest: a for a in self._actions if a.dest not in ("help", "config")}
 
-    def parse_into_dataclasses(self, argv: list[str] | None = None) -> tuple[Any, ...]:
+    def parse_into_dataclasses(
+        self, argv: list[str] | None = None, remaining: bool = False
+    ) -> tuple[Any, ...]:
         """One instance of each dataclass from ``argv`` (``None``: ``sys.argv``), a ``--config`` file's values
-        under the command line's."""
+        under the command line's; with ``remaining``, the flags no dataclass knows come last (a list)."""
         if self.config_file:
             pre = argparse.ArgumentParser(add_help=False)
             pre.add_argument("--config", default=None)
@@ -139,12 +159,13 @@ class FlagParser(HfArgumentParser):
             if path is not None:
                 with self.refusing(argparse.ArgumentTypeError, prefix=""):
                     self.set_defaults(**self.read_config_file(path))
-        values = vars(self.parse_args(argv))
-        instances = []
+        namespace, rest = self.parse_known_args(argv) if remaining else (self.parse_args(argv), [])
+        values = vars(namespace)
+        instances: list[Any] = []
         for dtype in self.dataclass_types:
             names = {f.name for f in dataclasses.fields(dtype) if f.init and f.name in values}
             instances.append(dtype(**{name: values[name] for name in names}))
-        return tuple(instances)
+        return (*instances, rest) if remaining else tuple(instances)
 
     def refusing(
         self, *errors: type[Exception], prefix: str = "argument "
