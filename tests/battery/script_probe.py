@@ -21,11 +21,9 @@ def script(family: str):
 
 def flag_parser(family: str) -> argparse.ArgumentParser:
     """The training flags of ``family``'s script, as a parser that checks nothing beyond argparse."""
-    from hf_deq.training.arguments import add_training_arguments
+    from hf_deq.training.arguments import training_parser
 
-    parser = argparse.ArgumentParser()
-    add_training_arguments(parser, script(family).TASK)
-    return parser
+    return training_parser(script(family).TASK)
 
 
 def flag_defaults(family: str) -> dict[str, Any]:

@@ -120,21 +120,14 @@ def test_every_push_script_flag_has_help(push_script):
     assert actions and all(a.help for a in actions), [a.dest for a in actions if not a.help]
 
 
-def test_a_malformed_hub_model_id_is_an_argparse_error(capsys):
-    import argparse
+def test_a_malformed_hub_model_id_is_refused_naming_the_repo_id():
+    from types import SimpleNamespace
 
-    parser = argparse.ArgumentParser(prog="train.py")
-    parser.add_argument("--output_dir")
-    hub.add_hub_arguments(parser)
-    args = parser.parse_args(["--push_to_hub", "--hub_model_id", "a/b/c"])
-    with pytest.raises(SystemExit) as exit_:
-        hub.check_hub_args(args, parser)
-    assert exit_.value.code == 2
-    assert error_line(capsys.readouterr().err).startswith(
-        "train.py: error: --hub_model_id: invalid Hub repo id"
-    )
-    hub.check_hub_args(parser.parse_args(["--push_to_hub", "--hub_model_id", "alice/mdeq"]), parser)
-    hub.check_hub_args(parser.parse_args(["--output_dir", "runs/x"]), parser)  # no push: nothing to check
+    args = hub.HubArguments(push_to_hub=True, hub_model_id="a/b/c")
+    with pytest.raises(hub.InvalidRepoIdError, match="invalid Hub repo id"):
+        hub.check_hub_args(SimpleNamespace(**vars(args), output_dir=None))
+    hub.check_hub_args(SimpleNamespace(**vars(hub.HubArguments(True, "alice/mdeq")), output_dir=None))
+    hub.check_hub_args(SimpleNamespace(**vars(hub.HubArguments()), output_dir="runs/x"))  # no push: no check
 
 
 def test_a_value_is_a_local_folder_or_a_hub_id(tmp_path, monkeypatch):

@@ -11,7 +11,6 @@ a 2-core CI machine (``tests/deq/test_compile_solve.py`` runs inductor on every 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 
@@ -25,7 +24,7 @@ from hf_deq import DEQConfigError, create_config
 from hf_deq.deq import CompiledCell
 from hf_deq.deq.compile import CompiledSolve
 from hf_deq.tasks import get_task
-from hf_deq.training import add_training_arguments
+from hf_deq.training import training_parser
 
 BACKEND = os.environ.get("HF_DEQ_TEST_COMPILE_BACKEND", "aot_eager")
 #: family, preset, model class and solve settings: each solver once, a sync-free one, dropout + weight norm
@@ -148,7 +147,6 @@ def test_compile_solve_config_field_is_validated_and_a_training_flag():
     model.set_solver("broyden", compile_solve=False)
     assert not any(layer.compile_solve for layer in model.deq_layers())
     for task_name in ("image-classification", "causal-lm"):
-        parser = argparse.ArgumentParser()
-        add_training_arguments(parser, get_task(task_name))
-        assert parser.parse_args(["--compile_solve"]).compile_solve is True
-        assert parser.parse_args([]).compile_solve is None  # unset: the preset's value
+        parser = training_parser(get_task(task_name))
+        assert parser.parse_into_dataclasses(["--compile_solve"])[0].compile_solve is True
+        assert parser.parse_into_dataclasses([])[0].compile_solve is None  # unset: the preset's value

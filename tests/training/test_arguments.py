@@ -11,31 +11,30 @@ from script_loading import load_script
 
 from hf_deq import DEQConfig
 from hf_deq.tasks import get_task
-from hf_deq.training import DEQ_ARGUMENT_NAMES, add_deq_arguments, add_training_arguments, read_config_file
-from hf_deq.training.arguments import config_error_flag, deq_argument_names
+from hf_deq.training import DEQ_ARGUMENT_NAMES, DEQArguments, FlagParser, training_parser
+from hf_deq.training.arguments import config_error_flag, deq_argument_names, deq_arguments_class
 
 
-def _parser(task_name: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser()
-    add_training_arguments(parser, get_task(task_name))
-    return parser
+def _parser(task_name: str) -> FlagParser:
+    return training_parser(get_task(task_name))
 
 
 def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions if a.dest != "help"}
+    return {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
 
 
 def test_the_deq_flags_are_the_configs_solver_and_estimator_fields():
     assert DEQ_ARGUMENT_NAMES == (*DEQConfig.SOLVER_FIELDS, *DEQConfig.GRAD_FIELDS, "jacobian_reg_weight")
-    parser = argparse.ArgumentParser()
-    add_deq_arguments(parser)
+    parser = FlagParser(DEQArguments)
     flags = _flags(parser)
     assert set(DEQ_ARGUMENT_NAMES) <= set(flags)
     assert flags["solver_max_iter"].type is int and flags["solver_tol"].type is float
     assert "anderson" in flags["solver"].choices and "gmres" not in flags["solver"].choices
     assert "gmres" in flags["grad_solver"].choices and "upg" in flags["grad_estimator"].choices
     assert "lambda of UPG/NPG" in flags["grad_damping"].help  # the config docstring's text
-    args = parser.parse_args(["--solver_kwargs", '{"memory": 3}', "--solver_eval_max_iter", "4"])
+    (args,) = parser.parse_into_dataclasses(
+        ["--solver_kwargs", '{"memory": 3}', "--solver_eval_max_iter", "4"]
+    )
     assert args.solver_kwargs == {"memory": 3} and args.solver_eval_max_iter == 4 and args.grad_steps is None
 
 
@@ -51,25 +50,26 @@ def test_a_new_bool_field_in_a_group_gets_a_switch_flag(tmp_path):
         GRAD_FIELDS = (*DEQConfig.GRAD_FIELDS, "trace_solver")
 
     assert "trace_solver" in deq_argument_names(TracedConfig)
-    parser = argparse.ArgumentParser()
-    add_deq_arguments(parser, TracedConfig)
-    assert parser.parse_args([]).trace_solver is None  # unset: the preset's value
-    assert parser.parse_args(["--trace_solver"]).trace_solver is True
-    assert parser.parse_args(["--no-trace_solver"]).trace_solver is False
+    parser = FlagParser(deq_arguments_class(TracedConfig), script="x.py")
+    assert parser.parse_into_dataclasses([])[0].trace_solver is None  # unset: the preset's value
+    assert parser.parse_into_dataclasses(["--trace_solver"])[0].trace_solver is True
+    assert parser.parse_into_dataclasses(["--no-trace_solver"])[0].trace_solver is False
     assert _flags(parser)["trace_solver"].help == "record every iterate."
     recipe = tmp_path / "recipe.json"
     recipe.write_text('{"trace_solver": true}')
-    assert read_config_file(parser, recipe, "x.py") == {"trace_solver": True}
+    assert parser.read_config_file(recipe) == {"trace_solver": True}
     recipe.write_text('{"trace_solver": "yes"}')
-    with pytest.raises(ValueError, match="'trace_solver' is a switch, so it takes true or false"):
-        read_config_file(parser, recipe, "x.py")
+    with pytest.raises(
+        argparse.ArgumentTypeError, match="'trace_solver' is a switch, so it takes true or false"
+    ):
+        parser.read_config_file(recipe)
 
 
 def test_compile_cell_is_a_switch_of_both_training_scripts():
     for task_name in ("image-classification", "causal-lm"):
         parser = _parser(task_name)
-        assert parser.parse_args(["--compile_cell"]).compile_cell is True
-        assert parser.parse_args([]).compile_cell is None  # unset: the preset's value
+        assert parser.parse_into_dataclasses(["--compile_cell"])[0].compile_cell is True
+        assert parser.parse_into_dataclasses([])[0].compile_cell is None  # unset: the preset's value
 
 
 @pytest.mark.parametrize("task_name", ["image-classification", "causal-lm"])

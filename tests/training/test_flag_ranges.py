@@ -4,7 +4,6 @@ and the range, exit status 2, before any data is loaded."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -12,7 +11,7 @@ import pytest
 from script_loading import load_script
 
 from hf_deq.tasks import get_task
-from hf_deq.training import DEQ_ARGUMENT_NAMES, add_training_arguments
+from hf_deq.training import DEQ_ARGUMENT_NAMES, training_parser
 from hf_deq.training.flag_ranges import FLAG_RANGES, Range, count_range
 
 MDEQ, LM = "train_mdeq_classifier", "train_deq_lm"
@@ -118,8 +117,7 @@ def test_a_recipe_value_outside_its_range_is_one_error_line(
 
 
 def _numeric_flags(task_name: str) -> set[str]:
-    parser = argparse.ArgumentParser()
-    add_training_arguments(parser, get_task(task_name))
+    parser = training_parser(get_task(task_name))
     return {a.dest for a in parser._actions if a.type in (int, float)}
 
 

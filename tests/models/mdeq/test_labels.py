@@ -4,23 +4,20 @@ takes a new ``num_labels`` at load time."""
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 import hf_deq
 from hf_deq import DEQConfigError, MDEQForImageClassification
 from hf_deq.tasks import get_task
 from hf_deq.tasks.image_classification import build_classifier
-from hf_deq.training import add_training_arguments
+from hf_deq.training import training_parser
 
 NAMES = ["cat", "dog", "eel", "fox"]
 
 
 def test_a_folders_labels_replace_the_presets_in_the_image_classification_task():
-    parser = argparse.ArgumentParser()
-    add_training_arguments(parser, get_task("image-classification"))
-    args = parser.parse_args(["--preset", "test_mdeq_tiny", "--train_dir", "unused"])
+    parser = training_parser(get_task("image-classification"))
+    (args,) = parser.parse_into_dataclasses(["--preset", "test_mdeq_tiny", "--train_dir", "unused"])
     model, _ = build_classifier(args, NAMES)
     assert model.config.num_labels == 4 and model.classifier.out_features == 4
     assert model.config.id2label == dict(enumerate(NAMES))
