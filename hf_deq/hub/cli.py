@@ -24,7 +24,9 @@ def _hub_flag(default: Any, help_text: str, **metadata: Any) -> Any:
 
 @dataclasses.dataclass
 class HubArguments:
-    """The Hub flags of the training scripts (``hf_deq.training.flags.FlagParser`` makes them flags)."""
+    """The Hub flags of the training scripts (``hf_deq.training.flags.FlagParser`` makes them flags):
+    ``push_to_hub`` (publish the final model), ``hub_model_id`` (the repo id), ``hub_private_repo``,
+    ``hub_strategy`` (``end`` or ``checkpoint``) and ``hub_token``."""
 
     _argument_group_name = "Hugging Face Hub"
 

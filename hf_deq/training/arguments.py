@@ -114,11 +114,13 @@ def deq_arguments_class(config_class: type = DEQConfig) -> type:
         if name in choices:
             metadata["choices"] = choices[name]
         fields.append((name, value_type | None, dataclasses.field(default=None, metadata=metadata)))
-    return dataclasses.make_dataclass(
+    arguments_class = dataclasses.make_dataclass(
         f"{config_class.__name__}Arguments" if config_class is not DEQConfig else "DEQArguments",
         fields,
         namespace={"_argument_group_name": DEQ_GROUP, "__doc__": "The DEQ flags of the training scripts."},
     )
+    arguments_class.__module__ = __name__
+    return arguments_class
 
 
 @dataclasses.dataclass
@@ -286,6 +288,7 @@ def _training_arguments_class(task_class: type[TrainingTask]) -> type:
     return merged_dataclass(
         f"{task_class.__name__.removesuffix('Task')}Arguments",
         parts,
+        module=task_class.__module__,
         defaults={"preset": task_class.default_preset, **task_class.defaults},
         helps={"dataset_name": task_class.dataset_help},
     )

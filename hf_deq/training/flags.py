@@ -271,11 +271,12 @@ def merged_dataclass(
     parts: list[Any],
     defaults: dict[str, Any] | None = None,
     helps: dict[str, str] | None = None,
+    module: str = __name__,
     **kwargs: Any,
 ) -> Any:
     """One dataclass named ``name`` with the fields of every dataclass of ``parts`` in order (each field keeps
     its ``--help`` section: ``group``, else its class's ``_argument_group_name``), ``defaults`` and ``helps``
-    (by field name) replacing theirs; ``kwargs`` go to ``make_dataclass``."""
+    (by field name) replacing theirs; ``module`` is its ``__module__``; ``kwargs`` go to ``make_dataclass``."""
     fields: list[tuple[str, Any, dataclasses.Field]] = []
     for part in parts:
         hints = typing.get_type_hints(part)
@@ -288,7 +289,9 @@ def merged_dataclass(
                 metadata["help"] = helps[field.name]
             default = (defaults or {}).get(field.name, _field_default(field))
             fields.append((field.name, hints[field.name], field_with(default, metadata)))
-    return dataclasses.make_dataclass(name, fields, **kwargs)
+    merged = dataclasses.make_dataclass(name, fields, **kwargs)
+    merged.__module__ = module
+    return merged
 
 
 @contextlib.contextmanager
