@@ -323,6 +323,7 @@ def markdown_table() -> str:
 __all__ = [
     "DEQ_FIELDS",
     "DEQ_FIELD_NAMES",
+    "ESTIMATOR_HYPERPARAMETER_FIELDS",
     "DEQConfigError",
     "DEQField",
     "GROUPS",
