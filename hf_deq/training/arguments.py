@@ -19,10 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..configuration_deq import DEQConfig
-from ..deq import available_grad_estimators, available_solvers
-from ..deq.core import FAILURE_MODES
-from ..deq.solvers import SOLVERS
-from ..deq.solvers.base import STOP_MODES
 from ..deq_fields import DEQ_FIELDS
 from .checkpoints import (
     CheckpointError,
@@ -50,18 +46,8 @@ DEQ_ARGUMENT_NAMES = deq_argument_names()
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
-def _forward_solvers() -> list[str]:
-    return [n for n in available_solvers() if not SOLVERS.get_class(n).affine_only]
-
-
-#: choices of the DEQ fields that name a registered thing (the rest are checked by the config at parse time)
-DEQ_FIELD_CHOICES = {
-    "solver": _forward_solvers,
-    "grad_solver": available_solvers,
-    "grad_estimator": available_grad_estimators,
-    "solver_stop_mode": lambda: list(STOP_MODES),
-    "solver_on_failure": lambda: list(FAILURE_MODES),
-}
+#: choices of the DEQ fields that have some, from the field table (the rest are checked by the config at parse time)
+DEQ_FIELD_CHOICES = {f.name: f.choices for f in DEQ_FIELDS if f.choices is not None}
 
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
