@@ -29,14 +29,14 @@ class HubPushHook(TrainingHook):
 
     def on_checkpoint(self, run: Run, path: Path, step: int) -> None:
         """Push the model at ``step`` (only with ``--hub_strategy checkpoint``)."""
-        from ..hub import push_from_args
+        from ..hub.cli import push_from_args
 
         if run.accelerator.is_main_process:
             push_from_args(run.args, model=run.unwrapped, processing_class=run.processing_class, step=step)
 
     def on_end(self, run: Run, output_dir: str | os.PathLike | None, results: dict[str, Any]) -> None:
         """Push ``output_dir`` (the final model) with ``results``."""
-        from ..hub import push_from_args
+        from ..hub.cli import push_from_args
 
         if run.accelerator.is_main_process:
             push_from_args(
