@@ -58,7 +58,7 @@ class ExplicitImageClassificationTask(ImageClassificationTask):
         from hf_deq.models.mdeq import MDEQImageProcessor
         from hf_deq.variants import create_config
 
-        label_names = raw[3]
+        label_names = raw.label_names
         deq_config = create_config(args.preset)
         config = ExplicitCNNConfig(
             num_channels=deq_config.num_channels,

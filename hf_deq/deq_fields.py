@@ -16,6 +16,8 @@ from typing import Any
 
 from .deq import available_grad_estimators, available_solvers, get_solver, normalize_name
 from .deq.core import FAILURE_MODES, grad_estimator_from_hyperparameters
+from .deq.grad import GRAD_ESTIMATORS
+from .deq.registry import Registry, accepted_arguments
 from .deq.solvers import SOLVERS
 from .deq.solvers.base import STOP_MODES
 
@@ -110,6 +112,8 @@ class DEQField:
 
     ``engine_arg`` is the ``DEQFixedPoint`` keyword it feeds; for the ``"gradient"`` group (but
     ``grad_estimator`` itself) it is the estimator's constructor argument, passed to the estimators that take it.
+    ``label`` is its row label on the model card, ``registry`` the registry its value names an entry of (the card
+    shows that entry's description), ``fallback`` the field whose value a ``None`` stands for.
     """
 
     name: str
@@ -121,6 +125,9 @@ class DEQField:
     rule: Rule = ANY
     optional: bool = False
     choices: Callable[[], list[str]] | None = None
+    label: str = ""
+    registry: Registry | None = None
+    fallback: str | None = None
 
     @property
     def annotation(self) -> str:
@@ -152,48 +159,58 @@ class DEQField:
             raise DEQConfigError(owner, self.name, value, self.allowed())
 
 
-def _gradient(name: str, type_: type, default: Any, engine_arg: str, help_: str, rule: Rule) -> DEQField:
-    return DEQField(name, type_, default, "gradient", engine_arg, help_, rule)
+def _gradient(
+    name: str, type_: type, default: Any, engine_arg: str, help_: str, rule: Rule, **more: Any
+) -> DEQField:
+    return DEQField(name, type_, default, "gradient", engine_arg, help_, rule, **more)
 
 
 #: The table: one row per DEQ field, in the order of the config, the flags and the card.
 DEQ_FIELDS: tuple[DEQField, ...] = (
     DEQField("solver", str, "anderson", "solver", "solver", "forward solver", name_in(forward_solvers),
-             choices=forward_solvers),
+             choices=forward_solvers, label="forward solver", registry=SOLVERS),
     DEQField("solver_kwargs", dict, None, "solver", "solver_kwargs",
              'hyperparameters of the solver, e.g. {"memory": 5}',
-             Rule(lambda v: isinstance(v, dict), "a dict of solver hyperparameters"), optional=True),
+             Rule(lambda v: isinstance(v, dict), "a dict of solver hyperparameters"), optional=True,
+             label="solver hyperparameters"),
     DEQField("solver_max_iter", int, 30, "solver", "max_iter", "forward budget in training",
-             integer_in(1, MAX_SOLVER_ITER, " (a solve that needs more has no usable fixed point)")),
+             integer_in(1, MAX_SOLVER_ITER, " (a solve that needs more has no usable fixed point)"),
+             label="max iterations (training)"),
     DEQField("solver_eval_max_iter", int, None, "solver", "eval_max_iter",
              "forward budget in eval mode (None: solver_max_iter)",
-             integer_in(1, MAX_SOLVER_ITER, " (a solve that needs more has no usable fixed point)"), optional=True),
+             integer_in(1, MAX_SOLVER_ITER, " (a solve that needs more has no usable fixed point)"), optional=True,
+             label="max iterations (evaluation)", fallback="solver_max_iter"),
     DEQField("solver_tol", float, 1e-3, "solver", "tol", "stop when every sample's residual is below this",
-             finite_at_least(0)),
+             finite_at_least(0), label="tolerance"),
     DEQField("solver_stop_mode", str, "rel", "solver", "stop_mode",
              "residual measure: rel (||f(z)-z|| / ||f(z)||) or abs", value_in(STOP_MODES),
-             choices=lambda: list(STOP_MODES)),
+             choices=lambda: list(STOP_MODES), label="residual measure"),
     DEQField("solver_on_failure", str, "warn", "solver", "on_failure",
              "when a solve fails: warn (once), raise or ignore", value_in(FAILURE_MODES),
-             choices=lambda: list(FAILURE_MODES)),
+             choices=lambda: list(FAILURE_MODES), label="on non-convergence"),
     DEQField("compile_cell", bool, False, "solver", "compile_cell",
-             "evaluate the cell f through torch.compile in the solve and the backward"),
+             "evaluate the cell f through torch.compile in the solve and the backward", label="compiled cell"),
     DEQField("compile_solve", bool, False, "solver", "compile_solve",
-             "run each solver iteration as one compiled step, and compile the cell in the backward"),
+             "run each solver iteration as one compiled step, and compile the cell in the backward",
+             label="compiled solver steps"),
     DEQField("grad_estimator", str, "upg", "gradient", "grad_estimator",
              "gradient estimator: implicit, upg, npg, one_step, unrolled or a registered name",
-             name_in(available_grad_estimators), choices=available_grad_estimators),
+             name_in(available_grad_estimators), choices=available_grad_estimators, label="gradient estimator",
+             registry=GRAD_ESTIMATORS),
     _gradient("grad_steps", int, 5, "steps", "k of UPG/NPG, unrolled steps of unrolled",
-              integer_in(1, MAX_GRAD_STEPS, " (every step keeps its graph in memory)")),
-    _gradient("grad_damping", float, 0.5, "damping", "lambda of UPG/NPG, in (0, 1]", number_in_open_closed(0, 1)),
-    DEQField("grad_solver", str, "gmres", "gradient", "solver",
-             "backward solver of implicit (the backward problem is linear)", name_in(available_solvers),
-             choices=available_solvers),
+              integer_in(1, MAX_GRAD_STEPS, " (every step keeps its graph in memory)"), label="k (steps)"),
+    _gradient("grad_damping", float, 0.5, "damping", "lambda of UPG/NPG, in (0, 1]", number_in_open_closed(0, 1),
+              label="lambda (damping)"),
+    _gradient("grad_solver", str, "gmres", "solver", "backward solver of implicit (the backward problem is linear)",
+              name_in(available_solvers), choices=available_solvers, label="backward solver", registry=SOLVERS),
     _gradient("grad_max_iter", int, 30, "max_iter", "backward budget of implicit (J^T v products)",
-              integer_in(1, MAX_SOLVER_ITER, " (a solve that needs more has no usable fixed point)")),
-    _gradient("grad_tol", float, 1e-6, "tol", "backward tolerance of implicit", finite_at_least(0)),
+              integer_in(1, MAX_SOLVER_ITER, " (a solve that needs more has no usable fixed point)"),
+              label="backward max iterations"),
+    _gradient("grad_tol", float, 1e-6, "tol", "backward tolerance of implicit", finite_at_least(0),
+              label="backward tolerance"),
     DEQField("jacobian_reg_weight", float, 0.0, "regularization", "jacobian_reg_weight",
-             "weight of the Jacobian regularisation term added to the loss (0 = off)", finite_at_least(0)),
+             "weight of the Jacobian regularisation term added to the loss (0 = off)", finite_at_least(0),
+             label="Jacobian regularisation weight"),
 )  # fmt: skip
 
 FIELDS_BY_NAME: dict[str, DEQField] = {f.name: f for f in DEQ_FIELDS}
@@ -211,12 +228,27 @@ def field_names(group: str) -> tuple[str, ...]:
     return tuple(f.name for f in DEQ_FIELDS if f.group == group)
 
 
+#: The gradient-group fields that are estimator hyperparameters (all but ``grad_estimator``).
+ESTIMATOR_HYPERPARAMETER_FIELDS: tuple[DEQField, ...] = tuple(
+    f for f in DEQ_FIELDS if f.group == "gradient" and f.name != "grad_estimator"
+)
+
+
 def _estimator_hyperparameters(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        f.engine_arg: values[f.name]
-        for f in DEQ_FIELDS
-        if f.group == "gradient" and f.name != "grad_estimator"
-    }
+    return {f.engine_arg: values[f.name] for f in ESTIMATOR_HYPERPARAMETER_FIELDS}
+
+
+def estimator_fields(name: str) -> tuple[str, ...]:
+    """The DEQ fields the estimator registered as ``name`` reads: the hyperparameter fields whose ``engine_arg``
+    its constructor takes (``ValueError`` for an unregistered ``name``)."""
+    accepted = set(accepted_arguments(GRAD_ESTIMATORS.get_class(name)))
+    return tuple(f.name for f in ESTIMATOR_HYPERPARAMETER_FIELDS if f.engine_arg in accepted)
+
+
+def phantom_gradient_estimators() -> list[str]:
+    """The registered estimators that are phantom gradients (their class's ``phantom_gradient``), in
+    registration order (``upg``, ``npg``, ``one_step``, then those registered later)."""
+    return [name for name in GRAD_ESTIMATORS if GRAD_ESTIMATORS.get_class(name).phantom_gradient]
 
 
 def _check_relations(values: Mapping[str, Any], owner: str) -> None:
@@ -262,9 +294,36 @@ def engine_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _allowed_words(field: DEQField) -> str:
+    """What a field allows, in words that do not change with registrations (for the docs)."""
+    if field.registry is not None:
+        words = f"a registered {field.registry.kind} name"
+        return f"{words} (not affine-only)" if field.choices is forward_solvers else words
+    return field.allowed()
+
+
+def markdown_table() -> str:
+    """The field table as a Markdown table (name, type, default, allowed values, group, engine argument, help):
+    the one in docs/design.md, checked by ``tests/models/test_deq_fields_table.py``."""
+    rows = [
+        "| field | type | default | allowed | group | engine argument | help |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in DEQ_FIELDS:
+        cells = [f"`{f.name}`", f"`{f.annotation}`", f"`{f.default!r}`", _allowed_words(f), f.group]
+        cells += [f"`{f.engine_arg}`", f.help]
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 __all__ = [
     "DEQ_FIELDS",
     "DEQ_FIELD_NAMES",
+    "ESTIMATOR_HYPERPARAMETER_FIELDS",
     "DEQConfigError",
     "DEQField",
     "GROUPS",
@@ -273,5 +332,8 @@ __all__ = [
     "deq_field",
     "deq_values",
     "engine_kwargs",
+    "estimator_fields",
     "field_names",
+    "markdown_table",
+    "phantom_gradient_estimators",
 ]

@@ -19,14 +19,18 @@ from torch.nn.utils import parametrize
 
 from .configuration_deq import DEQConfig, DEQConfigError, MisspelledConfigFieldError, near_miss
 from .deq import DEQFixedPoint, get_solver, remove_norm
-from .deq_fields import DEQ_FIELD_NAMES, DEQ_FIELDS, deq_values, engine_kwargs, field_names
+from .deq_fields import (
+    DEQ_FIELD_NAMES,
+    ESTIMATOR_HYPERPARAMETER_FIELDS,
+    deq_values,
+    engine_kwargs,
+    field_names,
+)
 
 _deq_fields_of_dict = operator.itemgetter(*DEQ_FIELD_NAMES)
 _deq_fields_of_config = operator.attrgetter(*DEQ_FIELD_NAMES)
 #: ``set_grad_estimator``'s short names (the estimator arguments) of the gradient fields: ``steps`` -> ``grad_steps``.
-_GRAD_SHORT_NAMES = {
-    f.engine_arg: f.name for f in DEQ_FIELDS if f.group == "gradient" and f.name != "grad_estimator"
-}
+_GRAD_SHORT_NAMES = {f.engine_arg: f.name for f in ESTIMATOR_HYPERPARAMETER_FIELDS}
 
 
 def _deq_field_values(config: DEQConfig) -> tuple:
@@ -452,21 +456,24 @@ class DEQModelMixin:
     def set_grad_estimator(self, name: str, **fields: Any) -> None:
         """Switch the gradient estimator, e.g. ``set_grad_estimator("npg", grad_steps=8, grad_damping=0.5)``
         or ``set_grad_estimator("implicit", grad_max_iter=40)``; short names (``steps``, ``damping``,
-        ``solver``, ``max_iter``, ``tol``) are accepted too. Updates ``model.config``."""
+        ``solver``, ``max_iter``, ``tol``) are accepted too. The keywords are the gradient group of the field
+        table, checked with the config's own check. Updates ``model.config``."""
         updates: dict[str, Any] = {"grad_estimator": name}
         for key, value in fields.items():
             updates[_GRAD_SHORT_NAMES.get(key, key)] = value
         bad = sorted(set(updates) - set(field_names("gradient")))
         if bad:
-            allowed = [*field_names("gradient")[1:], *_GRAD_SHORT_NAMES]
+            hyperparameter_fields = list(_GRAD_SHORT_NAMES.values())
+            allowed = [*hyperparameter_fields, *_GRAD_SHORT_NAMES]
             _reject_near_misses(self.config, {key: fields.get(key) for key in bad}, allowed)
-            raise TypeError(f"set_grad_estimator got {bad}; it takes {list(field_names('gradient')[1:])}")
+            raise TypeError(f"set_grad_estimator got {bad}; it takes {hyperparameter_fields}")
         self._apply_deq_fields(updates)
 
     def set_solver(self, name: str, **fields: Any) -> None:
         """Switch the forward solver, e.g. ``set_solver("broyden", solver_max_iter=40, memory=10)``: keys
         named like config fields (``solver_max_iter``, ``solver_tol``, ...) set those fields, any other key
-        is a hyperparameter of the solver (``solver_kwargs``). Updates ``model.config``."""
+        is a hyperparameter of the solver (``solver_kwargs``). The field keywords are the solver group of the
+        field table, checked with the config's own check. Updates ``model.config``."""
         updates: dict[str, Any] = {"solver": name}
         hyper = {k: v for k, v in fields.items() if k not in field_names("solver")}
         updates.update({k: v for k, v in fields.items() if k in field_names("solver")})

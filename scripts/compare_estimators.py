@@ -37,6 +37,7 @@ from benchmarks import estimator_comparison as ec
 from hf_deq.tasks import available_tasks, get_task
 from hf_deq.training import parse_args as parse_training_args
 from hf_deq.training import train
+from hf_deq.training.hooks import HubPushHook
 
 SCRIPTS = Path(__file__).resolve().parent
 RESERVED = (
@@ -118,7 +119,7 @@ def run_one(args: argparse.Namespace, name: str, seed: int, passthrough: list[st
     files = run_dir / "all_results.json", run_dir / "history.json"
     if not (args.skip_existing and all(f.is_file() for f in files)):
         if args.in_process:
-            train(task, parse_training_args(task, argv, script=script))
+            train(task, parse_training_args(task, argv, script=script), hooks=[HubPushHook()])
         else:
             subprocess.run([sys.executable, str(SCRIPTS / script), *argv], check=True, env=os.environ)
     results = json.loads(files[0].read_text())

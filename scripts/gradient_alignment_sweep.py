@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from hf_deq.deq_fields import estimator_fields, phantom_gradient_estimators
 from hf_deq.diagnostics import alignment_sweep, plot_alignment_sweep
 from hf_deq.hub import missing_local_model_dir
 from hf_deq.training import saved_model_data
@@ -35,7 +36,12 @@ from hf_deq.training.flag_ranges import count_list
 from hf_deq.training.flags import FlagParser, flag
 from hf_deq.training.script import error_lines
 
-PHANTOM_ESTIMATORS = ("upg", "npg")
+#: the registered phantom gradients with a k and a lambda to sweep (upg, npg and any registered one)
+PHANTOM_ESTIMATORS = tuple(
+    name
+    for name in phantom_gradient_estimators()
+    if {"grad_steps", "grad_damping"} <= set(estimator_fields(name))
+)
 #: a reference solve above this residual is warned about: its "exact" gradient is not at a fixed point
 REFERENCE_WARN_RESIDUAL = 1e-3
 

@@ -27,8 +27,9 @@ tokenizer are saved to ``--output_dir`` (``AutoModelForCausalLM`` / ``AutoTokeni
 """
 
 from hf_deq.tasks import training_script
+from hf_deq.training.hooks import HubPushHook
 
-TASK, parse_args, main = training_script("causal-lm", __file__, __doc__)
+TASK, parse_args, main = training_script("causal-lm", __file__, __doc__, hooks=[HubPushHook()])
 
 if __name__ == "__main__":
     main()

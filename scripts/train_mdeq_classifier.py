@@ -24,8 +24,9 @@ is a JSON file of flags (``--config scripts/configs/mdeq-tiny-cifar10-upg.json``
 """
 
 from hf_deq.tasks import training_script
+from hf_deq.training.hooks import HubPushHook
 
-TASK, parse_args, main = training_script("image-classification", __file__, __doc__)
+TASK, parse_args, main = training_script("image-classification", __file__, __doc__, hooks=[HubPushHook()])
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,12 @@
-"""A small name -> class registry shared by solvers and gradient estimators (timm-style)."""
+"""A small name -> class registry shared by solvers and gradient estimators (timm-style).
+
+A registered class describes itself with two class attributes, read by the model card and the docs: ``label``
+(short, e.g. ``"UPG"``) and ``description`` (one line: what it is, citing the paper equation where relevant)."""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -29,8 +33,29 @@ class Registry(Generic[T]):
         self._classes[key] = cls
         return cls
 
+    def unregister(self, name: str) -> type[T]:
+        """Remove ``name`` (``ValueError`` if it is not registered) and return its class; for tests and plugins."""
+        cls = self.get_class(name)
+        del self._classes[normalize_name(name)]
+        return cls
+
     def names(self) -> list[str]:
         return sorted(self._classes)
+
+    def __iter__(self) -> Iterator[str]:
+        """The registered names in registration order (the built-in ones first)."""
+        return iter(list(self._classes))
+
+    def label(self, name: str) -> str:
+        """The short label of the class registered as ``name``: its own ``label``, else the registry name."""
+        return vars(self.get_class(name)).get("label") or normalize_name(name)
+
+    def description(self, name: str) -> str:
+        """One line on the class registered as ``name``: its own ``description``, else the first paragraph of
+        its own docstring, else the description it inherits, else ``"a registered <kind>"``."""
+        cls = self.get_class(name)
+        own = vars(cls).get("description") or _first_paragraph(vars(cls).get("__doc__"))
+        return own or getattr(cls, "description", "") or f"a registered {self.kind}"
 
     def get_class(self, name: str) -> type[T]:
         if not isinstance(name, str):
@@ -66,3 +91,9 @@ def accepted_arguments(cls: type) -> list[str]:
     return [
         p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     ]
+
+
+def _first_paragraph(doc: str | None) -> str:
+    """The first paragraph of a docstring as one line (``""`` for none)."""
+    paragraph = inspect.cleandoc(doc or "").split("\n\n", 1)[0]
+    return " ".join(paragraph.split())

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..deq.registry import normalize_name
+from ..deq_fields import DEQ_FIELD_NAMES, DEQField, deq_field, estimator_fields, field_names
 from .card_text import Markup, code_span, escape_card_text, markdown
 from .model_dir import names_a_local_folder
 from .registry import CardFacts
@@ -246,11 +248,6 @@ def recipe_rows(training: Mapping[str, Any], metrics: Mapping[str, Any]) -> list
 
 # -- architecture, solver, estimator ----------------------------------------------------------------------------
 
-DEQ_FIELDS = (
-    "solver", "solver_kwargs", "solver_max_iter", "solver_eval_max_iter", "solver_tol", "solver_stop_mode",
-    "solver_on_failure", "grad_estimator", "grad_steps", "grad_damping", "grad_solver", "grad_max_iter", "grad_tol",
-    "jacobian_reg_weight", "compile_cell", "compile_solve",
-)  # fmt: skip
 _CONFIG_NOISE = {
     "architectures", "auto_map", "model_type", "transformers_version", "dtype", "torch_dtype", "id2label", "label2id",
     "return_dict", "output_hidden_states", "output_attentions", "problem_type", "chunk_size_feed_forward",
@@ -258,39 +255,17 @@ _CONFIG_NOISE = {
     "eos_token_id", "initializer_range", "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id",
     "task_specific_params", "finetuning_task", "cross_attention_hidden_size", "add_cross_attention",
 }  # fmt: skip
-ESTIMATOR_TEXT = {
-    "upg": "unrolling-based phantom gradient (UPG): after the no-grad solve, k damped steps "
-    "h <- lambda F(h) + (1 - lambda) h are unrolled under autograd from the fixed point",
-    "npg": "Neumann-series phantom gradient (NPG): the backward pass sums k terms of the damped Neumann series "
-    "of (I - J)^-1, memory O(1) in k",
-    "one_step": "one-step (Jacobian-free) gradient: UPG with k=1, lambda=1",
-    "implicit": "exact implicit differentiation: the backward pass solves u = J^T u + g with a linear solver",
-    "unrolled": "plain backpropagation through k explicit iterations from the initial state",
-}
-ESTIMATOR_FIELDS = {
-    "upg": ("grad_steps", "grad_damping"),
-    "npg": ("grad_steps", "grad_damping"),
-    "one_step": (),
-    "implicit": ("grad_solver", "grad_max_iter", "grad_tol"),
-    "unrolled": ("grad_steps",),
-}
-_ESTIMATOR_LABELS = {
-    "grad_steps": "k (steps)",
-    "grad_damping": "lambda (damping)",
-    "grad_solver": "backward solver",
-    "grad_max_iter": "backward max iterations",
-    "grad_tol": "backward tolerance",
-}
 
 
 def estimator_name(config) -> str:
-    return str(config.grad_estimator).lower().replace("-", "_")
+    return normalize_name(str(config.grad_estimator))
 
 
 def architecture_rows(config) -> list[tuple[str, str]]:
+    """The config's fields but the DEQ fields (``DEQ_FIELD_NAMES``) and transformers' bookkeeping."""
     rows = []
     for key, value in config.to_dict().items():
-        if key in DEQ_FIELDS or key in _CONFIG_NOISE or key.startswith("_"):
+        if key in DEQ_FIELD_NAMES or key in _CONFIG_NOISE or key.startswith("_"):
             continue
         if isinstance(value, dict) and len(value) > 8:
             continue
@@ -298,29 +273,45 @@ def architecture_rows(config) -> list[tuple[str, str]]:
     return rows
 
 
-def solver_rows(config) -> list[tuple[str, str]]:
-    eval_iter = (
-        config.solver_eval_max_iter if config.solver_eval_max_iter is not None else config.solver_max_iter
-    )
-    stop = "relative ‖f(z) − z‖ / ‖f(z)‖" if config.solver_stop_mode == "rel" else "absolute ‖f(z) − z‖"
-    return [
-        ("forward solver", config.solver),
-        ("solver hyperparameters", fmt(config.solver_kwargs or {})),
-        ("max iterations (training / evaluation)", f"{config.solver_max_iter} / {eval_iter}"),
-        ("tolerance", f"{fmt(config.solver_tol)} ({stop})"),
-        ("on non-convergence", config.solver_on_failure),
-    ]
+def _named_entry(field: DEQField, name: Any) -> Markup:
+    """A registry name with the registered class's label and description (``not registered here`` when the
+    environment rendering the card lacks it)."""
+    registry = field.registry
+    try:
+        label, text = registry.label(name), registry.description(name)
+    except ValueError:
+        return markdown("{} (a {} not registered here)", code_span(str(name)), registry.kind)
+    if normalize_name(label) == normalize_name(str(name)):
+        return markdown("{}: {}", code_span(name), text)
+    return markdown("{} ({}): {}", code_span(name), label, text)
 
 
-def estimator_rows(config) -> list[tuple[str, str]]:
-    name = estimator_name(config)
-    text = ESTIMATOR_TEXT.get(name, "a registered estimator")
-    rows = [("gradient estimator", markdown("{}: {}", code_span(config.grad_estimator), text))]
-    for key in ESTIMATOR_FIELDS.get(name, tuple(_ESTIMATOR_LABELS)):
-        rows.append((_ESTIMATOR_LABELS[key], fmt(getattr(config, key))))
-    if config.jacobian_reg_weight:
-        rows.append(("Jacobian regularisation weight", fmt(config.jacobian_reg_weight)))
-    return rows
+def _field_row(field: DEQField, config) -> tuple[str, Any]:
+    """A field's card row: its ``label`` and its value (a ``None`` resolved through its ``fallback``)."""
+    value = getattr(config, field.name)
+    if value is None and field.fallback:
+        value = getattr(config, field.fallback)
+    if field.registry is not None:
+        return field.label, _named_entry(field, value)
+    return field.label, fmt({} if value is None and field.type is dict else value)
+
+
+def solver_rows(config) -> list[tuple[str, Any]]:
+    """One row per field of the ``"solver"`` group of the field table."""
+    return [_field_row(deq_field(name), config) for name in field_names("solver")]
+
+
+def estimator_rows(config) -> list[tuple[str, Any]]:
+    """The estimator (with its registry description), the fields it reads (every hyperparameter field when it
+    is not registered here), and the regularisation fields that are on."""
+    rows = [_field_row(deq_field("grad_estimator"), config)]
+    try:
+        read = estimator_fields(estimator_name(config))
+    except ValueError:
+        read = field_names("gradient")[1:]
+    rows += [_field_row(deq_field(name), config) for name in read]
+    on = [name for name in field_names("regularization") if getattr(config, name)]
+    return rows + [_field_row(deq_field(name), config) for name in on]
 
 
 def source_install_command() -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..deq_fields import phantom_gradient_estimators
 from . import card_sections as sections
 from .budget_sweep import BUDGET_SWEEP_PLOT, budget_sweep_card
 from .card_text import Markup, card_value, escape_card_text
@@ -32,7 +33,6 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_DIRS = (_PACKAGE_ROOT / "model_cards", _PACKAGE_ROOT.parent / "model_cards")
 #: a template every family's card includes: how a template folder is recognised
 SHARED_TEMPLATE = "_deq.md.jinja"
-PHANTOM_ESTIMATORS = ("upg", "npg", "one_step")
 
 
 def find_template_dir(override: str | os.PathLike | None = None) -> Path:
@@ -69,7 +69,7 @@ def _template_env(facts: CardFacts, template_dir: str | os.PathLike | None):
 def _tags(facts: CardFacts, config) -> list[str]:
     estimator = sections.estimator_name(config)
     tags = ["deq", "implicit-model", "deep-equilibrium", "hf_deq", *facts.tags]
-    if estimator in PHANTOM_ESTIMATORS:
+    if estimator in phantom_gradient_estimators():
         tags.insert(2, "phantom-gradient")
     return [*tags, f"solver-{config.solver}", f"grad-{estimator.replace('_', '-')}", "custom_code"]
 
@@ -210,7 +210,7 @@ def render_model_card(
         "solver_rows": sections.solver_rows(config),
         "estimator_rows": sections.estimator_rows(config),
         "estimator": sections.estimator_name(config),
-        "phantom_estimators": PHANTOM_ESTIMATORS,
+        "phantom_estimators": phantom_gradient_estimators(),
         "solver_stats": {
             "mean": sections.fmt(number(stats.get("solver_nstep_mean")), 3),
             "max": sections.fmt(number(stats.get("solver_nstep_max")), 3),

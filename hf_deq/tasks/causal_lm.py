@@ -247,6 +247,10 @@ class CausalLMTask(TrainingTask):
             dataset_config_name=args.dataset_config_name,
         )
 
+    def batch_items(self, batch: dict) -> int:
+        """The tokens of a training batch."""
+        return int(batch["input_ids"].numel())
+
     def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
         outputs = model(**batch, use_cache=False, output_hidden_states=True)
         loss_sum, num_items = per_example_nll(model, batch, outputs)

@@ -29,9 +29,25 @@ from ..training.flags import flag
 from ..training.task import TaskData, TrainingTask, register_task
 
 
-def load_images(args: argparse.Namespace):
-    """``(DatasetDict(train, validation), image column, label column, label names)`` of the data flags."""
-    return load_image_datasets(
+@dataclasses.dataclass
+class RawImageData:
+    """The images of the data flags, before any processing.
+
+    Args:
+        datasets: a ``DatasetDict`` with ``train`` and ``validation``.
+        image_column / label_column: the column names of the images and of their labels.
+        label_names: the class names, in label order.
+    """
+
+    datasets: Any
+    image_column: str
+    label_column: str
+    label_names: list[str]
+
+
+def load_images(args: argparse.Namespace) -> RawImageData:
+    """The ``RawImageData`` of the data flags."""
+    datasets, image_column, label_column, label_names = load_image_datasets(
         dataset_name=args.dataset_name,
         dataset_config_name=args.dataset_config_name,
         train_dir=args.train_dir,
@@ -44,6 +60,7 @@ def load_images(args: argparse.Namespace):
         max_eval_samples=args.max_eval_samples,
         seed=args.seed,
     )
+    return RawImageData(datasets, image_column, label_column, list(label_names))
 
 
 def build_classifier(args: argparse.Namespace, label_names: list[str]):
@@ -108,6 +125,8 @@ class ImageClassificationTask(TrainingTask):
     data_source_flags = ("train_dir", "validation_dir")
     evaluation_data_flags = ("image_column_name", "label_column_name", "train_val_split", "split_seed")
     flag_ranges = {"split_seed": SEED_RANGE}
+    #: the accuracy metric (loaded by ``load_data``)
+    metric: Any = None
 
     arguments = ImageDataArguments
 
@@ -128,19 +147,18 @@ class ImageClassificationTask(TrainingTask):
             return {"dataset_name": "digits"}
         return {}
 
-    def load_raw(self, args: argparse.Namespace) -> Any:
+    def load_raw(self, args: argparse.Namespace) -> RawImageData:
         return load_images(args)
 
-    def build_model(self, args: argparse.Namespace, raw: Any, checkpoint: Path | None):
-        _, _, _, label_names = raw
-        return build_classifier(args, label_names)
+    def build_model(self, args: argparse.Namespace, raw: RawImageData, checkpoint: Path | None):
+        return build_classifier(args, raw.label_names)
 
-    def load_pretrained(self, args: argparse.Namespace, raw: Any):
+    def load_pretrained(self, args: argparse.Namespace, raw: RawImageData):
         from transformers import AutoModelForImageClassification
 
         from ..models.mdeq import MDEQImageProcessor
 
-        label_names = raw[3]
+        label_names = raw.label_names
         model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path)
         if model.config.num_labels != len(label_names):
             raise InputError(
@@ -151,16 +169,21 @@ class ImageClassificationTask(TrainingTask):
             )
         return model, MDEQImageProcessor.for_saved_model(args.model_name_or_path, model.config)
 
-    def load_data(self, args: argparse.Namespace, raw: Any, processing_class: Any) -> TaskData:
-        data, image_column, label_column, label_names = raw
+    def load_data(self, args: argparse.Namespace, raw: RawImageData, processing_class: Any) -> TaskData:
         self.metric = load_packaged_metric("accuracy")
+
+        def split(name: str):
+            return with_image_transform(
+                raw.datasets[name], processing_class, raw.image_column, raw.label_column
+            )
+
         return TaskData(
-            train=with_image_transform(data["train"], processing_class, image_column, label_column),
-            validation=with_image_transform(data["validation"], processing_class, image_column, label_column),
+            train=split("train"),
+            validation=split("validation"),
             collate_fn=collate_images,
             dataset_name=image_dataset_name(args.dataset_name, args.train_dir),
             dataset_config_name=args.dataset_config_name,
-            info={"label_names": label_names},
+            info={"label_names": raw.label_names},
         )
 
     def prepare_train_batch(self, batch: dict, args: argparse.Namespace) -> dict:
@@ -182,11 +205,11 @@ class ImageClassificationTask(TrainingTask):
         }
 
     def compute_metrics(self, values: dict[str, torch.Tensor], eval_loss: float) -> dict[str, float]:
-        metric = getattr(self, "metric", None) or load_packaged_metric("accuracy")
+        metric = self.metric or load_packaged_metric("accuracy")
         result = metric.compute(
             predictions=values["predictions"].numpy(), references=values["references"].numpy()
         )
         return {"accuracy": float(result["accuracy"])}
 
 
-__all__ = ["ImageClassificationTask", "build_classifier", "load_images"]
+__all__ = ["ImageClassificationTask", "RawImageData", "build_classifier", "load_images"]

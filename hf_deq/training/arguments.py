@@ -54,6 +54,9 @@ DEQ_ARGUMENT_NAMES = deq_argument_names()
 MIXED_PRECISION = ("no", "fp16", "bf16")
 DEQ_GROUP = "DEQ solver and gradient estimator (default: the preset's)"
 
+#: choices of the DEQ fields that have some, from the field table (the rest are checked by the config at parse time)
+DEQ_FIELD_CHOICES = {f.name: f.choices for f in DEQ_FIELDS if f.choices is not None}
+
 
 def _field_help(config_class: type) -> dict[str, str]:
     """``{field: text}`` of the ``Args:`` sections of the docstrings of a config class and its bases."""
@@ -104,20 +107,22 @@ def deq_arguments_class(config_class: type = DEQConfig) -> type:
     import json
 
     annotations, helps = _field_annotations(config_class), _field_help(config_class)
-    choices = {f.name: f.choices for f in DEQ_FIELDS if f.choices is not None}
     fields: list[tuple[str, Any, Any]] = []
     for name in deq_argument_names(config_class):
         value_type = _flag_value_type(annotations.get(name, str))
         metadata = {"help": helps.get(name, f"the config field {name}"), "unset_default": "the preset's"}
         if value_type in (dict, list):
             metadata.update(help=metadata["help"] + " (JSON)", parse=json.loads)
-        if name in choices:
-            metadata["choices"] = choices[name]
+        if name in DEQ_FIELD_CHOICES:
+            metadata["choices"] = DEQ_FIELD_CHOICES[name]
         fields.append((name, value_type | None, dataclasses.field(default=None, metadata=metadata)))
+    doc = "The DEQ flags of the training scripts (``None``: the preset's value).\n\nArgs:\n" + "".join(
+        f"    {name}: {field.metadata['help'].replace('%%', '%')}\n" for name, _, field in fields
+    )
     arguments_class = dataclasses.make_dataclass(
         f"{config_class.__name__}Arguments" if config_class is not DEQConfig else "DEQArguments",
         fields,
-        namespace={"_argument_group_name": DEQ_GROUP, "__doc__": "The DEQ flags of the training scripts."},
+        namespace={"_argument_group_name": DEQ_GROUP, "__doc__": doc},
     )
     arguments_class.__module__ = __name__
     return arguments_class
@@ -304,7 +309,7 @@ def training_parser(
     task: TrainingTask, script: str | None = None, description: str | None = None
 ) -> FlagParser:
     """The ``FlagParser`` of ``task``'s training flags with ``--config FILE`` (``script``: its ``prog`` and the
-    name a recipe's ``_script`` must give)."""
+    name a recipe's ``_script`` must give; ``description``: the text of ``--help``)."""
     return FlagParser(
         training_arguments_class(task),
         config_file=True,

@@ -190,7 +190,7 @@ class OutputDirLock:
 
 
 def resolve_checkpoint(resume_from: str, output_dir: str | os.PathLike | None) -> Path:
-    """``--resume_from_checkpoint`` value to a folder (a path, or ``latest`` for the newest one in
+    """``resume_from`` (the ``--resume_from_checkpoint`` value) to a folder (a path, or ``latest`` for the newest one in
     ``output_dir``) that holds ``trainer_state.json``. A folder without it is refused: every checkpoint the loop
     writes has it (written before the rename), and a position guessed from a folder name would silently lose the
     loss sums, timings and skipped-step count, or be wrong under another batch size."""
@@ -220,7 +220,7 @@ def save_checkpoint_atomically(
     extra: dict | None = None,
     write_files: Callable[[Path], None] | None = None,
 ) -> Path:
-    """``accelerator.save_state`` into ``<name>.tmp`` (plus ``extra`` as ``trainer_state.json`` and whatever
+    """``accelerator.save_state`` into ``output_dir/<name>.tmp`` (plus ``extra`` as ``trainer_state.json`` and whatever
     ``write_files(folder)`` writes, on the main process), then rename to ``<name>``: a crash while saving never
     leaves a half-written checkpoint under a name that resuming would pick."""
     final = Path(output_dir) / name

@@ -26,7 +26,7 @@ EVAL_KEYS = (
 
 
 def solver_stats(outputs) -> dict[str, float]:
-    """Mean/max solver steps and mean finite residual of a DEQ output (or anything with ``solver_nstep`` and
+    """Mean/max solver steps and mean finite residual of ``outputs``, a DEQ output (or anything with ``solver_nstep`` and
     ``solver_residual``). An output without them (an explicit model: no solver) gets NaN for each."""
     nstep = getattr(outputs, "solver_nstep", None)
     residual = getattr(outputs, "solver_residual", None)
@@ -61,7 +61,8 @@ def evaluate(
     """``EVAL_KEYS`` and ``eval_<metric>``: ``eval_loss`` is the sum of the per-example losses over the sum of
     their item counts (tokens for a language model, 1 per image), so it is exact whatever the batching. A task
     whose ``eval_step`` returns no solver statistics (an explicit model) gets NaN for them. ``on_batch`` is called
-    after each batch (a progress bar)."""
+    after each batch (a progress bar). ``dataloader``: the prepared evaluation batches; ``accelerator`` gathers
+    the per-example values of every process."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in dataloader:
@@ -89,7 +90,7 @@ def evaluate(
 
 
 def packaged_metric_path(name: str) -> str:
-    """Path of an ``evaluate`` metric module shipped in ``hf_deq/metrics`` (e.g. ``"accuracy"``)."""
+    """Path of the ``evaluate`` metric module ``name`` shipped in ``hf_deq/metrics`` (e.g. ``"accuracy"``)."""
     path = Path(__file__).resolve().parents[1] / "metrics" / f"{name}.py"
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.py") if not p.stem.startswith("_"))
@@ -99,7 +100,8 @@ def packaged_metric_path(name: str) -> str:
 
 def load_packaged_metric(name: str, **kwargs: Any):
     """``evaluate.load`` of a packaged metric by path: works offline (``evaluate.load("accuracy")`` fetches the
-    module from the Hub). In multi-process runs call it under ``accelerator.main_process_first()``."""
+    module from the Hub); ``name`` as in ``packaged_metric_path``. In multi-process runs call it under
+    ``accelerator.main_process_first()``."""
     import evaluate
 
     return evaluate.load(packaged_metric_path(name), **kwargs)

@@ -17,7 +17,8 @@ def decays(name: str, param: torch.nn.Parameter) -> bool:
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """``[decayed, not decayed]`` trainable parameters (tied parameters once: ``named_parameters`` dedups)."""
+    """``[decayed, not decayed]`` trainable parameters of ``model`` (tied parameters once: ``named_parameters``
+    dedups); the first group gets ``weight_decay``."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -29,7 +30,8 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """``--optimizer`` (AdamW or SGD) over ``parameter_groups``."""
+    """``args.optimizer`` (AdamW or SGD, with the learning rate, momentum and betas of ``args``) over
+    ``parameter_groups(model, args.weight_decay)``."""
     groups = parameter_groups(model, args.weight_decay)
     if args.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum, nesterov=args.nesterov)
@@ -39,8 +41,8 @@ def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.o
 
 
 def build_scheduler(args: argparse.Namespace, optimizer, max_train_steps: int, num_processes: int):
-    """``--lr_scheduler_type`` over ``max_train_steps`` optimizer steps. Accelerate steps a prepared scheduler
-    once per process, hence the factor."""
+    """``args.lr_scheduler_type`` over ``max_train_steps`` optimizer steps of ``optimizer``. Accelerate steps a
+    prepared scheduler once per process, hence the factor ``num_processes``."""
     from transformers import get_scheduler
 
     kwargs = {"min_lr_rate": args.min_lr_ratio} if args.lr_scheduler_type == "cosine_with_min_lr" else {}

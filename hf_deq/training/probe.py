@@ -117,11 +117,10 @@ def build_probe(
 ) -> GradientProbe | None:
     """The run's probe on ``model`` (the unwrapped one), or ``None`` when ``--probe_steps`` is 0: then nothing is
     built and the step path is unchanged."""
-    every = getattr(args, "probe_steps", 0) or 0
-    if not every:
+    if not args.probe_steps:
         return None
     batch = probe_batch(args, data, device)
-    return GradientProbe(model, batch, every, getattr(args, "probe_contractivity", False), forward_kwargs)
+    return GradientProbe(model, batch, args.probe_steps, args.probe_contractivity, forward_kwargs)
 
 
 __all__ = ["GradientProbe", "ProbeError", "build_probe", "probe_batch", "probe_summary"]

@@ -81,23 +81,22 @@ def task_metrics(history: Sequence[dict[str, Any]]) -> list[str]:
     return list(keys)
 
 
-def plot_training_curves(
-    history: Sequence[dict[str, Any]],
-    log_history: Sequence[dict[str, Any]],
-    path: str | os.PathLike,
-    title: str | None = None,
-) -> Path:
-    """Draw the run's curves into the PNG ``path`` (raises ``ImportError`` without matplotlib); returns it."""
-    import matplotlib
+#: one curve of a panel: ``(label, entries, key, positive)`` (``positive``: only values above 0 are drawn)
+Curve = tuple[str, Sequence[dict[str, Any]], str, bool]
+#: one panel of the picture: ``(title, curves, log_scale)``
+Panel = tuple[str, list[Curve], bool]
 
-    matplotlib.use("Agg")  # no display; a no-op when already chosen
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
-    metrics = task_metrics(history)
-    panels: list[tuple[str, list[tuple[str, Sequence[dict], str, bool]], bool]] = [
+def curve_panels(history: Sequence[dict[str, Any]], log_history: Sequence[dict[str, Any]]) -> list[Panel]:
+    """The panels of the picture of ``history`` (evaluations) and ``log_history`` (training logs): loss, the
+    task's metric, solver steps, residual and, when recorded, gradient alignment and spectral radius."""
+    panels: list[Panel] = [
         ("loss", [("train", log_history, "train_loss", False), ("eval", history, "eval_loss", False)], False),
-        ("evaluation metric", [(k.removeprefix("eval_"), history, k, False) for k in metrics], False),
+        (
+            "evaluation metric",
+            [(k.removeprefix("eval_"), history, k, False) for k in task_metrics(history)],
+            False,
+        ),
         (
             "solver steps (mean per sample)",
             [("train", log_history, "solver_nstep", False), ("eval", history, "eval_solver_nstep", False)],
@@ -113,46 +112,61 @@ def plot_training_curves(
         ),
     ]
     if any("grad_alignment_cosine" in entry for entry in log_history):
-        panels.append(
-            (
-                "gradient alignment with the exact gradient",
-                [
-                    ("cosine", log_history, "grad_alignment_cosine", False),
-                    ("relative error", log_history, "grad_alignment_relative_error", False),
-                ],
-                False,
-            )
-        )
+        alignment: list[Curve] = [
+            ("cosine", log_history, "grad_alignment_cosine", False),
+            ("relative error", log_history, "grad_alignment_relative_error", False),
+        ]
+        panels.append(("gradient alignment with the exact gradient", alignment, False))
     if any("spectral_radius_max" in entry for entry in log_history):
-        panels.append(
-            (
-                "spectral radius of df/dz",
-                [
-                    ("mean", log_history, "spectral_radius_mean", False),
-                    ("max", log_history, "spectral_radius_max", False),
-                ],
-                False,
-            )
-        )
+        radius: list[Curve] = [
+            ("mean", log_history, "spectral_radius_mean", False),
+            ("max", log_history, "spectral_radius_max", False),
+        ]
+        panels.append(("spectral radius of df/dz", radius, False))
+    return panels
+
+
+def _draw_panel(ax, panel: Panel) -> None:
+    """Draw ``panel`` on the axes ``ax`` ("not recorded" when none of its curves has a value)."""
+    from matplotlib.ticker import MaxNLocator
+
+    name, curves, log_scale = panel
+    drawn = 0
+    for label, entries, key, positive in curves:
+        steps, values = _series(entries, key, positive=positive)
+        if steps:
+            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
+            drawn += 1
+    if drawn and log_scale:
+        ax.set_yscale("log")
+    if drawn:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel("optimizer step", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def plot_training_curves(
+    history: Sequence[dict[str, Any]],
+    log_history: Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    title: str | None = None,
+) -> Path:
+    """Draw the run's curves (``curve_panels``) into the PNG ``path`` (raises ``ImportError`` without
+    matplotlib); returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; a no-op when already chosen
+    import matplotlib.pyplot as plt
+
+    panels = curve_panels(history, log_history)
     rows = math.ceil(len(panels) / 2)
     figure, axes = plt.subplots(rows, 2, figsize=(11, 3.2 * rows), squeeze=False)
-    for ax, (name, curves, log_scale) in zip(axes.flat, panels):
-        drawn = 0
-        for label, entries, key, positive in curves:
-            steps, values = _series(entries, key, positive=positive)
-            if steps:
-                ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=label)
-                drawn += 1
-        if drawn and log_scale:
-            ax.set_yscale("log")
-        if drawn:
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, color="gray")
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("optimizer step", fontsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
+    for ax, panel in zip(axes.flat, panels):
+        _draw_panel(ax, panel)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     if title:
@@ -205,6 +219,7 @@ def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None
 
 __all__ = [
     "RunPlotError",
+    "curve_panels",
     "plot_run",
     "plot_training_curves",
     "read_run",

@@ -8,7 +8,8 @@ class EstimatorSchedule:
     """Plain backprop through unrolled iterations for the first ``warmup_steps`` optimizer steps, then the
     configured estimator (with its own ``grad_steps``, restored exactly). A model without DEQ estimator fields
     (``set_grad_estimator``: an explicit baseline) has nothing to schedule: the schedule does nothing, and a
-    warm-up asked of it is an error."""
+    warm-up asked of it is an error. ``warmup_depth``: the iterations unrolled in the warm-up (default: the
+    model's ``grad_steps``)."""
 
     def __init__(self, model, warmup_steps: int, warmup_depth: int | None = None) -> None:
         self.model = model

@@ -11,12 +11,13 @@ import contextlib
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .arguments import parse_args as parse_training_args
 from .errors import FlagError, LaunchError, TrainingError
+from .hooks import TrainingHook
 from .loop import train
 from .task import TrainingTask, get_task
 
@@ -119,12 +120,16 @@ def check_script_args(args: Any, script: str) -> Any:
 
 
 def training_script(
-    task_name: str, script_file: str | os.PathLike, description: str | None = None
+    task_name: str,
+    script_file: str | os.PathLike,
+    description: str | None = None,
+    hooks: Iterable[TrainingHook] = (),
 ) -> tuple[TrainingTask, Callable[..., Any], Callable[..., dict[str, Any]]]:
     """``(task, parse_args, main)`` of the script ``script_file`` that trains ``task_name``'s models:
     ``parse_args(argv)`` parses and checks its flags (one ``error:`` line, exit status 2, on a bad value) and
-    ``main(argv)`` trains with the one loop and returns the results; ``argv=None`` reads ``sys.argv``. A bad
-    data input found while loading is one ``error:`` line too, before training."""
+    ``main(argv)`` trains with the one loop and its ``hooks`` (e.g. ``HubPushHook``) and returns the results;
+    ``argv=None`` reads ``sys.argv``; ``description`` is the text of ``--help``. A bad data input found while loading is one ``error:`` line too, before
+    training."""
     task = get_task(task_name)
     name = Path(script_file).name
     description = f"{description or ''}\n{launch_help(name)}\n"
@@ -140,7 +145,7 @@ def training_script(
         if main_process:
             print(f"{name}: the model and its results will be saved in {args.output_dir}", file=sys.stderr)
         with error_lines(name, args.output_dir):
-            results = train(task, args)
+            results = train(task, args, hooks)
         if main_process:
             print(f"{name}: saved the model and all_results.json in {args.output_dir}", file=sys.stderr)
         return results

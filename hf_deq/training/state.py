@@ -119,9 +119,30 @@ class TrainingState:
             accelerator.load_state(str(checkpoint))
         return state
 
+    def add_micro_batch(self, forward_time: float, backward_time: float, loss: float | None) -> None:
+        """Count one training micro-batch: its ``forward_time`` and ``backward_time`` (seconds) and, unless it was
+        skipped (``loss=None``), its training ``loss`` (the run's running means, kept as sums to resume them)."""
+        self.batches_in_epoch += 1
+        self.forward_time += forward_time
+        self.backward_time += backward_time
+        self.timed_steps += 1
+        if loss is not None:
+            self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
+
     @property
     def train_loss(self) -> float:
+        """The mean training loss of the run (NaN before any counted micro-batch)."""
         return self.loss_sum / self.loss_count if self.loss_count else float("nan")
+
+    @property
+    def forward_time_per_step(self) -> float:
+        """Mean forward seconds per micro-batch (0 before any)."""
+        return self.forward_time / max(self.timed_steps, 1)
+
+    @property
+    def backward_time_per_step(self) -> float:
+        """Mean backward seconds per micro-batch (0 before any)."""
+        return self.backward_time / max(self.timed_steps, 1)
 
 
 __all__ = ["POSITION_KEYS", "TrainingState", "TrainingStateError"]

@@ -95,7 +95,8 @@ def tensors_are_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
 
 
 def gradients_are_finite(parameters: Iterable[torch.nn.Parameter]) -> bool:
-    """Whether every ``.grad`` is free of NaN/inf (``tensors_are_finite`` of the gradients)."""
+    """Whether the ``.grad`` of every tensor of ``parameters`` is free of NaN/inf (``tensors_are_finite`` of the
+    gradients)."""
     return tensors_are_finite(p.grad for p in parameters)
 
 
@@ -239,7 +240,15 @@ class GuardedStep:
     """``step(batch)``: one micro-batch of ``accelerator.accumulate``; on the last micro-batch of an update,
     clipping, ``optimizer.step()`` and ``lr_scheduler.step()``. The scheduler steps on skipped updates too, so that
     the learning rate is a function of the step count. With several processes the finite/non-finite decision is
-    gathered (min over ranks), so every rank takes the same branch."""
+    gathered (min over ranks), so every rank takes the same branch.
+
+    Args:
+        accelerator, model, optimizer, lr_scheduler: the prepared training objects.
+        max_grad_norm: clip the gradient norm to this (``None``: no clipping).
+        max_nonfinite_steps: consecutive non-finite updates skipped before the run stops (``NonFiniteStepGuard``).
+        forward: ``forward(model, batch)`` returns the outputs with a ``loss``.
+        log: where the guard's messages go.
+    """
 
     def __init__(
         self,

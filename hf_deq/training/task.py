@@ -5,22 +5,37 @@ metric), registered by name with ``register_task`` and found with ``get_task``."
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 
+class Examples(Protocol):
+    """A dataset the loaders take: its length and its rows by index (a ``datasets.Dataset``, a list)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
 @dataclass
 class TaskData:
-    """A task's data for one run: the training and evaluation datasets (rows the collator takes), the collator,
-    and what the run trained on (``dataset_name``: a Hub id, a built-in name or a local file/folder's base
-    name)."""
+    """A task's data for one run.
 
-    train: Any
-    validation: Any
-    collate_fn: Any
+    Args:
+        train / validation: the training and evaluation examples (rows the collator takes).
+        collate_fn: the collator: a list of rows to one batch of tensors.
+        dataset_name: what the run trained on (a Hub id, a built-in name or a local file/folder's base name).
+        dataset_config_name: the dataset's configuration, if any.
+        info: what else the task knows of its data (e.g. ``label_names``).
+    """
+
+    train: Examples
+    validation: Examples
+    collate_fn: Callable[[list[Any]], dict[str, Any]]
     dataset_name: str
     dataset_config_name: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -87,6 +102,20 @@ class TrainingTask:
     def training_forward(self, model, batch: dict):
         return model(**batch, **self.forward_kwargs)
 
+    def model_is_deq(self, model: torch.nn.Module) -> bool:
+        """Whether ``model`` (one ``build_model`` made) is a DEQ, by its config class: a ``DEQConfig`` has the
+        solver, gradient-estimator and Jacobian-regularisation fields the loop logs and schedules; an explicit
+        baseline's config has none."""
+        from ..configuration_deq import DEQConfig
+
+        return isinstance(model.config, DEQConfig)
+
+    def batch_items(self, batch: dict) -> int:
+        """What one training batch counts for the throughput (``TrainingClock.items_per_second``): by default
+        its examples (the first dimension of its first tensor)."""
+        tensor = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+        return int(tensor.shape[0]) if tensor is not None and tensor.dim() else 0
+
     def eval_step(self, model, batch: dict) -> dict[str, torch.Tensor]:
         """Per-example tensors of one evaluation batch: ``loss_sum`` (summed loss of each example),
         ``num_items`` (what it is summed over), ``solver_nstep``, ``solver_residual``, and what
@@ -102,7 +131,7 @@ _TASKS: dict[str, type[TrainingTask]] = {}
 
 
 def register_task(task_class: type[TrainingTask]) -> type[TrainingTask]:
-    """Register a task class under its ``name`` (usable as a class decorator)."""
+    """Register ``task_class`` under its ``name`` (usable as a class decorator)."""
     if not task_class.name:
         raise ValueError(f"{task_class.__name__}.name is empty")
     if _TASKS.get(task_class.name, task_class) is not task_class:
@@ -126,4 +155,4 @@ def get_task(name: str) -> TrainingTask:
     return _TASKS[name]()
 
 
-__all__ = ["TaskData", "TrainingTask", "available_tasks", "get_task", "register_task"]
+__all__ = ["Examples", "TaskData", "TrainingTask", "available_tasks", "get_task", "register_task"]

@@ -17,7 +17,7 @@ import torch
 
 
 def log_step(path: str | os.PathLike, accelerator, record: dict[str, Any]) -> None:
-    """Append ``record`` (plus ``process_index`` / ``num_processes``) as one JSON line. Process 0 writes ``path``,
+    """Append ``record`` (plus the ``accelerator``'s ``process_index`` / ``num_processes``) as one JSON line. Process 0 writes ``path``,
     process ``i > 0`` writes ``path.rank<i>``; a resumed run appends to the same file."""
     index = accelerator.process_index
     target = Path(path) if index == 0 else Path(f"{path}.rank{index}")
@@ -27,7 +27,7 @@ def log_step(path: str | os.PathLike, accelerator, record: dict[str, Any]) -> No
 
 
 def state_fingerprint(model: torch.nn.Module) -> dict[str, str]:
-    """SHA-256 of the parameters and of the whole ``state_dict`` (buffers included): equal fingerprints on every
+    """SHA-256 of the parameters of ``model`` and of its whole ``state_dict`` (buffers included): equal fingerprints on every
     rank show that data-parallel training kept the replicas identical. Under FSDP2 it is a collective: every
     rank must call it."""
 

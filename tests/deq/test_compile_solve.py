@@ -63,7 +63,9 @@ def staggered_map(seed: int = 0, batch: int = 4, dim: int = 8, diverging: tuple[
 def assert_same_per_sample(result, reference, noise: float = 1e-13) -> None:
     """The same per-sample results. Inductor fuses and rounds differently: a sample that reached rounding
     noise (residual below ``noise``, e.g. a fast one still iterating while a slow one converges) has a
-    best iterate that is only defined to that precision, so only its ``nstep`` may differ."""
+    best iterate that is only defined to that precision, so only its ``nstep`` may differ, and against a
+    tolerance below the noise (``tol=1e-30``) whether it converged: an exact zero residual in one rounding is
+    1e-17 in another. Each result's verdict still follows its own residuals."""
     torch.testing.assert_close(result.z, reference.z, rtol=1e-12, atol=1e-12)
     above_noise = reference.residual > noise
     assert torch.equal(result.nstep[above_noise], reference.nstep[above_noise]), (
@@ -72,7 +74,9 @@ def assert_same_per_sample(result, reference, noise: float = 1e-13) -> None:
     )
     torch.testing.assert_close(result.abs_residual, reference.abs_residual, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(result.rel_residual, reference.rel_residual, rtol=1e-10, atol=1e-14)
-    assert torch.equal(result.converged, reference.converged)
+    assert torch.equal(result.converged[above_noise], reference.converged[above_noise])
+    for r in (result, reference):
+        assert torch.equal(r.converged, r.residual <= r.tol), (r.converged, r.residual, r.tol)
 
 
 @pytest.mark.parametrize("name", list(SOLVERS))
@@ -184,7 +188,12 @@ def training_steps(deq: DEQFixedPoint, steps: int = 2) -> list[dict]:
         before = graphs()
         z, result = deq(fn, z0)
         (z * torch.linspace(-1.0, 1.0, z.numel(), dtype=z.dtype).view_as(z)).sum().backward()
-        records.append({"z": z.detach(), "nstep": result.nstep, "w.grad": w.grad, "x.grad": x.grad})
+        # A sample whose residual reached rounding noise (an exact zero in one rounding, 1e-17 in another) has a
+        # best iterate defined only to that precision: its nstep is compared where it is above the noise.
+        above_noise = result.residual > 1e-13
+        records.append(
+            {"z": z.detach(), "nstep": result.nstep[above_noise], "w.grad": w.grad, "x.grad": x.grad}
+        )
         records[-1]["new_graphs"] = graphs() - before
     return records
 

@@ -80,20 +80,27 @@ CASES = [
 ]
 
 
-def _no_data(monkeypatch) -> None:
-    """Loading any data fails the test: the errors must come first."""
+def _no_data(monkeypatch, *scripts: str) -> None:
+    """Loading any data fails the test: the errors must come first. The ``scripts`` are loaded first (a script
+    first loaded while patched would keep ``refuse`` for every later test); every module that imported a loader
+    by name gets the patch too, undone with the rest."""
+    for script in scripts:
+        load_script(script)
 
     def refuse(*args, **kwargs):
         raise AssertionError("data was loaded before the flags were checked")
 
+    import datasets
+
     import hf_deq.data.images as images
     import hf_deq.data.text as text
 
-    monkeypatch.setattr(images, "load_image_datasets", refuse)
-    monkeypatch.setattr(text, "load_text_datasets", refuse)
-    import datasets
-
-    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    loaders = [(images, "load_image_datasets"), (text, "load_text_datasets"), (datasets, "load_dataset")]
+    for owner, name in loaders:
+        original = getattr(owner, name)
+        for module in list(sys.modules.values()):
+            if getattr(module, name, None) is original:
+                monkeypatch.setattr(module, name, refuse)
 
 
 def _one_error_line(err: str, flag: str, fragment: str) -> None:
@@ -108,7 +115,7 @@ def _one_error_line(err: str, flag: str, fragment: str) -> None:
 def test_a_bad_value_is_one_error_line_naming_its_flag(
     script, argv, flag, fragment, tmp_path, monkeypatch, capsys
 ):
-    _no_data(monkeypatch)
+    _no_data(monkeypatch, script)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         load_script(script).main(argv)
@@ -121,7 +128,7 @@ def test_evaluate_deq_checks_the_family_flags_before_loading_data(tmp_path, monk
 
     model_dir = tmp_path / "model"
     hf_deq.create_config("test_mdeq_tiny").save_pretrained(model_dir)
-    _no_data(monkeypatch)
+    _no_data(monkeypatch, "evaluate_deq")
     with pytest.raises(SystemExit) as exit_info:
         load_script("evaluate_deq").main(
             ["--model_name_or_path", str(model_dir), "--", "--solver_max_iter", "0"]
@@ -133,7 +140,7 @@ def test_evaluate_deq_checks_the_family_flags_before_loading_data(tmp_path, monk
 def test_a_bad_recipe_value_names_the_key(tmp_path, monkeypatch, capsys):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"_script": "train_deq_lm.py", "solver_max_iter": -3}))
-    _no_data(monkeypatch)
+    _no_data(monkeypatch, "train_deq_lm")
     with pytest.raises(SystemExit) as exit_info:
         load_script("train_deq_lm").main(["--config", str(recipe)])
     assert exit_info.value.code == 2
@@ -268,7 +275,7 @@ def test_the_trainer_script_refuses_a_misspelled_name_or_another_family(
 
     hf_deq.create_config("test_deq_transformer_tiny").save_pretrained(tmp_path / "LM")
     hf_deq.create_config("test_mdeq_tiny").save_pretrained(tmp_path / "MDEQ")
-    _no_data(monkeypatch)
+    _no_data(monkeypatch, "finetune_with_trainer")
     argv = [str(tmp_path / a) if a in ("LM", "MDEQ") else a for a in argv]
     with pytest.raises(SystemExit) as exit_info:
         load_script("finetune_with_trainer").main([*argv, "--output_dir", str(tmp_path / "out")])
@@ -325,7 +332,7 @@ def test_accelerate_launch_asked_for_processes_it_did_not_start_is_refused(tmp_p
         monkeypatch.setattr("os.getppid", lambda: launcher.pid)
         monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")  # what accelerate launch sets
         monkeypatch.delenv("WORLD_SIZE", raising=False)
-        _no_data(monkeypatch)
+        _no_data(monkeypatch, "train_deq_lm")
         with pytest.raises(SystemExit) as exit_info:
             load_script("train_deq_lm").main([*LM, "--output_dir", str(tmp_path / "out")])
     finally:

@@ -82,10 +82,11 @@ def _mdeq_accuracy_of_saved_model(model, out: Path, args: list[str]) -> tuple[in
     from transformers import AutoImageProcessor
 
     script = load_script("train_mdeq_classifier")
-    data, image_column, label_column, _ = load_images(script.parse_args([*args, "--overwrite_output_dir"]))
+    raw = load_images(script.parse_args([*args, "--overwrite_output_dir"]))
+    validation = raw.datasets["validation"]
     processor = AutoImageProcessor.from_pretrained(out)
-    pixels = processor(list(data["validation"][image_column]), return_tensors="pt")["pixel_values"]
-    labels = torch.tensor(list(data["validation"][label_column]))
+    pixels = processor(list(validation[raw.image_column]), return_tensors="pt")["pixel_values"]
+    labels = torch.tensor(list(validation[raw.label_column]))
     with torch.no_grad():
         predictions = model(pixel_values=pixels).logits.argmax(-1)
     return int((predictions == labels).sum()), len(labels)

@@ -15,6 +15,16 @@ class GradientEstimator:
     every tensor ``fn`` closes over (the input injection). Hyperparameters are constructor arguments.
     """
 
+    #: Short name on the model card (``"UPG"``); a subclass without its own shows its registry name.
+    label: str = ""
+    #: One line on the method, citing the paper equation (the model card's estimator row); without it, the first
+    #: paragraph of the class docstring. The DEQ fields it reads are its constructor arguments
+    #: (``hf_deq.deq_fields.estimator_fields``).
+    description: str = ""
+    #: True for the phantom gradients (arXiv 2111.05177): an approximation of the implicit gradient computed
+    #: from the fixed point (the card's "phantom-gradient" tag, ``scripts/gradient_alignment_sweep.py``).
+    phantom_gradient: bool = False
+
     #: False for estimators that do not start from a fixed point (plain unrolling from ``z0``):
     #: ``DEQFixedPoint`` then skips the forward solve in training and passes ``z0``.
     needs_fixed_point: bool = True

@@ -28,6 +28,12 @@ class ImplicitDifferentiation(GradientEstimator, BackwardTransform):
         solver_kwargs: hyperparameters for a solver given by name.
     """
 
+    label = "implicit"
+    description = (
+        "exact implicit differentiation (arXiv 2111.05177, eq. 3): the backward pass solves u = J^T u + g "
+        "with a linear solver"
+    )
+
     def __init__(
         self,
         solver: str | Solver = "gmres",

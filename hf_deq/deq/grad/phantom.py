@@ -30,6 +30,13 @@ class UnrolledPhantomGradient(GradientEstimator):
         damping: ``lambda`` in ``(0, 1]``.
     """
 
+    label = "UPG"
+    description = (
+        "unrolling-based phantom gradient UPG(k, lambda) (arXiv 2111.05177, eq. 9): after the no-grad solve, "
+        "k damped steps h <- lambda F(h) + (1 - lambda) h are unrolled under autograd from the fixed point"
+    )
+    phantom_gradient = True
+
     def __init__(self, steps: int = 5, damping: float = 0.5) -> None:
         self.steps = check_steps(type(self).__name__, steps)
         self.damping = check_damping(type(self).__name__, damping)
@@ -41,6 +48,9 @@ class UnrolledPhantomGradient(GradientEstimator):
 class OneStepGradient(UnrolledPhantomGradient):
     """One-step gradient (Jacobian-free backprop, Fung et al. 2022): UPG with ``k = 1``, ``lambda = 1``,
     i.e. ``dL/dtheta ~= g F_theta`` at ``z*``."""
+
+    label = "one-step"
+    description = "one-step (Jacobian-free) gradient (Fung et al. 2022): UPG with k = 1, lambda = 1"
 
     def __init__(self) -> None:
         super().__init__(steps=1, damping=1.0)
@@ -56,6 +66,13 @@ class NeumannPhantomGradient(GradientEstimator, BackwardTransform):
         steps: ``k``, the number of terms of the series.
         damping: ``lambda`` in ``(0, 1]``.
     """
+
+    label = "NPG"
+    description = (
+        "Neumann-series phantom gradient NPG(k, lambda) (arXiv 2111.05177, eq. 10): the backward pass sums "
+        "k terms of the damped Neumann series of (I - J)^-1, memory O(1) in k"
+    )
+    phantom_gradient = True
 
     def __init__(self, steps: int = 5, damping: float = 0.5) -> None:
         self.steps = check_steps(type(self).__name__, steps)

@@ -16,6 +16,12 @@ class UnrolledBackprop(GradientEstimator):
     forward solve in training and passes ``z0``.
     """
 
+    label = "unrolled"
+    description = (
+        "plain backpropagation through k explicit iterations from the initial state (the unrolled warm-up "
+        "of Bai et al. 2019)"
+    )
+
     needs_fixed_point = False
 
     def __init__(self, steps: int = 5) -> None:

@@ -66,6 +66,12 @@ class Anderson(Solver):
             end of ``max_iter`` (see ``hf_deq.deq.solvers.base``).
     """
 
+    label = "Anderson"
+    description = (
+        "Anderson acceleration: each step mixes the last m iterates with the weights that minimise their "
+        "combined residual (Anderson 1965; Walker & Ni 2011)"
+    )
+
     has_step = True
 
     def __init__(

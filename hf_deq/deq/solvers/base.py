@@ -226,6 +226,12 @@ class Solver:
     without autograd, validates its arguments and returns a ``SolverResult``.
     """
 
+    #: Short name on the model card (``"Anderson"``); a subclass without its own shows its registry name.
+    label: str = ""
+    #: One line on the method, citing its paper (the model card's solver row); without it, the first paragraph
+    #: of the class docstring.
+    description: str = ""
+
     #: True for solvers that are only correct on affine maps ``f(z) = A z + b`` (e.g. GMRES). They serve the
     #: linear backward problem of implicit differentiation and are refused as forward solvers.
     affine_only: bool = False

@@ -38,6 +38,12 @@ class Broyden(Solver):
             end of ``max_iter`` (see ``hf_deq.deq.solvers.base``).
     """
 
+    label = "Broyden"
+    description = (
+        "Broyden's quasi-Newton method on g(z) = f(z) - z with a limited-memory inverse Jacobian "
+        "(DEQ paper, Bai et al. 2019, sec. 3.1.1)"
+    )
+
     has_step = True
 
     def __init__(self, memory: int = 20, step_size: float = 1.0, check_every: int | None = 1) -> None:

@@ -26,6 +26,9 @@ class FixedPointIteration(Solver):
             end of ``max_iter`` (see ``hf_deq.deq.solvers.base``).
     """
 
+    label = "fixed-point iteration"
+    description = "damped iteration z <- damping f(z) + (1 - damping) z (DEQ paper, Bai et al. 2019, eq. 2)"
+
     has_step = True
 
     def __init__(self, damping: float = 1.0, check_every: int | None = 1) -> None:

@@ -35,6 +35,12 @@ class GMRES(Solver):
         restart: Krylov dimension before a restart.
     """
 
+    label = "GMRES"
+    description = (
+        "GMRES (Saad & Schultz 1986), for affine maps only: the linear backward problem u = J^T u + g of "
+        "implicit differentiation"
+    )
+
     affine_only = True
 
     def __init__(self, restart: int = 20) -> None:
