@@ -13,7 +13,13 @@ from typing import Any
 class DescriptionAndDefaultsFormatter(
     argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter
 ):
-    """``--help`` keeps the description's line breaks (the scripts' usage examples) and shows every default."""
+    """``--help`` keeps the description's line breaks (the scripts' usage examples) and shows every default
+    (a required flag, which has none, says so)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required:
+            return f"{action.help} (required)"
+        return super()._get_help_string(action)
 
 
 def parse_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[Any, ...]:
