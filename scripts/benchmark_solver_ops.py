@@ -42,9 +42,7 @@ DEFAULT_PRESETS = "deq-transformer-char,mdeq-tiny-digits"
 class SolverOpsFlags:
     """The flags of this script."""
 
-    mode: Literal["ops", "step", "all"] = field(
-        default="all", metadata={"help": "what to measure (default: all)"}
-    )
+    mode: Literal["ops", "step", "all"] = field(default="all", metadata={"help": "what to measure"})
     presets: str = field(default=DEFAULT_PRESETS, metadata={"help": "comma-separated presets"})
     variants: str | None = field(
         default=None,

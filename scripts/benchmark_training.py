@@ -60,9 +60,7 @@ DEFAULT_MAX_EVAL_SAMPLES = {"lm": 512, "mdeq": None}
 class TrainingBenchmarkFlags:
     """The flags of this script."""
 
-    families: str = field(
-        default="lm,mdeq", metadata={"help": "comma-separated subset of lm,mdeq (default: both)"}
-    )
+    families: str = field(default="lm,mdeq", metadata={"help": "comma-separated subset of lm,mdeq"})
     train_file: str | None = field(
         default=None, metadata={"help": "the text of the lm family (e.g. tinyshakespeare)"}
     )

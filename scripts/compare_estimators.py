@@ -71,24 +71,21 @@ class CompareFlags:
     task: str = field(
         default="image-classification",
         metadata={
-            "help": "the family: image-classification (MDEQ) or causal-lm (DEQ-Transformer); default "
-            "image-classification",
+            "help": "the family: image-classification (MDEQ) or causal-lm (DEQ-Transformer)",
             "choices": [t for t in available_tasks() if t in ec.TRAIN_SCRIPTS],
         },
     )
-    seeds: str = field(default="0,1,2", metadata={"help": "comma-separated training seeds (default 0,1,2)"})
+    seeds: str = field(default="0,1,2", metadata={"help": "comma-separated training seeds"})
     estimators: list[str] = field(
         default_factory=lambda: list(ESTIMATORS),
-        metadata={"help": "default: all four", "choices": ESTIMATORS},
+        metadata={"help": "the gradient estimators compared", "choices": ESTIMATORS},
     )
     reference: str = field(
         default="implicit", metadata={"help": "whose final metric is the target", "choices": ESTIMATORS}
     )
     tolerance: float = field(
         default=0.0,
-        metadata={
-            "help": "move the target this much towards worse (e.g. 0.005 = half an accuracy point); default 0"
-        },
+        metadata={"help": "move the target this much towards worse (e.g. 0.005 = half an accuracy point)"},
     )
     in_process: bool = field(default=False, metadata={"help": "run the trainings in this process"})
     skip_existing: bool = field(
