@@ -183,25 +183,12 @@ def kernel_time_ms(step) -> float:
     )
 
 
-def run_estimator(
-    family: str, preset: str, estimator: str, flags: GpuCheckFlags, variant: str = "eager"
-) -> dict:
-    """Time ``flags.steps`` training steps of ``preset`` with ``estimator`` in ``variant`` of the solve."""
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(mixed_precision=flags.mixed_precision)
-    torch.manual_seed(0)
-    model = hf_deq.create_model(
-        preset, grad_estimator=estimator, solver_on_failure="ignore", **VARIANTS[variant]
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-    batch, items = make_batch(family, model.config, flags, accelerator.device)
-    torch.cuda.reset_peak_memory_stats()
+def timed_steps(accelerator, model, optimizer, batch: dict, steps: int) -> tuple:
+    """``(forward s, backward s, step s, losses, solver steps, gradients finite)`` of ``steps`` training steps
+    after 2 warm-up steps (the lists hold one value per timed step)."""
     fwd, bwd, total, losses, nsteps = [], [], [], [], []
     grads_finite = True
-    for step in range(flags.steps + 2):
+    for step in range(steps + 2):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         with accelerator.autocast():
@@ -222,6 +209,28 @@ def run_estimator(
             total.append(t3 - t0)
             losses.append(float(out.loss))
             nsteps.append(solver_stats(out)["solver_nstep"])
+    return fwd, bwd, total, losses, nsteps, grads_finite
+
+
+def run_estimator(
+    family: str, preset: str, estimator: str, flags: GpuCheckFlags, variant: str = "eager"
+) -> dict:
+    """Time ``flags.steps`` training steps of ``preset`` with ``estimator`` in ``variant`` of the solve."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(mixed_precision=flags.mixed_precision)
+    torch.manual_seed(0)
+    model = hf_deq.create_model(
+        preset, grad_estimator=estimator, solver_on_failure="ignore", **VARIANTS[variant]
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    batch, items = make_batch(family, model.config, flags, accelerator.device)
+    torch.cuda.reset_peak_memory_stats()
+    fwd, bwd, total, losses, nsteps, grads_finite = timed_steps(
+        accelerator, model, optimizer, batch, flags.steps
+    )
     step_time = statistics.median(total)
 
     def one_step() -> None:
