@@ -33,16 +33,12 @@ from benchmarks.tables import write_results
 from benchmarks.torchdeq_adapter import import_torchdeq
 
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @dataclass(frozen=True)
 class EstimatorBenchmarkFlags:
     """The flags of this script."""
 
     device: Literal["cpu", "cuda"] = field(
-        default_factory=_default_device,
+        default="cuda" if torch.cuda.is_available() else "cpu",
         metadata={"help": "where the cells run (default: cuda when available)"},
     )
     compare_torchdeq: bool = field(
