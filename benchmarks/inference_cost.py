@@ -10,11 +10,55 @@ training script splits it (``hf_deq.data.text.tail_split_index`` on the lines)."
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import HfArgumentParser
+
+from .flags import DescriptionAndDefaultsFormatter, parse_flags, split_commas
+
+
+@dataclass(frozen=True)
+class InferenceCostFlags:
+    """The flags of ``python -m benchmarks.inference_cost``."""
+
+    model_name_or_path: str = field(metadata={"help": "a saved DEQ language model"})
+    train_file: str = field(metadata={"help": "the text the model was trained on"})
+    block_size: int = field(default=64, metadata={"help": "tokens per block"})
+    validation_split_percentage: float = field(default=10.0, metadata={"help": "percent of the text's lines"})
+    max_blocks: int | None = field(default=None, metadata={"help": "at most this many validation blocks"})
+    batch_size: int = field(default=64, metadata={"help": "blocks per forward"})
+    budgets: str | None = field(
+        default=None, metadata={"help": "comma-separated solver_eval_max_iter (none: the saved one)"}
+    )
+    torch_num_threads: int = field(default=1, metadata={"help": "intra-op threads"})
+
+    @property
+    def budget_list(self) -> list[int] | None:
+        """The evaluation budgets of ``--budgets`` (``None``: the saved one)."""
+        return eval_budgets(self.budgets)
+
+
+def eval_budgets(text: str | None) -> list[int] | None:
+    """``"10,15"`` -> ``[10, 15]`` (``None`` stays ``None``); ``ValueError`` for a part that is not an integer."""
+    return None if text is None else [int(b) for b in split_commas(text)]
+
+
+def parse_args(argv: list[str] | None = None) -> InferenceCostFlags:
+    """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
+    parser = HfArgumentParser(
+        InferenceCostFlags,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=DescriptionAndDefaultsFormatter,
+    )
+    (flags,) = parse_flags(parser, argv)
+    try:
+        eval_budgets(flags.budgets)
+    except ValueError:
+        parser.error(f"argument --budgets: expected comma-separated integers, got {flags.budgets!r}")
+    return flags
 
 
 @torch.no_grad()
@@ -46,43 +90,33 @@ def validation_blocks(
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    """Time the explicit GPT and the DEQ at every budget, print the table; returns its rows."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import hf_deq  # noqa: F401  (registers the DEQ classes)
 
     from .explicit_models import explicit_gpt2
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_name_or_path", required=True, help="a saved DEQ language model")
-    parser.add_argument("--train_file", required=True, help="the text the model was trained on")
-    parser.add_argument("--block_size", type=int, default=64, help="tokens per block (default 64)")
-    parser.add_argument("--validation_split_percentage", type=float, default=10.0, help="default 10")
-    parser.add_argument("--max_blocks", type=int, default=None, help="at most this many validation blocks")
-    parser.add_argument("--batch_size", type=int, default=64, help="blocks per forward (default 64)")
-    parser.add_argument(
-        "--budgets", default=None, help="comma-separated solver_eval_max_iter (default: saved)"
-    )
-    parser.add_argument("--torch_num_threads", type=int, default=1, help="intra-op threads (default 1)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.torch_num_threads)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    deq = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, solver_on_failure="ignore")
+    flags = parse_args(argv)
+    torch.set_num_threads(flags.torch_num_threads)
+    tokenizer = AutoTokenizer.from_pretrained(flags.model_name_or_path)
+    deq = AutoModelForCausalLM.from_pretrained(flags.model_name_or_path, solver_on_failure="ignore")
     blocks = validation_blocks(
-        tokenizer, args.train_file, args.block_size, args.validation_split_percentage, args.max_blocks
+        tokenizer, flags.train_file, flags.block_size, flags.validation_split_percentage, flags.max_blocks
     )
     torch.manual_seed(0)
-    gpt = explicit_gpt2(tokenizer, args.block_size)
-    gpt_cost, _ = seconds_per_token(gpt, blocks, args.batch_size)
+    gpt = explicit_gpt2(tokenizer, flags.block_size)
+    gpt_cost, _ = seconds_per_token(gpt, blocks, flags.batch_size)
     rows = [
         {"model": "explicit GPT-2 (4 x 128, random weights)", "budget": None, "us_per_token": 1e6 * gpt_cost}
     ]
-    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else [deq.config.solver_eval_max_iter]
+    budgets = flags.budget_list or [deq.config.solver_eval_max_iter]
     for budget in budgets:
         deq.config.solver_eval_max_iter = budget
-        cost, loss = seconds_per_token(deq, blocks, args.batch_size)
+        cost, loss = seconds_per_token(deq, blocks, flags.batch_size)
         rows.append({"model": "DEQ", "budget": budget, "us_per_token": 1e6 * cost, "loss": loss})
     print(
-        f"{len(blocks)} validation blocks of {args.block_size} tokens, batch {args.batch_size}, "
+        f"{len(blocks)} validation blocks of {flags.block_size} tokens, batch {flags.batch_size}, "
         f"{torch.get_num_threads()} thread(s)"
     )
     print("| model | eval budget | µs per token | x GPT | loss (nats/token) |\n|---|---|---|---|---|")

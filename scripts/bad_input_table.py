@@ -10,16 +10,46 @@ ones), then every failure class with an example and what happened.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import HfArgumentParser
+
+from benchmarks.flags import DescriptionAndDefaultsFormatter, parse_flags
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class TableFlags:
+    """The flags of this script."""
+
+    from_json: str | None = field(
+        default=None, metadata={"help": "the battery's record (BATTERY_RESULTS) instead of a run"}
+    )
+    output: str = field(
+        default=str(REPO / "docs" / "bad_input.md"), metadata={"help": "the table ('-': stdout)"}
+    )
+
+
+def flag_parser() -> HfArgumentParser:
+    """The parser of this script's flags."""
+    return HfArgumentParser(TableFlags, description=__doc__, formatter_class=DescriptionAndDefaultsFormatter)
+
+
+def parse_args(argv: list[str] | None = None) -> TableFlags:
+    """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
+    parser = flag_parser()
+    (flags,) = parse_flags(parser, argv)
+    if flags.from_json is not None and not Path(flags.from_json).is_file():
+        parser.error(f"argument --from_json: no such file: {flags.from_json!r}")
+    return flags
 
 
 def run_battery(results: Path) -> int:
@@ -119,36 +149,25 @@ def render(attempts: list[dict], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--from_json", default=None, help="the battery's record (BATTERY_RESULTS) instead of a run"
-    )
-    parser.add_argument(
-        "--output", default=str(REPO / "docs" / "bad_input.md"), help="the table ('-': stdout)"
-    )
-    args = parser.parse_args(argv)
+    """Run the battery (or read ``--from_json``) and write its table to ``--output``."""
+    flags = parse_args(argv)
     profile = os.environ.get("HYPOTHESIS_PROFILE", "ci")
     command = f"HYPOTHESIS_PROFILE={profile} python scripts/bad_input_table.py"
-    if args.from_json is None:
+    if flags.from_json is None:
         with tempfile.TemporaryDirectory() as tmp:
             results = Path(tmp) / "battery.json"
             status = run_battery(results)
             if not results.is_file():
-                parser.error(f"the battery wrote no record (pytest exit status {status})")
+                flag_parser().error(f"the battery wrote no record (pytest exit status {status})")
             attempts = json.loads(results.read_text())
     else:
-        path = Path(args.from_json)
-        if not path.is_file():
-            parser.error(f"argument --from_json: no such file: {args.from_json!r}")
-        attempts = json.loads(path.read_text())
+        attempts = json.loads(Path(flags.from_json).read_text())
     text = render(attempts, command)
-    if args.output == "-":
+    if flags.output == "-":
         sys.stdout.write(text)
     else:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}")
+        Path(flags.output).write_text(text)
+        print(f"wrote {flags.output}")
     return 0
 
 

@@ -15,41 +15,51 @@ peak memory is the largest tensor memory allocated during one loss + backward (C
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import HfArgumentParser
 
 import hf_deq
+from benchmarks.flags import DescriptionAndDefaultsFormatter, parse_flags, require_at_least
 from hf_deq.models.deq_transformer.adaptive_softmax import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from hf_deq.training.arguments import check_preset_config
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass(frozen=True)
+class AdaptiveHeadFlags:
+    """The flags of this script."""
+
+    batch: int = field(default=4, metadata={"help": "sequences per timed forward"})
+    seq_len: int = field(default=150, metadata={"help": "tokens per sequence"})
+    repeats: int = field(default=5, metadata={"help": "timed repeats per head (the best is reported)"})
+    device: Literal["cpu", "cuda"] = field(default="cpu", metadata={"help": "where to run"})
+    torch_num_threads: int = field(
+        default=1, metadata={"help": "intra-op CPU threads (torch.set_num_threads)"}
     )
-    parser.add_argument("--batch", type=int, default=4, help="sequences per timed forward")
-    parser.add_argument("--seq_len", type=int, default=150, help="tokens per sequence")
-    parser.add_argument(
-        "--repeats", type=int, default=5, help="timed repeats per head (the best is reported)"
+    preset: str = field(default="deq-transformer-wt103", metadata={"help": "the adaptive preset to compare"})
+
+
+def parse_args(argv: list[str] | None = None) -> AdaptiveHeadFlags:
+    """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
+    parser = HfArgumentParser(
+        AdaptiveHeadFlags, description=__doc__, formatter_class=DescriptionAndDefaultsFormatter
     )
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")
-    parser.add_argument(
-        "--torch_num_threads", type=int, default=1, help="intra-op CPU threads (torch.set_num_threads)"
-    )
-    parser.add_argument("--preset", default="deq-transformer-wt103", help="the adaptive preset to compare")
-    args = parser.parse_args(argv)
-    for name in ("batch", "seq_len", "repeats", "torch_num_threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
-    config = check_preset_config(parser, args.preset, model_type="deq_transformer")
+    (flags,) = parse_flags(parser, argv)
+    require_at_least(
+        parser,
+        {"--batch": flags.batch, "--seq_len": flags.seq_len, "--repeats": flags.repeats,
+         "--torch_num_threads": flags.torch_num_threads},
+    )  # fmt: skip
+    config = check_preset_config(parser, flags.preset, model_type="deq_transformer")
     if not config.adaptive_cutoffs:
-        parser.error(f"argument --preset: {args.preset} has no adaptive_cutoffs")
-    return args
+        parser.error(f"argument --preset: {flags.preset} has no adaptive_cutoffs")
+    return flags
 
 
 def zipf_targets(vocab_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -139,12 +149,13 @@ def measure(head: nn.Module, hidden: torch.Tensor, target: torch.Tensor, repeats
     return statistics.median(times), peak_bytes(device, step)
 
 
-def main(argv=None) -> dict[str, dict[str, float]]:
-    args = parse_args(argv)
-    if args.device == "cpu" and args.torch_num_threads:
-        torch.set_num_threads(args.torch_num_threads)
-    device = torch.device(args.device)
-    config = hf_deq.create_config(args.preset)
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Measure both heads with the flags of ``argv`` and print the table; returns its rows."""
+    flags = parse_args(argv)
+    if flags.device == "cpu" and flags.torch_num_threads:
+        torch.set_num_threads(flags.torch_num_threads)
+    device = torch.device(flags.device)
+    config = hf_deq.create_config(flags.preset)
     vocab, hidden_size = config.vocab_size, config.hidden_size
     torch.manual_seed(0)
     heads = {
@@ -156,18 +167,18 @@ def main(argv=None) -> dict[str, dict[str, float]]:
     for head in heads.values():
         init_like_the_model(head, config.initializer_range)
     generator = torch.Generator().manual_seed(0)
-    tokens = args.batch * args.seq_len
+    tokens = flags.batch * flags.seq_len
     hidden = torch.randn(tokens, hidden_size, generator=generator).to(device)
     target = zipf_targets(vocab, tokens, generator).to(device)
     rows = {}
     for name, head in heads.items():
         head.to(device)
-        seconds, peak = measure(head, hidden, target, args.repeats)
+        seconds, peak = measure(head, hidden, target, flags.repeats)
         rows[name] = {"parameters": count(head), "seconds": seconds, "peak_mib": peak / 2**20}
         head.cpu()
     print(
-        f"LM head of {args.preset}: vocabulary {vocab:,}, hidden {hidden_size}, {tokens} target tokens "
-        f"({args.batch} x {args.seq_len}), {device.type}\n"
+        f"LM head of {flags.preset}: vocabulary {vocab:,}, hidden {hidden_size}, {tokens} target tokens "
+        f"({flags.batch} x {flags.seq_len}), {device.type}\n"
     )
     print("| head | parameters | loss + backward (ms) | peak memory (MiB) |")
     print("|---|---|---|---|")

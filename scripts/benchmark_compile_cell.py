@@ -12,17 +12,19 @@ run). Also reported: graphs compiled during the timed steps (0 expected: no reco
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch._dynamo.utils import counters
+from transformers import HfArgumentParser
 
 import hf_deq
+from benchmarks.flags import DescriptionAndDefaultsFormatter, outside, parse_flags, split_commas
 from benchmarks.solve_setup import make_inputs
 from benchmarks.tables import table
 from hf_deq.deq import CompiledCell
@@ -32,55 +34,61 @@ from hf_deq.variants import get_variant, list_variants
 DEFAULT_BATCH = {"deq_transformer": 12, "mdeq": 32}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--presets",
+@dataclass(frozen=True)
+class CompileCellFlags:
+    """The flags of this script."""
+
+    presets: str = field(
         default="deq-transformer-char,mdeq-tiny-digits",
-        help="comma-separated presets (hf_deq.list_variants(include_test=True))",
+        metadata={"help": "comma-separated presets (hf_deq.list_variants(include_test=True))"},
     )
-    parser.add_argument("--grad_estimator", default=None, help="gradient estimator (default: the preset's)")
-    parser.add_argument(
-        "--batch_size", type=int, default=None, help="batch (default: 12 sequences or 32 images)"
+    grad_estimator: str | None = field(
+        default=None, metadata={"help": "gradient estimator (default: the preset's)"}
     )
-    parser.add_argument("--seq_len", type=int, default=64, help="tokens per sequence (language models)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per model (median)")
-    parser.add_argument(
-        "--warmup_steps", type=int, default=2, help="untimed steps first (compilation happens here)"
+    batch_size: int | None = field(
+        default=None, metadata={"help": "batch (default: 12 sequences or 32 images)"}
     )
-    parser.add_argument(
-        "--compile_backend",
-        default="inductor",
-        help="torch.compile backend (inductor; aot_eager for a smoke run)",
+    seq_len: int = field(default=64, metadata={"help": "tokens per sequence (language models)"})
+    steps: int = field(default=10, metadata={"help": "timed steps per model (median)"})
+    warmup_steps: int = field(default=2, metadata={"help": "untimed steps first (compilation happens here)"})
+    compile_backend: str = field(
+        default="inductor", metadata={"help": "torch.compile backend (inductor; aot_eager for a smoke run)"}
     )
-    parser.add_argument(
-        "--torch_num_threads", type=int, default=1, help="CPU intra-op threads (0: torch's default)"
+    torch_num_threads: int = field(default=1, metadata={"help": "CPU intra-op threads (0: torch's default)"})
+    seed: int = field(default=0, metadata={"help": "seed of the weights and inputs"})
+    output_file: str | None = field(default=None, metadata={"help": "also write the rows as JSON here"})
+    overwrite_output_file: bool = field(default=False, metadata={"help": "replace an existing --output_file"})
+
+    @property
+    def preset_list(self) -> list[str]:
+        """The presets of ``--presets``, in order."""
+        return split_commas(self.presets)
+
+
+def parse_args(argv: list[str] | None = None) -> CompileCellFlags:
+    """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
+    parser = HfArgumentParser(
+        CompileCellFlags,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=DescriptionAndDefaultsFormatter,
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
-    parser.add_argument("--output_file", default=None, help="also write the rows as JSON here")
-    parser.add_argument(
-        "--overwrite_output_file", action="store_true", help="replace an existing --output_file"
-    )
-    args = parser.parse_args(argv)
-    args.presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    (flags,) = parse_flags(parser, argv)
     known = list_variants(include_test=True)
-    unknown = [p for p in args.presets if p not in known]
-    if unknown or not args.presets:
+    unknown = outside(flags.preset_list, known)
+    if unknown or not flags.preset_list:
         parser.error(f"--presets: unknown {unknown or 'nothing given'}; choose from {known}")
-    for name in ("steps", "seq_len"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.warmup_steps < 1:
+    for name, value in (("steps", flags.steps), ("seq_len", flags.seq_len)):
+        if value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    if flags.warmup_steps < 1:
         parser.error(
-            f"--warmup_steps must be >= 1 (the compiled model compiles there), got {args.warmup_steps}"
+            f"--warmup_steps must be >= 1 (the compiled model compiles there), got {flags.warmup_steps}"
         )
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.output_file is not None and Path(args.output_file).exists() and not args.overwrite_output_file:
-        parser.error(f"--output_file {args.output_file} exists; pass --overwrite_output_file to replace it")
-    return args
+    if flags.batch_size is not None and flags.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {flags.batch_size}")
+    if flags.output_file is not None and Path(flags.output_file).exists() and not flags.overwrite_output_file:
+        parser.error(f"--output_file {flags.output_file} exists; pass --overwrite_output_file to replace it")
+    return flags
 
 
 def train_step(model, inputs) -> float:
@@ -91,27 +99,28 @@ def train_step(model, inputs) -> float:
     return time.perf_counter() - start
 
 
-def benchmark_preset(preset: str, args: argparse.Namespace) -> dict:
+def benchmark_preset(preset: str, flags: CompileCellFlags) -> dict:
+    """Eager and compiled step times of ``preset`` under ``flags``: one row of the table."""
     overrides = {"solver_on_failure": "ignore"}
-    if args.grad_estimator is not None:
-        overrides["grad_estimator"] = args.grad_estimator
-    torch.manual_seed(args.seed)
+    if flags.grad_estimator is not None:
+        overrides["grad_estimator"] = flags.grad_estimator
+    torch.manual_seed(flags.seed)
     eager = hf_deq.create_model(preset, **overrides).train()
     compiled = copy.deepcopy(eager)
     compiled.set_solver(compiled.config.solver, compile_cell=True)
     for layer in compiled.deq_layers():
-        layer.compiled_cell = CompiledCell({"backend": args.compile_backend})
+        layer.compiled_cell = CompiledCell({"backend": flags.compile_backend})
     config = eager.config
-    batch = args.batch_size or DEFAULT_BATCH[get_variant(preset).config_class.model_type]
-    inputs = make_inputs(config, batch, args.seq_len, torch.Generator().manual_seed(args.seed))
+    batch = flags.batch_size or DEFAULT_BATCH[get_variant(preset).config_class.model_type]
+    inputs = make_inputs(config, batch, flags.seq_len, torch.Generator().manual_seed(flags.seed))
 
     warmup = {"eager": 0.0, "compiled": 0.0}
-    for _ in range(args.warmup_steps):
+    for _ in range(flags.warmup_steps):
         warmup["eager"] += train_step(eager, inputs)
         warmup["compiled"] += train_step(compiled, inputs)
     graphs = counters["stats"]["unique_graphs"]
     times: dict[str, list[float]] = {"eager": [], "compiled": []}
-    for _ in range(args.steps):
+    for _ in range(flags.steps):
         times["eager"].append(train_step(eager, inputs))
         times["compiled"].append(train_step(compiled, inputs))
     eager_ms = statistics.median(times["eager"]) * 1e3
@@ -121,7 +130,7 @@ def benchmark_preset(preset: str, args: argparse.Namespace) -> dict:
         "grad_estimator": config.grad_estimator,
         "parameters": sum(p.numel() for p in eager.parameters()),
         "batch_size": batch,
-        "seq_len": args.seq_len if config.model_type != "mdeq" else None,
+        "seq_len": flags.seq_len if config.model_type != "mdeq" else None,
         "eager_step_ms": eager_ms,
         "compiled_step_ms": compiled_ms,
         "compiled_over_eager": compiled_ms / eager_ms,
@@ -131,14 +140,15 @@ def benchmark_preset(preset: str, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    args = parse_args(argv)
-    if args.torch_num_threads > 0:
-        torch.set_num_threads(args.torch_num_threads)
+    """Time every preset of ``--presets`` eager and compiled; print the table, returns its rows."""
+    flags = parse_args(argv)
+    if flags.torch_num_threads > 0:
+        torch.set_num_threads(flags.torch_num_threads)
     print(
-        f"# compiled cell ({args.compile_backend}) against eager: forward + backward, CPU, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.steps} steps\n"
+        f"# compiled cell ({flags.compile_backend}) against eager: forward + backward, CPU, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {flags.steps} steps\n"
     )
-    rows = [benchmark_preset(preset, args) for preset in args.presets]
+    rows = [benchmark_preset(preset, flags) for preset in flags.preset_list]
     headers = ["preset", "estimator", "batch", "eager ms/step", "compiled ms/step", "compiled/eager"]
     headers += ["compile s", "recompiles in timed steps"]
     cells = [
@@ -155,9 +165,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for r in rows
     ]
     print(table(headers, cells))
-    if args.output_file is not None:
-        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_file).write_text(json.dumps(rows, indent=2) + "\n")
+    if flags.output_file is not None:
+        Path(flags.output_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(flags.output_file).write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 

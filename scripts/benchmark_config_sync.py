@@ -11,47 +11,56 @@ forward before config edits took effect). Blocks of the two alternate, so machin
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 import timeit
+from dataclasses import dataclass, field
 
 import torch
+from transformers import HfArgumentParser
 
 import hf_deq
+from benchmarks.flags import DescriptionAndDefaultsFormatter, parse_flags, require_at_least
 from hf_deq.modeling_deq import DEQModelMixin
 from hf_deq.training.arguments import check_preset_config
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass(frozen=True)
+class ConfigSyncFlags:
+    """The flags of this script."""
+
+    presets: list[str] = field(
+        default_factory=lambda: ["test_mdeq_tiny", "test_deq_transformer_tiny"],
+        metadata={"help": "the presets (random weights) to time"},
     )
-    parser.add_argument(
-        "--presets",
-        nargs="+",
-        default=["test_mdeq_tiny", "test_deq_transformer_tiny"],
-        help="the presets (random weights) to time",
+    repeats: int = field(default=30, metadata={"help": "alternating blocks per variant"})
+    forwards: int = field(default=40, metadata={"help": "forwards per block"})
+    batch_size: int = field(default=2, metadata={"help": "inputs per forward"})
+    solver_max_iter: int = field(
+        default=4, metadata={"help": "solver budget of every forward (train and eval)"}
     )
-    parser.add_argument("--repeats", type=int, default=30, help="alternating blocks per variant")
-    parser.add_argument("--forwards", type=int, default=40, help="forwards per block")
-    parser.add_argument("--batch_size", type=int, default=2, help="inputs per forward")
-    parser.add_argument(
-        "--solver_max_iter", type=int, default=4, help="solver budget of every forward (train and eval)"
+    torch_num_threads: int = field(
+        default=1, metadata={"help": "intra-op CPU threads (torch.set_num_threads)"}
     )
-    parser.add_argument(
-        "--torch_num_threads", type=int, default=1, help="intra-op CPU threads (torch.set_num_threads)"
+
+
+def parse_args(argv: list[str] | None = None) -> ConfigSyncFlags:
+    """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
+    parser = HfArgumentParser(
+        ConfigSyncFlags, description=__doc__, formatter_class=DescriptionAndDefaultsFormatter
     )
-    args = parser.parse_args(argv)
-    for name in ("repeats", "forwards", "batch_size", "torch_num_threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
-    for preset in args.presets:
+    (flags,) = parse_flags(parser, argv)
+    require_at_least(
+        parser,
+        {"--repeats": flags.repeats, "--forwards": flags.forwards, "--batch_size": flags.batch_size,
+         "--torch_num_threads": flags.torch_num_threads},
+    )  # fmt: skip
+    for preset in flags.presets:
         check_preset_config(
-            parser, preset, {"solver_max_iter": args.solver_max_iter}, {"solver_max_iter": "--solver_max_iter"},
+            parser, preset, {"solver_max_iter": flags.solver_max_iter}, {"solver_max_iter": "--solver_max_iter"},
             preset_flag="--presets",
         )  # fmt: skip
-    return args
+    return flags
 
 
 def tiny_inputs(config, batch: int) -> dict[str, torch.Tensor]:
@@ -67,23 +76,24 @@ def time_block(model, inputs, forwards: int) -> float:
     return (time.perf_counter() - start) / forwards
 
 
-def bench(preset: str, args: argparse.Namespace) -> dict[str, float]:
+def bench(preset: str, flags: ConfigSyncFlags) -> dict[str, float]:
+    """Forward times of ``preset`` with the config check and with a no-op in its place, and the check alone."""
     torch.manual_seed(0)
-    budget = {"solver_max_iter": args.solver_max_iter, "solver_eval_max_iter": args.solver_max_iter}
+    budget = {"solver_max_iter": flags.solver_max_iter, "solver_eval_max_iter": flags.solver_max_iter}
     model = hf_deq.create_model(preset, solver_on_failure="ignore", **budget).eval()
-    inputs = tiny_inputs(model.config, args.batch_size)
+    inputs = tiny_inputs(model.config, flags.batch_size)
     owners = [m for m in model.modules() if isinstance(m, DEQModelMixin)]
     times: dict[str, list[float]] = {"with check": [], "no-op check": []}
     with torch.no_grad():
-        time_block(model, inputs, args.forwards)  # warm-up
-        for _ in range(args.repeats):
+        time_block(model, inputs, flags.forwards)  # warm-up
+        for _ in range(flags.repeats):
             for label in times:
                 for owner in owners:
                     if label == "no-op check":
                         owner._sync_deq_config = lambda: None  # instance attribute shadows the method
                     else:
                         owner.__dict__.pop("_sync_deq_config", None)
-                times[label].append(time_block(model, inputs, args.forwards))
+                times[label].append(time_block(model, inputs, flags.forwards))
     for owner in owners:
         owner.__dict__.pop("_sync_deq_config", None)
     deq_owner = owners[-1]
@@ -98,13 +108,14 @@ def bench(preset: str, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    torch.set_num_threads(args.torch_num_threads)
-    print(f"{args.repeats} alternating blocks x {args.forwards} eval forwards, batch {args.batch_size}")
+def main(argv: list[str] | None = None) -> None:
+    """Time every preset of ``--presets`` and print one line each."""
+    flags = parse_args(argv)
+    torch.set_num_threads(flags.torch_num_threads)
+    print(f"{flags.repeats} alternating blocks x {flags.forwards} eval forwards, batch {flags.batch_size}")
     print(f"{'preset':<28} {'forward, check':>15} {'forward, no-op':>15} {'ratio':>7} {'check alone':>12}")
-    for preset in args.presets:
-        r = bench(preset, args)
+    for preset in flags.presets:
+        r = bench(preset, flags)
         print(
             f"{preset:<28} {r['with_ms']:>12.3f} ms {r['without_ms']:>12.3f} ms {r['ratio']:>7.3f} "
             f"{r['check_us']:>9.2f} us"

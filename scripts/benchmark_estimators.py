@@ -18,94 +18,107 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from transformers import HfArgumentParser
 
 from benchmarks import CELLS, run_benchmark
 from benchmarks.cells import QUICK_BATCH_SIZE
+from benchmarks.flags import DescriptionAndDefaultsFormatter, outside, parse_flags, split_commas
 from benchmarks.tables import write_results
 from benchmarks.torchdeq_adapter import import_torchdeq
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--device",
+@dataclass(frozen=True)
+class EstimatorBenchmarkFlags:
+    """The flags of this script."""
+
+    device: Literal["cpu", "cuda"] = field(
         default="cuda" if torch.cuda.is_available() else "cpu",
-        choices=["cpu", "cuda"],
-        help="where the cells run (default: cuda when available)",
+        metadata={"help": "where the cells run (default: cuda when available)"},
     )
-    parser.add_argument(
-        "--compare_torchdeq",
-        "--compare-torchdeq",
-        action="store_true",
-        help="also run torchdeq on the same cells (pip install --no-deps torchdeq)",
+    compare_torchdeq: bool = field(
+        default=False,
+        metadata={"help": "also run torchdeq on the same cells (pip install --no-deps torchdeq)"},
     )
-    parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast dtype of f"
+    dtype: Literal["float32", "bfloat16"] = field(default="float32", metadata={"help": "autocast dtype of f"})
+    repeats: int | None = field(
+        default=None, metadata={"help": "timed repeats (median); default 3, with --quick 1"}
     )
-    parser.add_argument(
-        "--repeats", type=int, default=None, help="timed repeats (median); default 3, with --quick 1"
+    cells: str = field(
+        default=",".join(CELLS), metadata={"help": f"comma-separated subset of {','.join(CELLS)}"}
     )
-    parser.add_argument(
-        "--cells", default=",".join(CELLS), help=f"comma-separated subset of {','.join(CELLS)}"
+    quick: bool = field(
+        default=False,
+        metadata={
+            "help": f"batch {QUICK_BATCH_SIZE} on every cell and one timed repeat (a smoke run, not for quoting)"
+        },
     )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"batch {QUICK_BATCH_SIZE} on every cell and one timed repeat (a smoke run, not for quoting)",
+    batch_size: int | None = field(
+        default=None, metadata={"help": "batch of every cell (default: 32 conv, 16 transformer)"}
     )
-    parser.add_argument(
-        "--batch_size", type=int, default=None, help="batch of every cell (default: 32 conv, 16 transformer)"
-    )
-    parser.add_argument(
-        "--torch_num_threads",
-        type=int,
+    torch_num_threads: int = field(
         default=1,
-        help="CPU intra-op threads (default 1; 0 keeps torch's default). On a shared machine OpenMP threads "
-        "that lose their core stall every op: f took ~180 ms with 2 threads vs ~30 ms with 1 on a loaded 2-core box",
+        metadata={
+            "help": "CPU intra-op threads (default 1; 0 keeps torch's default). On a shared machine OpenMP threads "
+            "that lose their core stall every op: f took ~180 ms with 2 threads vs ~30 ms with 1 on a loaded "
+            "2-core box"
+        },
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the cells' weights and inputs")
-    parser.add_argument("--output_file", default=None, help="also write every number of the run as JSON here")
-    parser.add_argument(
-        "--overwrite_output_file", action="store_true", help="replace an existing --output_file"
+    seed: int = field(default=0, metadata={"help": "seed of the cells' weights and inputs"})
+    output_file: str | None = field(
+        default=None, metadata={"help": "also write every number of the run as JSON here"}
     )
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
+    overwrite_output_file: bool = field(default=False, metadata={"help": "replace an existing --output_file"})
+
+    @property
+    def cell_list(self) -> list[str]:
+        """The cells of ``--cells``, in order."""
+        return split_commas(self.cells)
+
+
+def parse_args(argv: list[str] | None = None) -> EstimatorBenchmarkFlags:
+    """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
+    parser = HfArgumentParser(
+        EstimatorBenchmarkFlags,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=DescriptionAndDefaultsFormatter,
+    )
+    (flags,) = parse_flags(parser, argv)
+    if flags.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
-    if args.repeats is not None and args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.torch_num_threads < 0:
-        parser.error(f"--torch_num_threads must be >= 0, got {args.torch_num_threads}")
-    args.cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    unknown = sorted(set(args.cells) - set(CELLS))
-    if unknown or not args.cells:
+    if flags.repeats is not None and flags.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {flags.repeats}")
+    if flags.batch_size is not None and flags.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {flags.batch_size}")
+    if flags.torch_num_threads < 0:
+        parser.error(f"--torch_num_threads must be >= 0, got {flags.torch_num_threads}")
+    unknown = sorted(set(outside(flags.cell_list, CELLS)))
+    if unknown or not flags.cell_list:
         parser.error(
             f"--cells takes a comma-separated subset of {','.join(CELLS)}; got {unknown or 'nothing'}"
         )
-    if args.output_file is not None and Path(args.output_file).exists() and not args.overwrite_output_file:
-        parser.error(f"--output_file {args.output_file} exists; pass --overwrite_output_file to replace it")
-    return args
+    if flags.output_file is not None and Path(flags.output_file).exists() and not flags.overwrite_output_file:
+        parser.error(f"--output_file {flags.output_file} exists; pass --overwrite_output_file to replace it")
+    return flags
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cpu" and args.torch_num_threads > 0:
-        torch.set_num_threads(args.torch_num_threads)
-    repeats = args.repeats or (1 if args.quick else 3)
-    batch_size = args.batch_size or (QUICK_BATCH_SIZE if args.quick else None)
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    """Run the benchmark with the flags of ``argv``, print its tables; returns every number."""
+    flags = parse_args(argv)
+    device = torch.device(flags.device)
+    if device.type == "cpu" and flags.torch_num_threads > 0:
+        torch.set_num_threads(flags.torch_num_threads)
+    repeats = flags.repeats or (1 if flags.quick else 3)
+    batch_size = flags.batch_size or (QUICK_BATCH_SIZE if flags.quick else None)
+    dtype = torch.bfloat16 if flags.dtype == "bfloat16" else torch.float32
 
     td = None
-    if args.compare_torchdeq:
+    if flags.compare_torchdeq:
         td, err = import_torchdeq()
         if td is None:
             print(
@@ -118,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         else f"CPU, {torch.get_num_threads()} threads"
     )
     print(
-        f"# DEQ engine benchmark ({where}; torch {torch.__version__}; f under {args.dtype}; median of {repeats})"
+        f"# DEQ engine benchmark ({where}; torch {torch.__version__}; f under {flags.dtype}; median of {repeats})"
     )
     if td is not None:
         print(f"torchdeq {td.version} compared side by side in this run.")
@@ -130,18 +143,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"Memory: {memory}.")
     if dtype != torch.float32:
         print(
-            f"f runs under {args.dtype} autocast (states and solver algebra stay float32). Its rounding puts a floor "
+            f"f runs under {flags.dtype} autocast (states and solver algebra stay float32). Its rounding puts a floor "
             "near 1e-3 under the relative residuals, so solves marked as missing their tolerance ran their whole "
             "budget: compare such rows per evaluation, not per tolerance."
         )
     print()
 
     results = run_benchmark(
-        args.cells, device, dtype, repeats=repeats, batch_size=batch_size, seed=args.seed, td=td
+        flags.cell_list, device, dtype, repeats=repeats, batch_size=batch_size, seed=flags.seed, td=td
     )
     print(f"\ntotal benchmark time {results['total_time_s']:.0f} s")
-    if args.output_file is not None:
-        write_results(args.output_file, results)
+    if flags.output_file is not None:
+        write_results(flags.output_file, results)
     return results
 
 

@@ -15,66 +15,89 @@ the other cores are busy.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, HfArgumentParser
 
 import hf_deq
+from benchmarks.flags import DescriptionAndDefaultsFormatter, parse_flags, require_at_least
 from hf_deq.hub import missing_local_model_dir
 from hf_deq.training.arguments import check_preset_config
 from hf_deq.variants import get_variant
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass(frozen=True)
+class GenerationFlags:
+    """The flags of this script."""
+
+    preset: str = field(
+        default="deq-transformer-small", metadata={"help": "the preset (random weights) to time"}
     )
-    parser.add_argument(
-        "--preset", default="deq-transformer-small", help="the preset (random weights) to time"
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "a trained model instead of a random preset"}
     )
-    parser.add_argument(
-        "--model_name_or_path", default=None, help="a trained model instead of a random preset"
+    prompt_length: int = field(default=64, metadata={"help": "tokens of the random prompt"})
+    new_tokens: int = field(default=200, metadata={"help": "tokens generated per run"})
+    batch_size: int = field(default=1, metadata={"help": "prompts generated at once"})
+    solver_tol: float | None = field(default=None, metadata={"help": "override the model's solver_tol"})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "JSON config fields, e.g. '{\"vocab_size\": 32000}'"}
     )
-    parser.add_argument("--prompt_length", type=int, default=64, help="tokens of the random prompt")
-    parser.add_argument("--new_tokens", type=int, default=200, help="tokens generated per run")
-    parser.add_argument("--batch_size", type=int, default=1, help="prompts generated at once")
-    parser.add_argument("--solver_tol", type=float, default=None, help="override the model's solver_tol")
-    parser.add_argument(
-        "--config_overrides",
-        type=json.loads,
-        default=None,
-        help="JSON config fields, e.g. '{\"vocab_size\": 32000}'",
+    torch_num_threads: int | None = field(
+        default=None, metadata={"help": "intra-op CPU threads (torch.set_num_threads)"}
     )
-    parser.add_argument(
-        "--torch_num_threads", type=int, default=None, help="intra-op CPU threads (torch.set_num_threads)"
+    seed: int = field(default=0, metadata={"help": "seed of the weights and the prompt"})
+    skip_uncached: bool = field(default=False, metadata={"help": "time the cached path only"})
+    count_parameters: bool = field(default=False, metadata={"help": "print every preset's parameter count"})
+
+
+def model_overrides(flags: GenerationFlags) -> dict[str, Any]:
+    """The config fields ``flags`` set: ``--config_overrides`` (a JSON object) and ``--solver_tol``;
+    ``ValueError`` when ``--config_overrides`` is not a JSON object."""
+    try:
+        overrides = json.loads(flags.config_overrides) if flags.config_overrides is not None else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"invalid JSON {flags.config_overrides!r}: {err}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"expected a JSON object, got {flags.config_overrides!r}")
+    if flags.solver_tol is not None:
+        overrides["solver_tol"] = flags.solver_tol
+    return overrides
+
+
+def parse_args(argv: list[str] | None = None) -> GenerationFlags:
+    """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
+    parser = HfArgumentParser(
+        GenerationFlags, description=__doc__, formatter_class=DescriptionAndDefaultsFormatter
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the prompt")
-    parser.add_argument("--skip_uncached", action="store_true", help="time the cached path only")
-    parser.add_argument(
-        "--count_parameters", action="store_true", help="print every preset's parameter count"
-    )
-    args = parser.parse_args(argv)
-    for name in ("prompt_length", "new_tokens", "batch_size", "torch_num_threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
-    if args.model_name_or_path is not None and (problem := missing_local_model_dir(args.model_name_or_path)):
+    (flags,) = parse_flags(parser, argv)
+    require_at_least(
+        parser,
+        {"--prompt_length": flags.prompt_length, "--new_tokens": flags.new_tokens,
+         "--batch_size": flags.batch_size, "--torch_num_threads": flags.torch_num_threads},
+    )  # fmt: skip
+    try:
+        overrides = model_overrides(flags)
+    except ValueError as err:
+        parser.error(f"argument --config_overrides: {err}")
+    if flags.model_name_or_path is not None and (
+        problem := missing_local_model_dir(flags.model_name_or_path)
+    ):
         parser.error(f"argument --model_name_or_path: {problem}")
-    if args.model_name_or_path is None and not args.count_parameters:
-        overrides = dict(args.config_overrides or {})
-        if args.solver_tol is not None:
-            overrides["solver_tol"] = args.solver_tol
+    if flags.model_name_or_path is None and not flags.count_parameters:
         config = check_preset_config(
-            parser, args.preset, overrides, {"solver_tol": "--solver_tol"}, model_type="deq_transformer"
+            parser, flags.preset, overrides, {"solver_tol": "--solver_tol"}, model_type="deq_transformer"
         )
-        if args.prompt_length + args.new_tokens > config.max_position_embeddings:
+        if flags.prompt_length + flags.new_tokens > config.max_position_embeddings:
             parser.error(
-                f"argument --new_tokens: prompt_length + new_tokens = {args.prompt_length + args.new_tokens} "
-                f"exceeds max_position_embeddings={config.max_position_embeddings} of --preset {args.preset}"
+                f"argument --new_tokens: prompt_length + new_tokens = {flags.prompt_length + flags.new_tokens} "
+                f"exceeds max_position_embeddings={config.max_position_embeddings} of --preset {flags.preset}"
             )
-    return args
+    return flags
 
 
 def preset_parameter_counts(include_test: bool = True) -> dict[str, int]:
@@ -106,52 +129,51 @@ def timed_generate(model, input_ids, new_tokens: int, use_cache: bool) -> tuple[
     return out, time.perf_counter() - start
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.count_parameters:
+def main(argv: list[str] | None = None) -> dict:
+    """Time greedy generation with and without the cache (or count parameters); returns the timings."""
+    flags = parse_args(argv)
+    if flags.count_parameters:
         for name, count in preset_parameter_counts().items():
             print(f"{name:34s} {count:>13,d} parameters")
         return {}
-    if args.torch_num_threads is not None:
-        torch.set_num_threads(args.torch_num_threads)
-    torch.manual_seed(args.seed)
-    overrides = dict(args.config_overrides or {})
-    if args.solver_tol is not None:
-        overrides["solver_tol"] = args.solver_tol
-    if args.model_name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **overrides)
-        source = args.model_name_or_path
+    if flags.torch_num_threads is not None:
+        torch.set_num_threads(flags.torch_num_threads)
+    torch.manual_seed(flags.seed)
+    overrides = model_overrides(flags)
+    if flags.model_name_or_path:
+        model = AutoModelForCausalLM.from_pretrained(flags.model_name_or_path, **overrides)
+        source = flags.model_name_or_path
     else:
-        model = hf_deq.create_model(args.preset, solver_on_failure="ignore", **overrides)
-        source = f"preset {args.preset} (random weights)"
+        model = hf_deq.create_model(flags.preset, solver_on_failure="ignore", **overrides)
+        source = f"preset {flags.preset} (random weights)"
     model.eval()
     config = model.config
-    if args.prompt_length + args.new_tokens > config.max_position_embeddings:
+    if flags.prompt_length + flags.new_tokens > config.max_position_embeddings:
         raise SystemExit(
-            f"prompt_length + new_tokens = {args.prompt_length + args.new_tokens} exceeds "
+            f"prompt_length + new_tokens = {flags.prompt_length + flags.new_tokens} exceeds "
             f"max_position_embeddings={config.max_position_embeddings}"
         )
     params = sum({id(p): p.numel() for p in model.parameters()}.values())
-    prompt = torch.randint(0, config.vocab_size, (args.batch_size, args.prompt_length))
+    prompt = torch.randint(0, config.vocab_size, (flags.batch_size, flags.prompt_length))
     print(
         f"model: {source}, {params:,} parameters, hidden {config.hidden_size}, solver {config.solver} "
         f"(max_iter {config.solver_eval_max_iter or config.solver_max_iter}, tol {config.solver_tol:g}); "
         f"torch threads {torch.get_num_threads()}"
     )
     print(
-        f"prompt {args.prompt_length} tokens x batch {args.batch_size}, {args.new_tokens} new tokens, greedy"
+        f"prompt {flags.prompt_length} tokens x batch {flags.batch_size}, {flags.new_tokens} new tokens, greedy"
     )
 
     timed_generate(model, prompt[:, :8], 4, use_cache=True)  # warm-up
-    cached, t_cached = timed_generate(model, prompt, args.new_tokens, use_cache=True)
-    print(f"with cache:    {t_cached:8.2f} s  ({1000 * t_cached / args.new_tokens:.1f} ms/token)")
+    cached, t_cached = timed_generate(model, prompt, flags.new_tokens, use_cache=True)
+    print(f"with cache:    {t_cached:8.2f} s  ({1000 * t_cached / flags.new_tokens:.1f} ms/token)")
     result = {"cached_s": t_cached}
-    if not args.skip_uncached:
-        uncached, t_uncached = timed_generate(model, prompt, args.new_tokens, use_cache=False)
-        new_c, new_u = cached[:, args.prompt_length :], uncached[:, args.prompt_length :]
+    if not flags.skip_uncached:
+        uncached, t_uncached = timed_generate(model, prompt, flags.new_tokens, use_cache=False)
+        new_c, new_u = cached[:, flags.prompt_length :], uncached[:, flags.prompt_length :]
         agree = (new_c == new_u).float().mean().item()
         first_diff = (new_c != new_u).any(0).nonzero()
-        print(f"without cache: {t_uncached:8.2f} s  ({1000 * t_uncached / args.new_tokens:.1f} ms/token)")
+        print(f"without cache: {t_uncached:8.2f} s  ({1000 * t_uncached / flags.new_tokens:.1f} ms/token)")
         print(
             f"speed-up: {t_uncached / t_cached:.1f}x; generated tokens that agree: {100 * agree:.1f}%", end=""
         )

@@ -19,14 +19,22 @@ only as quiet as the other jobs let it be.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from transformers import HfArgumentParser
+
+from benchmarks.flags import (
+    DescriptionAndDefaultsFormatter,
+    outside,
+    parse_flags,
+    require_at_least,
+    split_commas,
+)
 from benchmarks.load import (
     BUSY_LOOPS,
     char_job,
@@ -40,67 +48,100 @@ JOBS = ("main", "char")
 SETTINGS = ("library", "old", "single", "old_passive", "library_passive")
 
 
-def csv_choices(parser: argparse.ArgumentParser, flag: str, text: str, allowed) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in values if v not in allowed]
-    if bad or not values:
-        parser.error(f"argument {flag}: got {text!r}; choose a comma-separated subset of {list(allowed)}")
-    return values
+def busy_counts(text: str) -> list[int]:
+    """``"3,0,1"`` -> ``[0, 1, 3]``: the distinct numbers of busy processes of ``--busy``; ``ValueError`` when a
+    part is not an integer."""
+    return sorted({int(v) for v in text.split(",")})
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass(frozen=True)
+class LoadFlags:
+    """The flags of this script."""
+
+    train_file: str | None = field(
+        default=None, metadata={"help": "the char recipe's text (needed by the char job)"}
     )
-    parser.add_argument("--train_file", default=None, help="the char recipe's text (needed by the char job)")
-    parser.add_argument("--jobs", default="main,char", help="comma-separated subset of main,char")
-    parser.add_argument(
-        "--settings", default="library,old", help="comma-separated subset of " + ",".join(SETTINGS)
+    jobs: str = field(default="main,char", metadata={"help": "comma-separated subset of main,char"})
+    settings: str = field(
+        default="library,old", metadata={"help": "comma-separated subset of " + ",".join(SETTINGS)}
     )
-    parser.add_argument(
-        "--busy", default="0,1,3", help="numbers of busy processes, comma-separated (0: quiet)"
+    busy: str = field(
+        default="0,1,3", metadata={"help": "numbers of busy processes, comma-separated (0: quiet)"}
     )
-    parser.add_argument("--busy_kind", choices=sorted(BUSY_LOOPS), default="python", help="the busy loop")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each job, setting and load")
-    parser.add_argument("--main_steps", type=int, default=60, help="training steps of the main job's slice")
-    parser.add_argument(
-        "--char_steps", type=int, default=60, help="training steps of the char recipe's slice"
+    busy_kind: str = field(
+        default="python", metadata={"help": "the busy loop", "choices": sorted(BUSY_LOOPS)}
     )
-    parser.add_argument(
-        "--run_timeout", type=float, default=None, help="stop a run after this many seconds (reported as '>')"
+    repeats: int = field(default=2, metadata={"help": "runs of each job, setting and load"})
+    main_steps: int = field(default=60, metadata={"help": "training steps of the main job's slice"})
+    char_steps: int = field(default=60, metadata={"help": "training steps of the char recipe's slice"})
+    run_timeout: float | None = field(
+        default=None, metadata={"help": "stop a run after this many seconds (reported as '>')"}
     )
-    parser.add_argument("--output_file", default=None, help="write every timing as JSON")
-    args = parser.parse_args(argv)
-    args.jobs = csv_choices(parser, "--jobs", args.jobs, JOBS)
-    args.settings = csv_choices(parser, "--settings", args.settings, SETTINGS)
+    output_file: str | None = field(default=None, metadata={"help": "write every timing as JSON"})
+
+    @property
+    def job_names(self) -> list[str]:
+        """The jobs of ``--jobs``, in order."""
+        return split_commas(self.jobs)
+
+    @property
+    def setting_names(self) -> list[str]:
+        """The thread settings of ``--settings``, in order."""
+        return split_commas(self.settings)
+
+    @property
+    def busy_list(self) -> list[int]:
+        """The loads of ``--busy``, ascending."""
+        return busy_counts(self.busy)
+
+
+def parse_args(argv: list[str] | None = None) -> LoadFlags:
+    """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
+    parser = HfArgumentParser(
+        LoadFlags, description=__doc__.split("\n\n")[0], formatter_class=DescriptionAndDefaultsFormatter
+    )
+    (flags,) = parse_flags(parser, argv)
+    for flag, text, values, allowed in (
+        ("--jobs", flags.jobs, flags.job_names, JOBS),
+        ("--settings", flags.settings, flags.setting_names, SETTINGS),
+    ):
+        if outside(values, allowed) or not values:
+            parser.error(f"argument {flag}: got {text!r}; choose a comma-separated subset of {list(allowed)}")
     try:
-        args.busy = sorted({int(v) for v in args.busy.split(",")})
+        busy = flags.busy_list
     except ValueError:
         parser.error(
-            f"argument --busy: got {args.busy!r}; expected comma-separated integers >= 0, e.g. 0,1,3"
+            f"argument --busy: got {flags.busy!r}; expected comma-separated integers >= 0, e.g. 0,1,3"
         )
-    if args.busy[0] < 0 or 0 not in args.busy:
-        parser.error(
-            f"argument --busy: got {args.busy}; the list needs 0 (quiet, the reference) and no negative"
-        )
-    for name in ("repeats", "main_steps", "char_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
-    if "char" in args.jobs and (args.train_file is None or not Path(args.train_file).is_file()):
-        parser.error(f"argument --train_file: the char job needs a text file, got {args.train_file!r}")
-    if args.output_file is not None and Path(args.output_file).exists():
-        parser.error(f"argument --output_file: {args.output_file} exists; choose another name")
-    return args
+    if busy[0] < 0 or 0 not in busy:
+        parser.error(f"argument --busy: got {busy}; the list needs 0 (quiet, the reference) and no negative")
+    require_at_least(
+        parser,
+        {"--repeats": flags.repeats, "--main_steps": flags.main_steps, "--char_steps": flags.char_steps},
+    )
+    if "char" in flags.job_names and (flags.train_file is None or not Path(flags.train_file).is_file()):
+        parser.error(f"argument --train_file: the char job needs a text file, got {flags.train_file!r}")
+    if flags.output_file is not None and Path(flags.output_file).exists():
+        parser.error(f"argument --output_file: {flags.output_file} exists; choose another name")
+    return flags
+
+
+def run_settings(flags: LoadFlags, jobs: list, settings: list) -> dict:
+    """The ``settings`` entry of the JSON: the thread settings and every flag, lists as lists (as before)."""
+    threads = [asdict(s) for s in settings]
+    resolved = {"jobs": flags.job_names, "settings": flags.setting_names, "busy": flags.busy_list}
+    return {"jobs": [j.argv for j in jobs], "threads": threads} | asdict(flags) | resolved
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    """Time the job slices under every setting and load, print the slowdowns; returns every timing."""
+    flags = parse_args(argv)
     jobs = [
-        main_job(args.main_steps) if j == "main" else char_job(args.train_file, args.char_steps)
-        for j in args.jobs
+        main_job(flags.main_steps) if j == "main" else char_job(flags.train_file, flags.char_steps)
+        for j in flags.job_names
     ]
     available = standard_settings()
-    settings = [available[s] for s in args.settings]
+    settings = [available[s] for s in flags.setting_names]
     print(
         f"CPUs allowed: {len(os.sched_getaffinity(0))}; load average at the start: {os.getloadavg()}",
         flush=True,
@@ -109,25 +150,25 @@ def main(argv: list[str] | None = None) -> dict:
     results = run_load_benchmark(
         jobs,
         settings,
-        args.busy,
-        args.repeats,
-        args.busy_kind,
+        flags.busy_list,
+        flags.repeats,
+        flags.busy_kind,
         echo=lambda s: print(s, flush=True),
-        timeout=args.run_timeout,
+        timeout=flags.run_timeout,
     )
-    lines = slowdown_lines(results, jobs, settings, args.busy)
+    lines = slowdown_lines(results, jobs, settings, flags.busy_list)
     print("\n".join(["", *lines]))
     total = time.perf_counter() - start
     print(f"\n{total:.0f} s in all; load average at the end: {os.getloadavg()}")
     out = {
-        "settings": {"jobs": [j.argv for j in jobs], "threads": [asdict(s) for s in settings], **vars(args)},
+        "settings": run_settings(flags, jobs, settings),
         "loadavg_start": results.loadavg_start,
         "timings": [asdict(t) for t in results.timings],
         "table": lines,
         "total_time_s": total,
     }
-    if args.output_file is not None:
-        Path(args.output_file).write_text(json.dumps(out, indent=2))
+    if flags.output_file is not None:
+        Path(flags.output_file).write_text(json.dumps(out, indent=2))
     return out
 
 

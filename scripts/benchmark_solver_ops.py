@@ -18,13 +18,16 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from transformers import HfArgumentParser
 
+from benchmarks.flags import DescriptionAndDefaultsFormatter, outside, parse_flags, split_commas
 from benchmarks.op_counts import SOLVERS, ops_lines, ops_suite
 from benchmarks.solve_setup import EVAL_MAX_ITER, SEQ_LEN, VARIANTS
 from benchmarks.step_time import STEP_VARIANTS, step_lines, step_suite
@@ -35,102 +38,133 @@ MODES = ("ops", "step", "all")
 DEFAULT_PRESETS = "deq-transformer-char,mdeq-tiny-digits"
 
 
-def _choices(parser, flag: str, text: str, allowed) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in values if v not in allowed]
-    if bad or not values:
-        parser.error(f"{flag}: got {bad or 'nothing'}; choose a comma-separated subset of {list(allowed)}")
-    return values
+@dataclass(frozen=True)
+class SolverOpsFlags:
+    """The flags of this script."""
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--mode", default="all", choices=MODES, help="what to measure (default: all)")
-    parser.add_argument("--presets", default=DEFAULT_PRESETS, help="comma-separated presets")
-    parser.add_argument(
-        "--variants",
+    mode: Literal["ops", "step", "all"] = field(default="all", metadata={"help": "what to measure"})
+    presets: str = field(default=DEFAULT_PRESETS, metadata={"help": "comma-separated presets"})
+    variants: str | None = field(
         default=None,
-        help=f"comma-separated engine variants of {list(VARIANTS)} (default: all for ops, "
-        f"{','.join(STEP_VARIANTS)} for step)",
+        metadata={
+            "help": f"comma-separated engine variants of {list(VARIANTS)} (default: all for ops, "
+            f"{','.join(STEP_VARIANTS)} for step)"
+        },
     )
-    parser.add_argument("--solvers", default=",".join(SOLVERS), help="solvers of the operator counts")
-    parser.add_argument(
-        "--batch_size", type=int, default=None, help="batch (default: 16 sequences or 32 images)"
+    solvers: str = field(default=",".join(SOLVERS), metadata={"help": "solvers of the operator counts"})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "batch (default: 16 sequences or 32 images)"}
     )
-    parser.add_argument("--seq_len", type=int, default=SEQ_LEN, help="tokens per sequence")
-    parser.add_argument("--max_iter", type=int, default=EVAL_MAX_ITER, help="evaluations of f per eval solve")
-    parser.add_argument("--warmup_steps", type=int, default=2, help="untimed training steps (compilation)")
-    parser.add_argument(
-        "--rounds", type=int, default=5, help="rounds of timed blocks, every variant per round"
+    seq_len: int = field(default=SEQ_LEN, metadata={"help": "tokens per sequence"})
+    max_iter: int = field(default=EVAL_MAX_ITER, metadata={"help": "evaluations of f per eval solve"})
+    warmup_steps: int = field(default=2, metadata={"help": "untimed training steps (compilation)"})
+    rounds: int = field(default=5, metadata={"help": "rounds of timed blocks, every variant per round"})
+    block_steps: int = field(default=2, metadata={"help": "training steps per timed block"})
+    repeats: int = field(default=3, metadata={"help": "timed repeats of each overhead solve (median)"})
+    compile_backend: str = field(
+        default="inductor", metadata={"help": "backend of compile_cell (aot_eager for a smoke run)"}
     )
-    parser.add_argument("--block_steps", type=int, default=2, help="training steps per timed block")
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="timed repeats of each overhead solve (median)"
+    torch_num_threads: int = field(
+        default=1, metadata={"help": "CPU intra-op threads (default 1; 0: torch's default)"}
     )
-    parser.add_argument(
-        "--compile_backend", default="inductor", help="backend of compile_cell (aot_eager for a smoke run)"
+    seed: int = field(default=0, metadata={"help": "seed of the weights and inputs"})
+    output_file: str | None = field(default=None, metadata={"help": "also write every number as JSON here"})
+    overwrite_output_file: bool = field(default=False, metadata={"help": "replace an existing --output_file"})
+
+    @property
+    def preset_list(self) -> list[str]:
+        """The presets of ``--presets``, in order."""
+        return split_commas(self.presets)
+
+    @property
+    def solver_list(self) -> list[str]:
+        """The solvers of ``--solvers``, in order."""
+        return split_commas(self.solvers)
+
+    @property
+    def variant_list(self) -> list[str] | None:
+        """The engine variants of ``--variants`` (``None``: each mode's default)."""
+        return None if self.variants is None else split_commas(self.variants)
+
+
+def _check_subsets(parser: HfArgumentParser, flags: SolverOpsFlags) -> None:
+    """One ``error:`` line for a comma-separated flag with a value outside its choices (or no value)."""
+    for flag, values, allowed in (
+        ("--presets", flags.preset_list, list_variants(include_test=True)),
+        ("--solvers", flags.solver_list, SOLVERS),
+        ("--variants", flags.variant_list, list(VARIANTS)),
+    ):
+        if values is None:
+            continue
+        bad = outside(values, allowed)
+        if bad or not values:
+            parser.error(
+                f"{flag}: got {bad or 'nothing'}; choose a comma-separated subset of {list(allowed)}"
+            )
+
+
+def parse_args(argv: list[str] | None = None) -> SolverOpsFlags:
+    """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
+    parser = HfArgumentParser(
+        SolverOpsFlags, description=__doc__.split("\n\n")[0], formatter_class=DescriptionAndDefaultsFormatter
     )
-    parser.add_argument(
-        "--torch_num_threads",
-        type=int,
-        default=1,
-        help="CPU intra-op threads (default 1; 0: torch's default)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
-    parser.add_argument("--output_file", default=None, help="also write every number as JSON here")
-    parser.add_argument(
-        "--overwrite_output_file", action="store_true", help="replace an existing --output_file"
-    )
-    args = parser.parse_args(argv)
-    args.presets = _choices(parser, "--presets", args.presets, list_variants(include_test=True))
-    args.solvers = _choices(parser, "--solvers", args.solvers, SOLVERS)
-    if args.variants is not None:
-        args.variants = _choices(parser, "--variants", args.variants, list(VARIANTS))
-    for name in ("seq_len", "max_iter", "warmup_steps", "rounds", "block_steps", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.torch_num_threads < 0:
-        parser.error(f"--torch_num_threads must be >= 0, got {args.torch_num_threads}")
-    if args.output_file is not None and Path(args.output_file).exists() and not args.overwrite_output_file:
-        parser.error(f"--output_file {args.output_file} exists; pass --overwrite_output_file to replace it")
-    return args
+    (flags,) = parse_flags(parser, argv)
+    _check_subsets(parser, flags)
+    for name, value in (
+        ("seq_len", flags.seq_len), ("max_iter", flags.max_iter), ("warmup_steps", flags.warmup_steps),
+        ("rounds", flags.rounds), ("block_steps", flags.block_steps), ("repeats", flags.repeats),
+    ):  # fmt: skip
+        if value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    if flags.batch_size is not None and flags.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {flags.batch_size}")
+    if flags.torch_num_threads < 0:
+        parser.error(f"--torch_num_threads must be >= 0, got {flags.torch_num_threads}")
+    if flags.output_file is not None and Path(flags.output_file).exists() and not flags.overwrite_output_file:
+        parser.error(f"--output_file {flags.output_file} exists; pass --overwrite_output_file to replace it")
+    return flags
+
+
+def run_settings(flags: SolverOpsFlags) -> dict:
+    """The ``settings`` entry of the JSON: every flag but ``--overwrite_output_file``, lists as lists."""
+    resolved = {"presets": flags.preset_list, "solvers": flags.solver_list, "variants": flags.variant_list}
+    settings = asdict(flags) | resolved
+    del settings["overwrite_output_file"]
+    settings["torch_num_threads"] = torch.get_num_threads()
+    settings["torch_version"] = torch.__version__
+    return settings
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    if args.torch_num_threads > 0:
-        torch.set_num_threads(args.torch_num_threads)
+    """Measure what ``--mode`` asks for, print the tables; returns every number."""
+    flags = parse_args(argv)
+    if flags.torch_num_threads > 0:
+        torch.set_num_threads(flags.torch_num_threads)
     started = time.perf_counter()
     print(f"# The solve measured (CPU, {torch.get_num_threads()} threads, torch {torch.__version__})\n")
-    common = {"batch_size": args.batch_size, "seq_len": args.seq_len, "max_iter": args.max_iter}
-    common |= {"seed": args.seed, "compile_backend": args.compile_backend}
-    results: dict = {"settings": {k: v for k, v in vars(args).items() if k != "overwrite_output_file"}}
-    results["settings"]["torch_num_threads"] = torch.get_num_threads()
-    results["settings"]["torch_version"] = torch.__version__
-    if args.mode in ("ops", "all"):
-        variants = args.variants or list(VARIANTS)
-        results["ops"] = ops_suite(args.presets, variants, args.solvers, **common)
-        print("\n" + "\n".join(ops_lines(results["ops"], args.max_iter)) + "\n")
-    if args.mode in ("step", "all"):
-        variants = args.variants or list(STEP_VARIANTS)
+    common = {"batch_size": flags.batch_size, "seq_len": flags.seq_len, "max_iter": flags.max_iter}
+    common |= {"seed": flags.seed, "compile_backend": flags.compile_backend}
+    results: dict = {"settings": run_settings(flags)}
+    if flags.mode in ("ops", "all"):
+        variants = flags.variant_list or list(VARIANTS)
+        results["ops"] = ops_suite(flags.preset_list, variants, flags.solver_list, **common)
+        print("\n" + "\n".join(ops_lines(results["ops"], flags.max_iter)) + "\n")
+    if flags.mode in ("step", "all"):
+        variants = flags.variant_list or list(STEP_VARIANTS)
         results["step"] = step_suite(
-            args.presets,
+            flags.preset_list,
             variants,
-            warmup_steps=args.warmup_steps,
-            rounds=args.rounds,
-            block_steps=args.block_steps,
-            repeats=args.repeats,
+            warmup_steps=flags.warmup_steps,
+            rounds=flags.rounds,
+            block_steps=flags.block_steps,
+            repeats=flags.repeats,
             **common,
         )
-        print("\n" + "\n".join(step_lines(results["step"], args.max_iter)) + "\n")
+        print("\n" + "\n".join(step_lines(results["step"], flags.max_iter)) + "\n")
     results["total_time_s"] = time.perf_counter() - started
     print(f"total benchmark time {results['total_time_s']:.0f} s")
-    if args.output_file is not None:
-        write_results(args.output_file, results)
+    if flags.output_file is not None:
+        write_results(flags.output_file, results)
     return results
 
 

@@ -21,13 +21,14 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import HfArgumentParser
 
 from benchmarks.against_explicit import (
     EXPLICIT_LM_FLAGS,
@@ -37,6 +38,13 @@ from benchmarks.against_explicit import (
     json_ready,
     lm_targets,
     parse_run,
+)
+from benchmarks.flags import (
+    DescriptionAndDefaultsFormatter,
+    outside,
+    parse_flags,
+    require_at_least,
+    split_commas,
 )
 from benchmarks.tables import table
 
@@ -48,114 +56,126 @@ DEFAULT_EVAL_STEPS = {"lm": 200, "mdeq": 15}
 DEFAULT_MAX_EVAL_SAMPLES = {"lm": 512, "mdeq": None}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass(frozen=True)
+class TrainingBenchmarkFlags:
+    """The flags of this script."""
+
+    families: str = field(default="lm,mdeq", metadata={"help": "comma-separated subset of lm,mdeq"})
+    train_file: str | None = field(
+        default=None, metadata={"help": "the text of the lm family (e.g. tinyshakespeare)"}
     )
-    parser.add_argument(
-        "--families", default="lm,mdeq", help="comma-separated subset of lm,mdeq (default: both)"
-    )
-    parser.add_argument("--train_file", default=None, help="the text of the lm family (e.g. tinyshakespeare)")
-    parser.add_argument(
-        "--lm_config",
+    lm_config: str = field(
         default=str(DEFAULT_LM_CONFIG),
-        help="the DEQ-Transformer recipe (train_deq_lm.py --config)",
+        metadata={"help": "the DEQ-Transformer recipe (train_deq_lm.py --config)"},
     )
-    parser.add_argument(
-        "--torch_num_threads",
-        type=int,
+    torch_num_threads: int = field(
         default=1,
-        help="CPU intra-op threads of every run (default 1: on a CPU shared with other jobs, OpenMP threads that "
-        "lose their core stall every op)",
+        metadata={
+            "help": "CPU intra-op threads of every run (default 1: on a CPU shared with other jobs, OpenMP "
+            "threads that lose their core stall every op)"
+        },
     )
-    parser.add_argument(
-        "--max_train_steps", type=int, default=None, help="steps of every run (default: each recipe's)"
+    max_train_steps: int | None = field(
+        default=None, metadata={"help": "steps of every run (default: each recipe's)"}
     )
-    parser.add_argument(
-        "--eval_steps", type=int, default=None, help="evaluate every N steps (default: 200 lm, 15 mdeq)"
+    eval_steps: int | None = field(
+        default=None, metadata={"help": "evaluate every N steps (default: 200 lm, 15 mdeq)"}
     )
-    parser.add_argument(
-        "--max_train_samples", type=int, default=None, help="truncate every training set (smoke runs)"
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "truncate every training set (smoke runs)"}
     )
-    parser.add_argument(
-        "--max_eval_samples",
-        type=int,
+    max_eval_samples: int | None = field(
         default=None,
-        help="evaluate on the first N validation examples (default: 512 lm blocks, every mdeq image)",
+        metadata={
+            "help": "evaluate on the first N validation examples (default: 512 lm blocks, every mdeq image)"
+        },
     )
-    parser.add_argument(
-        "--lm_preset", default=None, help="DEQ preset of the lm family (default: the recipe's)"
+    lm_preset: str | None = field(
+        default=None, metadata={"help": "DEQ preset of the lm family (default: the recipe's)"}
     )
-    parser.add_argument(
-        "--mdeq_preset", default=None, help="DEQ preset of the mdeq family (default mdeq-tiny-digits)"
+    mdeq_preset: str | None = field(
+        default=None, metadata={"help": "DEQ preset of the mdeq family (default mdeq-tiny-digits)"}
     )
-    parser.add_argument("--output_file", default=None, help="also write every number of the run as JSON here")
-    parser.add_argument(
-        "--overwrite_output_file", action="store_true", help="replace an existing --output_file"
+    output_file: str | None = field(
+        default=None, metadata={"help": "also write every number of the run as JSON here"}
     )
-    args = parser.parse_args(argv)
-    args.families = [f.strip() for f in args.families.split(",") if f.strip()]
-    unknown = sorted(set(args.families) - set(FAMILIES))
-    if unknown or not args.families:
-        parser.error(f"argument --families: a comma-separated subset of lm,mdeq; got {unknown or 'nothing'}")
-    for name in (
-        "torch_num_threads",
-        "max_train_steps",
-        "eval_steps",
-        "max_train_samples",
-        "max_eval_samples",
-    ):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"argument --{name}: must be an integer >= 1, got {value}")
-    if "lm" in args.families:
-        if args.train_file is None:
+    overwrite_output_file: bool = field(default=False, metadata={"help": "replace an existing --output_file"})
+
+    @property
+    def family_list(self) -> list[str]:
+        """The families of ``--families``, in order."""
+        return split_commas(self.families)
+
+
+def _check_files(parser: HfArgumentParser, flags: TrainingBenchmarkFlags) -> None:
+    """One ``error:`` line for a missing input file of the lm family or an existing ``--output_file``."""
+    if "lm" in flags.family_list:
+        if flags.train_file is None:
             parser.error("argument --train_file: the lm family needs it (e.g. tinyshakespeare's input.txt)")
-        if not Path(args.train_file).is_file():
-            parser.error(f"argument --train_file: no such file: {args.train_file}")
-        if not Path(args.lm_config).is_file():
-            parser.error(f"argument --lm_config: no such file: {args.lm_config}")
-    if args.output_file is not None and Path(args.output_file).exists() and not args.overwrite_output_file:
-        parser.error(f"argument --output_file: {args.output_file} exists; pass --overwrite_output_file")
-    args.runs = {family: run_argvs(args, family) for family in args.families}
-    for (
-        family,
-        argvs,
-    ) in args.runs.items():  # a bad training flag: its one error line now, before any training
-        for argv in argvs:
-            parse_run(FAMILIES[family], argv)
-    return args
+        if not Path(flags.train_file).is_file():
+            parser.error(f"argument --train_file: no such file: {flags.train_file}")
+        if not Path(flags.lm_config).is_file():
+            parser.error(f"argument --lm_config: no such file: {flags.lm_config}")
+    if flags.output_file is not None and Path(flags.output_file).exists() and not flags.overwrite_output_file:
+        parser.error(f"argument --output_file: {flags.output_file} exists; pass --overwrite_output_file")
 
 
-def run_argvs(args: argparse.Namespace, family: str) -> tuple[list[str], list[str]]:
+def parse_args(argv: list[str] | None = None) -> TrainingBenchmarkFlags:
+    """The checked flags of ``argv`` (``None``: the command line); a bad value, here or in a training flag the
+    runs get, is one ``error:`` line."""
+    parser = HfArgumentParser(
+        TrainingBenchmarkFlags,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=DescriptionAndDefaultsFormatter,
+    )
+    (flags,) = parse_flags(parser, argv)
+    unknown = sorted(set(outside(flags.family_list, FAMILIES)))
+    if unknown or not flags.family_list:
+        parser.error(f"argument --families: a comma-separated subset of lm,mdeq; got {unknown or 'nothing'}")
+    require_at_least(
+        parser,
+        {"--torch_num_threads": flags.torch_num_threads, "--max_train_steps": flags.max_train_steps,
+         "--eval_steps": flags.eval_steps, "--max_train_samples": flags.max_train_samples,
+         "--max_eval_samples": flags.max_eval_samples},
+    )  # fmt: skip
+    _check_files(parser, flags)
+    for family in flags.family_list:  # a bad training flag: its one error line now, before any training
+        for run_argv in run_argvs(flags, family):
+            parse_run(FAMILIES[family], run_argv)
+    return flags
+
+
+def run_argvs(flags: TrainingBenchmarkFlags, family: str) -> tuple[list[str], list[str]]:
     """``(DEQ flags, explicit flags)`` of ``family``'s two runs."""
-    common = ["--torch_num_threads", str(args.torch_num_threads), "--disable_tqdm"]
-    common += ["--eval_steps", str(args.eval_steps or DEFAULT_EVAL_STEPS[family])]
-    eval_samples = args.max_eval_samples or DEFAULT_MAX_EVAL_SAMPLES[family]
+    common = ["--torch_num_threads", str(flags.torch_num_threads), "--disable_tqdm"]
+    common += ["--eval_steps", str(flags.eval_steps or DEFAULT_EVAL_STEPS[family])]
+    eval_samples = flags.max_eval_samples or DEFAULT_MAX_EVAL_SAMPLES[family]
     common += ["--max_eval_samples", str(eval_samples)] if eval_samples else []
-    for name in ("max_train_steps", "max_train_samples"):
-        if getattr(args, name) is not None:
-            common += [f"--{name}", str(getattr(args, name))]
+    optional = {"max_train_steps": flags.max_train_steps, "max_train_samples": flags.max_train_samples}
+    for name, value in optional.items():
+        if value is not None:
+            common += [f"--{name}", str(value)]
     if family == "lm":
-        text = ["--train_file", args.train_file]
-        deq = ["--config", args.lm_config, *text, *common]
-        deq += ["--preset", args.lm_preset] if args.lm_preset else []
+        text = ["--train_file", flags.train_file]
+        deq = ["--config", flags.lm_config, *text, *common]
+        deq += ["--preset", flags.lm_preset] if flags.lm_preset else []
         return deq, [*EXPLICIT_LM_FLAGS, *text, *common]
-    deq = [*common, "--preset", args.mdeq_preset] if args.mdeq_preset else common
+    deq = [*common, "--preset", flags.mdeq_preset] if flags.mdeq_preset else common
     return deq, common
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    torch.set_num_threads(args.torch_num_threads)
+    """Train both models of every family of ``--families``, print the comparison; returns every number."""
+    flags = parse_args(argv)
+    torch.set_num_threads(flags.torch_num_threads)
     started = time.perf_counter()
     print(
-        f"# DEQ against explicit models (CPU, {args.torch_num_threads} threads, torch {torch.__version__})\n"
+        f"# DEQ against explicit models (CPU, {flags.torch_num_threads} threads, torch {torch.__version__})\n"
     )
     results: dict = {"families": {}, "targets": []}
     lines: list[str] = []
-    for family in args.families:
-        deq_argv, explicit_argv = args.runs[family]
+    for family in flags.family_list:
+        deq_argv, explicit_argv = run_argvs(flags, family)
         result = compare(FAMILIES[family], deq_argv, explicit_argv)
         result["argv"] = {"deq": deq_argv, "explicit": explicit_argv}
         results["families"][family] = result
@@ -166,13 +186,13 @@ def main(argv: list[str] | None = None) -> dict:
     if results["targets"]:
         rows = [[t["target"], t["measured"], "met" if t["met"] else "MISSED"] for t in results["targets"]]
         print("## Targets (this run)\n\n" + table(["target", "measured", "verdict"], rows) + "\n")
-    results["settings"] = {"torch_num_threads": args.torch_num_threads, "torch_version": torch.__version__}
+    results["settings"] = {"torch_num_threads": flags.torch_num_threads, "torch_version": torch.__version__}
     results["total_time_s"] = time.perf_counter() - started
     print(f"total benchmark time {results['total_time_s']:.0f} s")
-    if args.output_file is not None:
-        Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_file).write_text(json.dumps(json_ready(results), indent=2, allow_nan=False) + "\n")
-        print(f"results written to {args.output_file}")
+    if flags.output_file is not None:
+        Path(flags.output_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(flags.output_file).write_text(json.dumps(json_ready(results), indent=2, allow_nan=False) + "\n")
+        print(f"results written to {flags.output_file}")
     return results
 
 

@@ -25,15 +25,18 @@ between runs of one invocation, on one machine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import HfArgumentParser
+
 from benchmarks import estimator_comparison as ec
+from benchmarks.flags import DescriptionAndDefaultsFormatter, parse_known_flags
 from hf_deq.tasks import available_tasks, get_task
 from hf_deq.training import parse_args as parse_training_args
 from hf_deq.training import train
@@ -58,74 +61,96 @@ def earlier_results(output_dir: Path) -> list[Path]:
     return sorted(p for p in output_dir.iterdir() if p.name in names or (p.is_dir() and "-seed" in p.name))
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+ESTIMATORS = list(ec.recipes("image-classification"))
+
+
+@dataclass(frozen=True)
+class CompareFlags:
+    """The flags of this script (every other flag goes to the training script)."""
+
+    output_dir: str = field(metadata={"help": "where the table, plot and per-run folders go"})
+    task: str = field(
+        default="image-classification",
+        metadata={
+            "help": "the family: image-classification (MDEQ) or causal-lm (DEQ-Transformer)",
+            "choices": [t for t in available_tasks() if t in ec.TRAIN_SCRIPTS],
+        },
     )
-    parser.add_argument("--output_dir", required=True, help="where the table, plot and per-run folders go")
-    parser.add_argument(
-        "--task", default="image-classification", choices=[t for t in available_tasks() if t in ec.TRAIN_SCRIPTS],
-        help="the family: image-classification (MDEQ) or causal-lm (DEQ-Transformer); default image-classification",
-    )  # fmt: skip
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
-    estimators = list(ec.recipes("image-classification"))
-    parser.add_argument(
-        "--estimators", nargs="+", default=estimators, choices=estimators, help="default: all four"
+    seeds: str = field(default="0,1,2", metadata={"help": "comma-separated training seeds"})
+    estimators: list[str] = field(
+        default_factory=lambda: list(ESTIMATORS),
+        metadata={"help": "the gradient estimators compared", "choices": ESTIMATORS},
     )
-    parser.add_argument(
-        "--reference", default="implicit", choices=estimators, help="whose final metric is the target"
+    reference: str = field(
+        default="implicit", metadata={"help": "whose final metric is the target", "choices": ESTIMATORS}
     )
-    parser.add_argument(
-        "--tolerance", type=float, default=0.0,
-        help="move the target this much towards worse (e.g. 0.005 = half an accuracy point); default 0",
-    )  # fmt: skip
-    parser.add_argument("--in_process", action="store_true", help="run the trainings in this process")
-    parser.add_argument(
-        "--skip_existing", action="store_true",
-        help="reuse a run whose folder already holds all_results.json and history.json (same flags assumed)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--overwrite_output_dir", action="store_true",
-        help="replace the results of an earlier comparison in --output_dir (without it, and without "
-        "--skip_existing, such a folder is refused)",
-    )  # fmt: skip
-    args, passthrough = parser.parse_known_args(argv)
+    tolerance: float = field(
+        default=0.0,
+        metadata={"help": "move the target this much towards worse (e.g. 0.005 = half an accuracy point)"},
+    )
+    in_process: bool = field(default=False, metadata={"help": "run the trainings in this process"})
+    skip_existing: bool = field(
+        default=False,
+        metadata={
+            "help": "reuse a run whose folder already holds all_results.json and history.json (same flags assumed)"
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "replace the results of an earlier comparison in --output_dir (without it, and without "
+            "--skip_existing, such a folder is refused)"
+        },
+    )
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds of ``--seeds`` (``ValueError`` unless distinct non-negative integers)."""
+        return ec.parse_seeds(self.seeds)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[CompareFlags, list[str]]:
+    """``(the checked flags, the training script's flags)`` of ``argv``; a bad value is one ``error:`` line."""
+    parser = HfArgumentParser(
+        CompareFlags, description=__doc__, formatter_class=DescriptionAndDefaultsFormatter
+    )
+    (flags,), passthrough = parse_known_flags(parser, argv)
     passthrough = [a for a in passthrough if a != "--"]
     try:
-        args.seeds = ec.parse_seeds(args.seeds)
+        ec.parse_seeds(flags.seeds)
     except ValueError as err:
         parser.error(f"argument --seeds: {err}")
-    earlier = [p.name for p in earlier_results(Path(args.output_dir))]
-    if earlier and not (args.overwrite_output_dir or args.skip_existing):
+    earlier = [p.name for p in earlier_results(Path(flags.output_dir))]
+    if earlier and not (flags.overwrite_output_dir or flags.skip_existing):
         parser.error(
-            f"argument --output_dir: {args.output_dir} holds an earlier comparison ({', '.join(earlier[:4])}); "
+            f"argument --output_dir: {flags.output_dir} holds an earlier comparison ({', '.join(earlier[:4])}); "
             "pass --overwrite_output_dir to replace it or --skip_existing to reuse its finished runs"
         )
-    if args.tolerance < 0:
-        parser.error(f"argument --tolerance: must be >= 0, got {args.tolerance}")
+    if flags.tolerance < 0:
+        parser.error(f"argument --tolerance: must be >= 0, got {flags.tolerance}")
     for reserved in RESERVED:
         if any(a == reserved or a.startswith(f"{reserved}=") for a in passthrough):
             parser.error(f"argument {reserved}: is set per run by this script")
-    parse_training_args(get_task(args.task), passthrough, script=ec.TRAIN_SCRIPTS[args.task])  # fail early
-    return args, passthrough
+    parse_training_args(get_task(flags.task), passthrough, script=ec.TRAIN_SCRIPTS[flags.task])  # fail early
+    return flags, passthrough
 
 
-def run_one(args: argparse.Namespace, name: str, seed: int, passthrough: list[str]) -> dict[str, Any]:
+def run_one(flags: CompareFlags, name: str, seed: int, passthrough: list[str]) -> dict[str, Any]:
     """Train estimator ``name`` with ``seed``; return its results (``all_results.json`` plus the history)."""
-    task, script = get_task(args.task), ec.TRAIN_SCRIPTS[args.task]
-    run_dir = Path(args.output_dir) / f"{name}-seed{seed}"
-    argv = [*passthrough, *ec.recipes(args.task)[name], "--seed", str(seed)]
+    task, script = get_task(flags.task), ec.TRAIN_SCRIPTS[flags.task]
+    run_dir = Path(flags.output_dir) / f"{name}-seed{seed}"
+    argv = [*passthrough, *ec.recipes(flags.task)[name], "--seed", str(seed)]
     argv += ["--output_dir", str(run_dir), "--overwrite_output_dir", "--disable_tqdm"]
     files = run_dir / "all_results.json", run_dir / "history.json"
-    if not (args.skip_existing and all(f.is_file() for f in files)):
-        if args.in_process:
+    if not (flags.skip_existing and all(f.is_file() for f in files)):
+        if flags.in_process:
             train(task, parse_training_args(task, argv, script=script), hooks=[HubPushHook()])
         else:
             subprocess.run([sys.executable, str(SCRIPTS / script), *argv], check=True, env=os.environ)
     results = json.loads(files[0].read_text())
     results["history"] = json.loads(files[1].read_text())
     results["seed"] = seed
-    if seed == args.seeds[0]:  # the same graph for every seed: measured once per estimator
+    if seed == flags.seed_list[0]:  # the same graph for every seed: measured once per estimator
         results["saved_activations_mb"] = ec.saved_activations_mb(
             task, parse_training_args(task, argv, script=script)
         )
@@ -133,26 +158,27 @@ def run_one(args: argparse.Namespace, name: str, seed: int, passthrough: list[st
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args, passthrough = parse_args(argv)
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    metric, names = ec.METRICS[args.task], ec.labels(args.task)
-    runs: dict[str, list[dict]] = {name: [] for name in args.estimators}
-    for seed in args.seeds:
-        for name in args.estimators:
+    """Train every estimator with every seed, write and print the comparison; returns the runs and summary."""
+    flags, passthrough = parse_args(argv)
+    Path(flags.output_dir).mkdir(parents=True, exist_ok=True)
+    metric, names = ec.METRICS[flags.task], ec.labels(flags.task)
+    runs: dict[str, list[dict]] = {name: [] for name in flags.estimators}
+    for seed in flags.seed_list:
+        for name in flags.estimators:
             print(f"=== {name}, seed {seed} ===", flush=True)
-            r = run_one(args, name, seed, passthrough)
+            r = run_one(flags, name, seed, passthrough)
             runs[name].append(r)
             print(
                 f"{name} seed {seed}: {metric.key} {r[metric.key]:.4f}, {r['train_runtime']:.1f}s", flush=True
             )
-    summary = ec.summarize(runs, metric, args.reference, args.tolerance)
-    first = runs[args.estimators[0]][0]
-    preset = parse_training_args(get_task(args.task), passthrough, script=ec.TRAIN_SCRIPTS[args.task]).preset
-    title = (
-        f"{preset or 'model'} on {first['dataset_name']}, {first['train_steps']} steps, seeds {args.seeds}"
-    )
+    summary = ec.summarize(runs, metric, flags.reference, flags.tolerance)
+    first = runs[flags.estimators[0]][0]
+    preset = parse_training_args(
+        get_task(flags.task), passthrough, script=ec.TRAIN_SCRIPTS[flags.task]
+    ).preset
+    title = f"{preset or 'model'} on {first['dataset_name']}, {first['train_steps']} steps, seeds {flags.seed_list}"
     table = ec.markdown_table(summary, metric, names)
-    out = Path(args.output_dir)
+    out = Path(flags.output_dir)
     (out / "compare_estimators.md").write_text(f"### {title}\n\n{table}")
     (out / "compare_estimators.json").write_text(
         json.dumps({"runs": runs, "summary": ec.jsonable(summary)}, indent=2)

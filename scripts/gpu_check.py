@@ -26,7 +26,6 @@ not accuracy, and it runs where ``datasets`` is not installed.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
@@ -35,11 +34,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from transformers import HfArgumentParser
 
 import hf_deq
+from benchmarks.flags import (
+    DescriptionAndDefaultsFormatter,
+    outside,
+    parse_flags,
+    require_at_least,
+)
 from hf_deq.training import solver_stats
 from hf_deq.training.arguments import check_preset_config
 from hf_deq.training.step import BufferSync, gradients_are_finite
@@ -59,80 +67,103 @@ VARIANTS: dict[str, dict] = {
 FSDP_CONFIG = Path(__file__).resolve().parent / "configs" / "accelerate_fsdp2.yaml"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass(frozen=True)
+class GpuCheckFlags:
+    """The flags of this script."""
+
+    mdeq_preset: str = field(default="mdeq-tiny-cifar10", metadata={"help": "the MDEQ preset timed"})
+    lm_preset: str = field(
+        default="deq-transformer-small", metadata={"help": "the DEQ-Transformer preset timed"}
     )
-    parser.add_argument("--mdeq_preset", default="mdeq-tiny-cifar10", help="the MDEQ preset timed")
-    parser.add_argument(
-        "--lm_preset", default="deq-transformer-small", help="the DEQ-Transformer preset timed"
+    image_batch: int = field(default=128, metadata={"help": "images per MDEQ step"})
+    image_size: int = field(default=32, metadata={"help": "side of the random images"})
+    lm_batch: int = field(default=16, metadata={"help": "sequences per LM step"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per LM sequence"})
+    steps: int = field(default=5, metadata={"help": "timed steps per estimator (after 2 warm-up steps)"})
+    estimators: str = field(
+        default=",".join(ESTIMATORS), metadata={"help": "comma-separated gradient estimators to time"}
     )
-    parser.add_argument("--image_batch", type=int, default=128, help="images per MDEQ step")
-    parser.add_argument("--image_size", type=int, default=32, help="side of the random images")
-    parser.add_argument("--lm_batch", type=int, default=16, help="sequences per LM step")
-    parser.add_argument("--seq_len", type=int, default=256, help="tokens per LM sequence")
-    parser.add_argument(
-        "--steps", type=int, default=5, help="timed steps per estimator (after 2 warm-up steps)"
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(
+        default="bf16", metadata={"help": "autocast dtype of the steps"}
     )
-    parser.add_argument(
-        "--estimators", default=",".join(ESTIMATORS), help="comma-separated gradient estimators to time"
-    )
-    parser.add_argument(
-        "--mixed_precision",
-        default="bf16",
-        choices=["no", "bf16", "fp16"],
-        help="autocast dtype of the steps",
-    )
-    parser.add_argument("--families", default="mdeq,lm", help="comma-separated families: mdeq, lm")
-    parser.add_argument(
-        "--variants",
+    families: str = field(default="mdeq,lm", metadata={"help": "comma-separated families: mdeq, lm"})
+    variants: str = field(
         default="eager",
-        help=f"comma-separated variants of the solve to time: {', '.join(VARIANTS)}",
+        metadata={"help": f"comma-separated variants of the solve to time: {', '.join(VARIANTS)}"},
     )
-    parser.add_argument(
-        "--fsdp",
-        action="store_true",
-        help="run under FSDP2 (accelerate launch with scripts/configs/accelerate_fsdp2.yaml) and check its "
-        "checkpoints and state dicts",
+    fsdp: bool = field(
+        default=False,
+        metadata={
+            "help": "run under FSDP2 (accelerate launch with scripts/configs/accelerate_fsdp2.yaml) and check its "
+            "checkpoints and state dicts"
+        },
     )
-    parser.add_argument(
-        "--fsdp_processes",
-        type=int,
+    fsdp_processes: int | None = field(
         default=None,
-        help="processes (GPUs) for --fsdp; default: the visible GPUs, at most 2 (1 also runs FSDP2)",
+        metadata={
+            "help": "processes (GPUs) for --fsdp; default: the visible GPUs, at most 2 (1 also runs FSDP2)"
+        },
     )
-    args = parser.parse_args(argv)
-    for name in ("image_batch", "image_size", "lm_batch", "seq_len", "steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"argument --{name}: must be an integer >= 1, got {getattr(args, name)}")
-    for flag, value, allowed in (
-        ("--estimators", args.estimators, hf_deq.available_grad_estimators()),
-        ("--families", args.families, ["mdeq", "lm"]),
-        ("--variants", args.variants, list(VARIANTS)),
+
+    @property
+    def family_list(self) -> list[str]:
+        """The families of ``--families``, in order."""
+        return self.families.split(",")
+
+    @property
+    def estimator_list(self) -> list[str]:
+        """The gradient estimators of ``--estimators``, in order."""
+        return self.estimators.split(",")
+
+    @property
+    def variant_list(self) -> list[str]:
+        """The variants of the solve of ``--variants``, in order."""
+        return self.variants.split(",")
+
+    @property
+    def presets(self) -> dict[str, str]:
+        """The preset timed for each family."""
+        return {"mdeq": self.mdeq_preset, "lm": self.lm_preset}
+
+
+def parse_args(argv: list[str] | None = None) -> GpuCheckFlags:
+    """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
+    parser = HfArgumentParser(
+        GpuCheckFlags, description=__doc__, formatter_class=DescriptionAndDefaultsFormatter
+    )
+    (flags,) = parse_flags(parser, argv)
+    require_at_least(
+        parser,
+        {"--image_batch": flags.image_batch, "--image_size": flags.image_size, "--lm_batch": flags.lm_batch,
+         "--seq_len": flags.seq_len, "--steps": flags.steps},
+    )  # fmt: skip
+    for flag, values, allowed in (
+        ("--estimators", flags.estimator_list, hf_deq.available_grad_estimators()),
+        ("--families", flags.family_list, ["mdeq", "lm"]),
+        ("--variants", flags.variant_list, list(VARIANTS)),
     ):
-        unknown = [v for v in value.split(",") if v not in allowed]
-        if unknown:
+        if unknown := outside(values, allowed):
             parser.error(f"argument {flag}: unknown {unknown}; choose from {allowed}")
     for flag, preset, model_type in (
-        ("--mdeq_preset", args.mdeq_preset, "mdeq"),
-        ("--lm_preset", args.lm_preset, "deq_transformer"),
+        ("--mdeq_preset", flags.mdeq_preset, "mdeq"),
+        ("--lm_preset", flags.lm_preset, "deq_transformer"),
     ):
-        for variant in args.variants.split(","):
+        for variant in flags.variant_list:
             check_preset_config(parser, preset, VARIANTS[variant], model_type=model_type, preset_flag=flag)
-    return args
+    return flags
 
 
-def make_batch(family: str, config, args, device) -> tuple[dict, int]:
+def make_batch(family: str, config, flags: GpuCheckFlags, device) -> tuple[dict, int]:
     """Synthetic inputs and the number of items (images or tokens) they hold."""
     g = torch.Generator(device="cpu").manual_seed(0)
     if family == "mdeq":
         pixels = torch.randn(
-            args.image_batch, config.num_channels, args.image_size, args.image_size, generator=g
+            flags.image_batch, config.num_channels, flags.image_size, flags.image_size, generator=g
         )
-        labels = torch.randint(0, config.num_labels, (args.image_batch,), generator=g)
-        return {"pixel_values": pixels.to(device), "labels": labels.to(device)}, args.image_batch
-    ids = torch.randint(0, config.vocab_size, (args.lm_batch, args.seq_len), generator=g).to(device)
-    return {"input_ids": ids, "labels": ids}, args.lm_batch * args.seq_len
+        labels = torch.randint(0, config.num_labels, (flags.image_batch,), generator=g)
+        return {"pixel_values": pixels.to(device), "labels": labels.to(device)}, flags.image_batch
+    ids = torch.randint(0, config.vocab_size, (flags.lm_batch, flags.seq_len), generator=g).to(device)
+    return {"input_ids": ids, "labels": ids}, flags.lm_batch * flags.seq_len
 
 
 def kernel_time_ms(step) -> float:
@@ -152,22 +183,12 @@ def kernel_time_ms(step) -> float:
     )
 
 
-def run_estimator(family: str, preset: str, estimator: str, args, variant: str = "eager") -> dict:
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    torch.manual_seed(0)
-    model = hf_deq.create_model(
-        preset, grad_estimator=estimator, solver_on_failure="ignore", **VARIANTS[variant]
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-    batch, items = make_batch(family, model.config, args, accelerator.device)
-    torch.cuda.reset_peak_memory_stats()
+def timed_steps(accelerator, model, optimizer, batch: dict, steps: int) -> tuple:
+    """``(forward s, backward s, step s, losses, solver steps, gradients finite)`` of ``steps`` training steps
+    after 2 warm-up steps (the lists hold one value per timed step)."""
     fwd, bwd, total, losses, nsteps = [], [], [], [], []
     grads_finite = True
-    for step in range(args.steps + 2):
+    for step in range(steps + 2):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         with accelerator.autocast():
@@ -188,6 +209,28 @@ def run_estimator(family: str, preset: str, estimator: str, args, variant: str =
             total.append(t3 - t0)
             losses.append(float(out.loss))
             nsteps.append(solver_stats(out)["solver_nstep"])
+    return fwd, bwd, total, losses, nsteps, grads_finite
+
+
+def run_estimator(
+    family: str, preset: str, estimator: str, flags: GpuCheckFlags, variant: str = "eager"
+) -> dict:
+    """Time ``flags.steps`` training steps of ``preset`` with ``estimator`` in ``variant`` of the solve."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(mixed_precision=flags.mixed_precision)
+    torch.manual_seed(0)
+    model = hf_deq.create_model(
+        preset, grad_estimator=estimator, solver_on_failure="ignore", **VARIANTS[variant]
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    batch, items = make_batch(family, model.config, flags, accelerator.device)
+    torch.cuda.reset_peak_memory_stats()
+    fwd, bwd, total, losses, nsteps, grads_finite = timed_steps(
+        accelerator, model, optimizer, batch, flags.steps
+    )
     step_time = statistics.median(total)
 
     def one_step() -> None:
@@ -216,20 +259,20 @@ def run_estimator(family: str, preset: str, estimator: str, args, variant: str =
     }
 
 
-def check_fsdp(family: str, preset: str, args) -> dict:
+def check_fsdp(family: str, preset: str, flags: GpuCheckFlags) -> dict:
     """What FSDP2 changes in the training loop, on one model: clipping sharded gradients, a sharded checkpoint
     round trip, the same full weights on every rank, the gathered full state dict for ``save_pretrained``."""
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, gather_object
 
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    accelerator = Accelerator(mixed_precision=flags.mixed_precision)
     torch.manual_seed(0)
     model = hf_deq.create_model(preset, solver_on_failure="ignore")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     sync_buffers = BufferSync(model)
-    batch, _ = make_batch(family, model.config, args, accelerator.device)
+    batch, _ = make_batch(family, model.config, flags, accelerator.device)
 
     def step() -> float:
         with accelerator.autocast():
@@ -268,49 +311,38 @@ def check_fsdp(family: str, preset: str, args) -> dict:
     }
 
 
-def launch_fsdp(argv: list[str], args) -> int:
+def launch_fsdp(argv: list[str], flags: GpuCheckFlags) -> int:
     """Run this script again under ``accelerate launch`` with the FSDP2 config."""
-    processes = args.fsdp_processes or min(torch.cuda.device_count(), 2)
+    processes = flags.fsdp_processes or min(torch.cuda.device_count(), 2)
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
-        "--num_processes", str(processes), "--mixed_precision", args.mixed_precision,
+        "--num_processes", str(processes), "--mixed_precision", flags.mixed_precision,
         __file__, *argv,
     ]  # fmt: skip
     print("$ " + " ".join(cmd), flush=True)
     return subprocess.call(cmd)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    if not torch.cuda.is_available():
-        print("gpu_check.py needs a CUDA device; none is available here.")
-        return 2
-    under_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    if args.fsdp and not under_fsdp:
-        return launch_fsdp(argv, args)
-    if under_fsdp:
-        from accelerate import PartialState
-
-        main_process = PartialState().is_main_process
-        if not main_process:  # every rank runs the steps; rank 0 prints
-            sys.stdout = open(os.devnull, "w")
-    print(
-        f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; precision {args.mixed_precision}"
-    )
-    families = {"mdeq": args.mdeq_preset, "lm": args.lm_preset}
+def timed_rows(flags: GpuCheckFlags) -> list[dict]:
+    """One row per family, estimator and variant of the solve; a failing row holds its error (``"error"``)."""
     rows = []
-    for family in args.families.split(","):
-        for estimator in args.estimators.split(","):
-            for variant in args.variants.split(","):
+    for family in flags.family_list:
+        preset = flags.presets[family]
+        for estimator in flags.estimator_list:
+            for variant in flags.variant_list:
                 try:
-                    rows.append(run_estimator(family, families[family], estimator, args, variant))
+                    rows.append(run_estimator(family, preset, estimator, flags, variant))
                 except Exception as exc:  # report and go on: one failing row must not hide the others
                     rows.append(
-                        {"family": family, "preset": families[family], "estimator": estimator,
+                        {"family": family, "preset": preset, "estimator": estimator,
                          "variant": variant, "error": repr(exc)}
                     )  # fmt: skip
                 torch.cuda.empty_cache()
+    return rows
+
+
+def print_timing_table(rows: list[dict]) -> None:
+    """The table of ``rows``: times, GPU busy share, throughput, peak memory, solver steps, finite losses."""
     unit = {"mdeq": "img/s", "lm": "tok/s"}
     print()
     print(
@@ -327,50 +359,91 @@ def main(argv=None) -> int:
             f"{r['bwd_ms']:.1f} | {r['kernel_ms']:.1f} ({100 * r['gpu_busy']:.0f}%) | "
             f"{r['items_per_s']:.0f} {unit[r['family']]} | {r['peak_gib']:.2f} | {r['nstep']:.1f} | {r['finite']} |"
         )
-    for family in families:
-        for variant in args.variants.split(","):
-            if variant == "eager":
-                continue
-            for r in rows:
-                base = next(
-                    (b for b in rows if "error" not in b and b["variant"] == "eager"
-                     and (b["family"], b["estimator"]) == (r["family"], r["estimator"])), None,
-                )  # fmt: skip
-                if base and r["family"] == family and r["variant"] == variant and "error" not in r:
-                    print(
-                        f"{families[family]} {r['estimator']}: step({variant}) / step(eager) = "
-                        f"{r['step_ms'] / base['step_ms']:.2f}"
-                    )
-        by_name = {
-            r["estimator"]: r
-            for r in rows
-            if r.get("family") == family and "error" not in r and r["variant"] == args.variants.split(",")[0]
-        }
-        if "implicit" in by_name:
-            for other in ("upg", "npg"):
-                if other in by_name:
-                    ratio = by_name["implicit"]["bwd_ms"] / by_name[other]["bwd_ms"]
-                    print(f"{families[family]}: backward(implicit) / backward({other}) = {ratio:.2f}")
+
+
+def print_variant_ratios(rows: list[dict], flags: GpuCheckFlags, family: str) -> None:
+    """Step time of every variant of the solve over the eager step, per estimator of ``family``."""
+    for variant in flags.variant_list:
+        if variant == "eager":
+            continue
+        for r in rows:
+            base = next(
+                (b for b in rows if "error" not in b and b["variant"] == "eager"
+                 and (b["family"], b["estimator"]) == (r["family"], r["estimator"])), None,
+            )  # fmt: skip
+            if base and r["family"] == family and r["variant"] == variant and "error" not in r:
+                print(
+                    f"{flags.presets[family]} {r['estimator']}: step({variant}) / step(eager) = "
+                    f"{r['step_ms'] / base['step_ms']:.2f}"
+                )
+
+
+def print_backward_ratios(rows: list[dict], flags: GpuCheckFlags, family: str) -> None:
+    """Backward time of ``implicit`` over UPG's and NPG's in the first variant of the solve, for ``family``."""
+    by_name = {
+        r["estimator"]: r
+        for r in rows
+        if r.get("family") == family and "error" not in r and r["variant"] == flags.variant_list[0]
+    }
+    if "implicit" in by_name:
+        for other in ("upg", "npg"):
+            if other in by_name:
+                ratio = by_name["implicit"]["bwd_ms"] / by_name[other]["bwd_ms"]
+                print(f"{flags.presets[family]}: backward(implicit) / backward({other}) = {ratio:.2f}")
+
+
+def fsdp_checks_pass(flags: GpuCheckFlags) -> bool:
+    """Run ``check_fsdp`` on every family, print its table; whether every check passed."""
+    ok = True
+    print()
+    print("| FSDP2 preset | sharded checkpoint | resume max abs loss diff | same weights on every rank | "
+          "saved model = gathered weights |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for family in flags.family_list:
+        try:
+            r = check_fsdp(family, flags.presets[family], flags)
+        except Exception as exc:  # report and go on, as above
+            print(f"| {flags.presets[family]} | error: {exc!r:.120} ||||")
+            ok = False
+            continue
+        print(
+            f"| {r['preset']} | {r['sharded_checkpoint']} | {r['resume_max_diff']:.2e} | {r['same_weights']} | "
+            f"{r['saved_matches']} |"
+        )
+        # The same batch from the same state: equal up to GPU non-determinism (bf16 atomics, cuDNN).
+        resumed = r["resume_max_diff"] <= 1e-2
+        ok = ok and resumed and r["sharded_checkpoint"] and r["same_weights"] and r["saved_matches"]
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time every family, estimator and variant (and, under FSDP, check it); 0 when every loss was finite and
+    every check passed, 1 otherwise, 2 without a CUDA device."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    flags = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_check.py needs a CUDA device; none is available here.")
+        return 2
+    under_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if flags.fsdp and not under_fsdp:
+        return launch_fsdp(argv, flags)
+    if under_fsdp:
+        from accelerate import PartialState
+
+        main_process = PartialState().is_main_process
+        if not main_process:  # every rank runs the steps; rank 0 prints
+            sys.stdout = open(os.devnull, "w")
+    print(
+        f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; precision {flags.mixed_precision}"
+    )
+    rows = timed_rows(flags)
+    print_timing_table(rows)
+    for family in flags.presets:
+        print_variant_ratios(rows, flags, family)
+        print_backward_ratios(rows, flags, family)
     ok = all("error" not in r and r["finite"] for r in rows)
     if under_fsdp:
-        print()
-        print("| FSDP2 preset | sharded checkpoint | resume max abs loss diff | same weights on every rank | "
-              "saved model = gathered weights |")  # fmt: skip
-        print("|---|---|---|---|---|")
-        for family in args.families.split(","):
-            try:
-                r = check_fsdp(family, families[family], args)
-            except Exception as exc:  # report and go on, as above
-                print(f"| {families[family]} | error: {exc!r:.120} ||||")
-                ok = False
-                continue
-            print(
-                f"| {r['preset']} | {r['sharded_checkpoint']} | {r['resume_max_diff']:.2e} | {r['same_weights']} | "
-                f"{r['saved_matches']} |"
-            )
-            # The same batch from the same state: equal up to GPU non-determinism (bf16 atomics, cuDNN).
-            resumed = r["resume_max_diff"] <= 1e-2
-            ok = ok and resumed and r["sharded_checkpoint"] and r["same_weights"] and r["saved_matches"]
+        ok = fsdp_checks_pass(flags) and ok
     return 0 if ok else 1
 
 

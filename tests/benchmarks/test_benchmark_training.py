@@ -168,20 +168,20 @@ def test_both_runs_of_a_family_share_the_machine_settings_and_the_evaluation(tmp
     text = tmp_path / "input.txt"
     text.write_text("to be, or not to be\n" * 50)
     script = load_script("benchmark_training")
-    args = script.parse_args(["--train_file", str(text), "--torch_num_threads", "3"])
-    assert args.families == ["lm", "mdeq"]
+    flags = script.parse_args(["--train_file", str(text), "--torch_num_threads", "3"])
+    assert flags.families == "lm,mdeq" and flags.family_list == ["lm", "mdeq"]
     for family, evaluation in (
         ("lm", ["--eval_steps", "200", "--max_eval_samples", "512"]),
         ("mdeq", ["--eval_steps", "15"]),
     ):
-        deq, explicit = args.runs[family]
+        deq, explicit = script.run_argvs(flags, family)
         for argv in (deq, explicit):
             assert argv[argv.index("--torch_num_threads") + 1] == "3"
             assert all(
                 argv[argv.index(flag) + 1] == value for flag, value in zip(evaluation[::2], evaluation[1::2])
             )
             assert ("--max_eval_samples" in argv) == (family == "lm")
-    deq, explicit = args.runs["lm"]
+    deq, explicit = script.run_argvs(flags, "lm")
     assert (
         deq[:2] == ["--config", str(script.DEFAULT_LM_CONFIG)] and "--per_device_train_batch_size" in explicit
     )
