@@ -4,11 +4,10 @@ perplexity."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +26,16 @@ from ..training.flag_ranges import WORKER_RANGE, Range, count_range
 from ..training.flags import flag
 from ..training.task import TaskData, TrainingTask, register_task
 
+if TYPE_CHECKING:
+    from ..training.arguments import TrainingArgs
+
 #: where a checkpoint keeps the run's processing class (the loop writes it there)
 CHECKPOINT_PROCESSOR_DIR = "processing_class"
 #: the longest ``--block_size``: a longer sequence means over 2**40 attention scores per head and solver iteration
 MAX_BLOCK_SIZE = 2**20
 
 
-def load_text(args: argparse.Namespace):
+def load_text(args: TrainingArgs):
     """The raw ``train`` / ``validation`` text of the data flags."""
     return load_text_datasets(
         dataset_name=args.dataset_name,
@@ -45,7 +47,7 @@ def load_text(args: argparse.Namespace):
     )
 
 
-def load_or_train_tokenizer(args: argparse.Namespace, raw, checkpoint: Path | None = None):
+def load_or_train_tokenizer(args: TrainingArgs, raw, checkpoint: Path | None = None):
     """``--tokenizer_name``; or the tokenizer saved with the checkpoint being resumed / the model; or one of
     ``--train_tokenizer`` (default ``char``) trained on the training text."""
     from transformers import AutoTokenizer
@@ -60,7 +62,7 @@ def load_or_train_tokenizer(args: argparse.Namespace, raw, checkpoint: Path | No
     return train_tokenizer(kind, raw["train"][args.text_column_name], vocab_size=args.tokenizer_vocab_size)
 
 
-def build_language_model(args: argparse.Namespace, tokenizer):
+def build_language_model(args: TrainingArgs, tokenizer):
     """The DEQ-Transformer LM (from ``--preset`` or ``--model_name_or_path``, every config override applied),
     sized to ``tokenizer`` and ``--block_size``."""
     from transformers import AutoModelForCausalLM
@@ -211,14 +213,14 @@ class CausalLMTask(TrainingTask):
                 check_text_file(path, flag_name, contents=False)  # the contents when loading
         return {}
 
-    def load_raw(self, args: argparse.Namespace) -> Any:
+    def load_raw(self, args: TrainingArgs) -> Any:
         return load_text(args)
 
-    def build_model(self, args: argparse.Namespace, raw: Any, checkpoint: Path | None):
+    def build_model(self, args: TrainingArgs, raw: Any, checkpoint: Path | None):
         tokenizer = load_or_train_tokenizer(args, raw, checkpoint)
         return build_language_model(args, tokenizer), tokenizer
 
-    def load_pretrained(self, args: argparse.Namespace, raw: Any):
+    def load_pretrained(self, args: TrainingArgs, raw: Any):
         from transformers import AutoModelForCausalLM
 
         if args.tokenizer_name is not None:
@@ -227,7 +229,7 @@ class CausalLMTask(TrainingTask):
             tokenizer = load_saved_tokenizer(args.model_name_or_path, "model_name_or_path")
         return AutoModelForCausalLM.from_pretrained(args.model_name_or_path), tokenizer
 
-    def load_data(self, args: argparse.Namespace, raw: Any, processing_class: Any) -> TaskData:
+    def load_data(self, args: TrainingArgs, raw: Any, processing_class: Any) -> TaskData:
         from transformers import default_data_collator
 
         train, validation = tokenize_into_blocks(

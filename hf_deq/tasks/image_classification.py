@@ -3,10 +3,9 @@ accuracy; random crop / flip augmentation."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +27,9 @@ from ..training.flag_ranges import SEED_RANGE
 from ..training.flags import flag
 from ..training.task import TaskData, TrainingTask, register_task
 
+if TYPE_CHECKING:
+    from ..training.arguments import TrainingArgs
+
 
 @dataclasses.dataclass
 class RawImageData:
@@ -45,7 +47,7 @@ class RawImageData:
     label_names: list[str]
 
 
-def load_images(args: argparse.Namespace) -> RawImageData:
+def load_images(args: TrainingArgs) -> RawImageData:
     """The ``RawImageData`` of the data flags."""
     datasets, image_column, label_column, label_names = load_image_datasets(
         dataset_name=args.dataset_name,
@@ -63,7 +65,7 @@ def load_images(args: argparse.Namespace) -> RawImageData:
     return RawImageData(datasets, image_column, label_column, list(label_names))
 
 
-def build_classifier(args: argparse.Namespace, label_names: list[str]):
+def build_classifier(args: TrainingArgs, label_names: list[str]):
     """The MDEQ classifier (from ``--preset`` or ``--model_name_or_path``, every config override applied, the
     dataset's labels) and its image processor."""
     from transformers import AutoModelForImageClassification
@@ -147,13 +149,13 @@ class ImageClassificationTask(TrainingTask):
             return {"dataset_name": "digits"}
         return {}
 
-    def load_raw(self, args: argparse.Namespace) -> RawImageData:
+    def load_raw(self, args: TrainingArgs) -> RawImageData:
         return load_images(args)
 
-    def build_model(self, args: argparse.Namespace, raw: RawImageData, checkpoint: Path | None):
+    def build_model(self, args: TrainingArgs, raw: RawImageData, checkpoint: Path | None):
         return build_classifier(args, raw.label_names)
 
-    def load_pretrained(self, args: argparse.Namespace, raw: RawImageData):
+    def load_pretrained(self, args: TrainingArgs, raw: RawImageData):
         from transformers import AutoModelForImageClassification
 
         from ..models.mdeq import MDEQImageProcessor
@@ -169,7 +171,7 @@ class ImageClassificationTask(TrainingTask):
             )
         return model, MDEQImageProcessor.for_saved_model(args.model_name_or_path, model.config)
 
-    def load_data(self, args: argparse.Namespace, raw: RawImageData, processing_class: Any) -> TaskData:
+    def load_data(self, args: TrainingArgs, raw: RawImageData, processing_class: Any) -> TaskData:
         self.metric = load_packaged_metric("accuracy")
 
         def split(name: str):
@@ -186,7 +188,7 @@ class ImageClassificationTask(TrainingTask):
             info={"label_names": raw.label_names},
         )
 
-    def prepare_train_batch(self, batch: dict, args: argparse.Namespace) -> dict:
+    def prepare_train_batch(self, batch: dict, args: TrainingArgs) -> dict:
         """``--augment``, drawn here (not in the dataloader, which fetches ahead) from the per-step seed."""
         if args.augment != "none":
             batch["pixel_values"] = augment_batch(batch["pixel_values"], args.augment)

@@ -4,14 +4,17 @@ the randomness (dropout, augmentation) the uninterrupted run drew. CPU threads: 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:
+    from .arguments import TrainingArgs
 
-def build_accelerator(args: argparse.Namespace):
+
+def build_accelerator(args: TrainingArgs):
     """The run's ``Accelerator`` with logging set up and the global seed set."""
     import datasets
     import transformers

@@ -52,6 +52,9 @@ def deq_argument_names(config_class: type = DEQConfig) -> tuple[str, ...]:
 DEQ_ARGUMENT_NAMES = deq_argument_names()
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+#: what the training layer and the tasks receive as ``args``: an instance of ``training_arguments_class(task)`` (the
+#: shared flag groups and the task's data flags in one dataclass, read by attribute)
+TrainingArgs = Any
 DEQ_GROUP = "DEQ solver and gradient estimator (default: the preset's)"
 
 #: choices of the DEQ fields that have some, from the field table (the rest are checked by the config at parse time)

@@ -12,14 +12,13 @@ with ``evaluate_run`` and ``save_checkpoint`` where they are due, then ``finish`
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -41,8 +40,11 @@ from .task import TaskData, TrainingTask
 from .threads import ThreadGovernor
 from .tracking import RunTracker
 
+if TYPE_CHECKING:
+    from .arguments import TrainingArgs
 
-def build_dataloaders(args: argparse.Namespace, data: TaskData) -> tuple[DataLoader, DataLoader]:
+
+def build_dataloaders(args: TrainingArgs, data: TaskData) -> tuple[DataLoader, DataLoader]:
     """Shuffled training batches of ``data.train`` (accelerate replaces the sampler with its seedable one: the
     order depends on ``(seed, epoch)`` only) and ordered evaluation batches of ``data.validation``; batch sizes,
     workers and seed from ``args``."""
@@ -70,7 +72,7 @@ def num_parameters(model: torch.nn.Module) -> int:
 
 
 @contextlib.contextmanager
-def claimed_output_dir(args: argparse.Namespace, accelerator):
+def claimed_output_dir(args: TrainingArgs, accelerator):
     """``--output_dir`` created and locked for this run (``OutputDirLock``, on the main process) while the block
     runs; with ``--overwrite_output_dir`` (and no resume) an earlier run's checkpoints, model and results are
     removed first, and said so, so that ``latest`` can never pick them."""
@@ -94,7 +96,8 @@ def claimed_output_dir(args: argparse.Namespace, accelerator):
             lock.release()
 
 
-class Prepared(NamedTuple):
+@dataclass
+class Prepared:
     """What ``accelerator.prepare`` gave back, and the run's length in optimizer steps and epochs."""
 
     model: torch.nn.Module
@@ -108,27 +111,20 @@ class Prepared(NamedTuple):
 
 
 @dataclass
-class Run:
-    """The state of one run that the phases share: what ``set_up`` built (the prepared model, optimizer,
-    scheduler and loaders, the guarded step, the tracker), where the run is (``state``: the checkpointed
-    ``TrainingState``), and what it measures (``clock``, the logging ``window``, the ``last_evaluation``)."""
+class Run(Prepared):
+    """The state of one run that the phases share: what ``set_up`` built (the ``Prepared`` model, optimizer,
+    scheduler, loaders and run length, which it extends; the guarded step, the tracker), where the run is
+    (``state``: the checkpointed ``TrainingState``), and what it measures (``clock``, the logging ``window``, the
+    ``last_evaluation``)."""
 
     task: TrainingTask
-    args: argparse.Namespace
+    args: TrainingArgs
     accelerator: Any
     hooks: tuple[TrainingHook, ...]
     logger: Any
     threads: ThreadGovernor
     data: TaskData
     processing_class: Any
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: Any
-    train_dl: DataLoader
-    eval_dl: DataLoader
-    updates_per_epoch: int
-    max_train_steps: int
-    num_epochs: int
     unwrapped: torch.nn.Module
     is_deq: bool
     state: TrainingState
@@ -170,7 +166,7 @@ class Run:
         return int(steps) if steps.isdigit() else None
 
 
-def train(task: TrainingTask, args: argparse.Namespace, hooks: Iterable[TrainingHook] = ()) -> dict[str, Any]:
+def train(task: TrainingTask, args: TrainingArgs, hooks: Iterable[TrainingHook] = ()) -> dict[str, Any]:
     """Train, evaluate and save ``task``'s model as ``args`` say; ``hooks`` (``TrainingHook``) see each checkpoint
     and the end. Returns ``all_results.json``'s content plus the evaluation ``history`` and the training
     ``log_history``."""
@@ -186,9 +182,7 @@ def train(task: TrainingTask, args: argparse.Namespace, hooks: Iterable[Training
         return finish(run)
 
 
-def set_up(
-    task: TrainingTask, args: argparse.Namespace, accelerator, hooks: tuple[TrainingHook, ...] = ()
-) -> Run:
+def set_up(task: TrainingTask, args: TrainingArgs, accelerator, hooks: tuple[TrainingHook, ...] = ()) -> Run:
     """The ``Run`` of ``task`` and ``args`` on ``accelerator``, ready for its first step: data and model loaded,
     everything prepared, a checkpoint (``args.resume_checkpoint``) resumed, the start logged."""
     from accelerate.logging import get_logger
@@ -221,7 +215,7 @@ def set_up(
         threads=threads,
         data=data,
         processing_class=processing_class,
-        **prepared._asdict(),
+        **vars(prepared),
         unwrapped=unwrapped,
         is_deq=task.model_is_deq(unwrapped),
         state=state,
@@ -238,9 +232,7 @@ def set_up(
     return run
 
 
-def prepare_training(
-    args: argparse.Namespace, accelerator, model: torch.nn.Module, data: TaskData
-) -> Prepared:
+def prepare_training(args: TrainingArgs, accelerator, model: torch.nn.Module, data: TaskData) -> Prepared:
     """The loaders, optimizer and scheduler of ``model`` on ``data``, all through ``accelerator.prepare``, and
     the run's length: ``--max_train_steps``, else ``--num_train_epochs`` epochs of optimizer steps."""
     train_dl, eval_dl = build_dataloaders(args, data)
@@ -259,7 +251,7 @@ def prepare_training(
     )
 
 
-def resume_state(args: argparse.Namespace, accelerator, prepared: Prepared) -> TrainingState:
+def resume_state(args: TrainingArgs, accelerator, prepared: Prepared) -> TrainingState:
     """A new ``TrainingState``, or the one of ``args.resume_checkpoint`` (model, optimizer, scheduler and RNG
     states loaded too) with its position checked against this run."""
     checkpoint = args.resume_checkpoint

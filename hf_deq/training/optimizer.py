@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .arguments import TrainingArgs
 
 #: weight-norm parametrisations keep the gain ``g`` as ``...original0`` (shaped like the kernel, so ``ndim`` > 1)
 WEIGHT_NORM_GAIN_SUFFIX = "original0"
@@ -29,7 +32,7 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(args: TrainingArgs, model: torch.nn.Module) -> torch.optim.Optimizer:
     """``args.optimizer`` (AdamW or SGD, with the learning rate, momentum and betas of ``args``) over
     ``parameter_groups(model, args.weight_decay)``."""
     groups = parameter_groups(model, args.weight_decay)
@@ -40,7 +43,7 @@ def build_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.o
     )
 
 
-def build_scheduler(args: argparse.Namespace, optimizer, max_train_steps: int, num_processes: int):
+def build_scheduler(args: TrainingArgs, optimizer, max_train_steps: int, num_processes: int):
     """``args.lr_scheduler_type`` over ``max_train_steps`` optimizer steps of ``optimizer``. Accelerate steps a
     prepared scheduler once per process, hence the factor ``num_processes``."""
     from transformers import get_scheduler

@@ -12,9 +12,8 @@ sharded parameters would need every rank, probing is refused."""
 
 from __future__ import annotations
 
-import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -23,6 +22,9 @@ from ..diagnostics import contractivity, gradient_alignment
 from .errors import TrainingError
 from .task import TaskData
 
+if TYPE_CHECKING:
+    from .arguments import TrainingArgs
+
 
 class ProbeError(TrainingError):
     """``--probe_steps`` cannot run with this set-up (a model without a DEQ layer, FSDP)."""
@@ -30,7 +32,7 @@ class ProbeError(TrainingError):
     exit_status = 2
 
 
-def probe_batch(args: argparse.Namespace, data: TaskData, device: torch.device) -> dict[str, Any]:
+def probe_batch(args: TrainingArgs, data: TaskData, device: torch.device) -> dict[str, Any]:
     """The fixed probe batch: the first ``per_device_train_batch_size`` validation examples (else training
     examples), collated by the task's collator, on ``device``. The global RNG is left as it was."""
     dataset = data.validation if len(data.validation) else data.train
@@ -109,7 +111,7 @@ def probe_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_probe(
-    args: argparse.Namespace,
+    args: TrainingArgs,
     data: TaskData,
     model: torch.nn.Module,
     device: torch.device,

@@ -4,14 +4,16 @@ size the model was trained and evaluated with, not on the flags' defaults."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..hub.model_dir import TRAINING_RECORD_FILE
 from .task import TrainingTask
+
+if TYPE_CHECKING:
+    from .arguments import TrainingArgs
 
 RECORD_FORMAT_VERSION = 1
 #: the flags of every task that name its data (``--dataset_config_name`` goes with ``--dataset_name``)
@@ -30,7 +32,7 @@ def evaluation_data_flags(task: TrainingTask) -> tuple[str, ...]:
     return (*data_source_flags(task), *SHARED_EVALUATION_FLAGS, *task.evaluation_data_flags)
 
 
-def training_record(task: TrainingTask, args: argparse.Namespace) -> dict[str, Any]:
+def training_record(task: TrainingTask, args: TrainingArgs) -> dict[str, Any]:
     """``{"format_version", "task", "args"}``: the run's JSON-able flags (secrets left out), each data source
     that names a local file or folder made absolute, so that it is found from any working directory (and is
     known to be local, not a Hub id)."""
@@ -44,9 +46,7 @@ def training_record(task: TrainingTask, args: argparse.Namespace) -> dict[str, A
     return {"format_version": RECORD_FORMAT_VERSION, "task": task.name, "args": flags}
 
 
-def write_training_record(
-    output_dir: str | os.PathLike, task: TrainingTask, args: argparse.Namespace
-) -> Path:
+def write_training_record(output_dir: str | os.PathLike, task: TrainingTask, args: TrainingArgs) -> Path:
     """Write ``training_record(task, args)`` into ``output_dir``; returns its path."""
     path = Path(output_dir, TRAINING_RECORD_FILE)
     path.write_text(json.dumps(training_record(task, args), indent=2, default=str) + "\n", encoding="utf-8")

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data.errors import InputError
 from ..hub import TRAINING_RECORD_FILE, read_training_record
@@ -24,6 +24,9 @@ from .loop import build_dataloaders
 from .record import data_source_flags, evaluation_data_flags
 from .script import fail
 from .task import TrainingTask, get_task
+
+if TYPE_CHECKING:
+    from .arguments import TrainingArgs
 
 
 def _flag_text(name: str, value: Any) -> str:
@@ -83,7 +86,7 @@ class SavedEvaluation:
 
     model: Any
     task: TrainingTask
-    args: argparse.Namespace
+    args: TrainingArgs
     eval_dataloader: Any
     run_eval: Callable[[Any], dict[str, Any]]
 

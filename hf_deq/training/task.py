@@ -4,13 +4,15 @@ metric), registered by name with ``register_task`` and found with ``get_task``."
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from .arguments import TrainingArgs
 
 
 class Examples(Protocol):
@@ -76,25 +78,25 @@ class TrainingTask:
         never modifying ``args``."""
         return {}
 
-    def load_raw(self, args: argparse.Namespace) -> Any:
+    def load_raw(self, args: TrainingArgs) -> Any:
         """The raw data (run on the main process first): what ``build_model`` and ``load_data`` start from."""
         raise NotImplementedError
 
-    def build_model(self, args: argparse.Namespace, raw: Any, checkpoint: Path | None) -> tuple[Any, Any]:
+    def build_model(self, args: TrainingArgs, raw: Any, checkpoint: Path | None) -> tuple[Any, Any]:
         """``(model, processing_class)``: from ``--preset`` or ``--model_name_or_path`` with every config
         override, fitted to the data (labels, vocabulary); ``checkpoint`` is the one being resumed, if any."""
         raise NotImplementedError
 
-    def load_pretrained(self, args: argparse.Namespace, raw: Any) -> tuple[Any, Any]:
+    def load_pretrained(self, args: TrainingArgs, raw: Any) -> tuple[Any, Any]:
         """``(model, processing_class)`` exactly as saved in ``--model_name_or_path`` (for evaluation), refusing
         a model that does not fit the data."""
         raise NotImplementedError
 
-    def load_data(self, args: argparse.Namespace, raw: Any, processing_class: Any) -> TaskData:
+    def load_data(self, args: TrainingArgs, raw: Any, processing_class: Any) -> TaskData:
         """The datasets the loop trains and evaluates on (run on the main process first)."""
         raise NotImplementedError
 
-    def prepare_train_batch(self, batch: dict, args: argparse.Namespace) -> dict:
+    def prepare_train_batch(self, batch: dict, args: TrainingArgs) -> dict:
         """Per-batch preparation before the training forward (e.g. augmentation); drawn from the per-step
         seeded global RNG."""
         return batch

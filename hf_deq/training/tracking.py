@@ -3,7 +3,6 @@ bar, ``--log_file`` JSON lines (one per optimizer step and per rank), the weight
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -11,9 +10,12 @@ import resource
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .arguments import TrainingArgs
 
 
 def log_step(path: str | os.PathLike, accelerator, record: dict[str, Any]) -> None:
@@ -54,7 +56,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
+def hyperparameters(args: TrainingArgs) -> dict[str, Any]:
     """The scalar flags, for the trackers."""
     return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
 
@@ -62,7 +64,7 @@ def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
 class RunTracker:
     """Trackers, progress bar and per-step log of one run."""
 
-    def __init__(self, accelerator, args: argparse.Namespace, project_name: str, total: int, initial: int):
+    def __init__(self, accelerator, args: TrainingArgs, project_name: str, total: int, initial: int):
         from tqdm.auto import tqdm
 
         self.accelerator, self.args = accelerator, args
