@@ -73,10 +73,14 @@ def build_language_model(args: TrainingArgs, tokenizer):
     if args.model_name_or_path is not None:
         model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **overrides)
         if model.config.vocab_size < len(tokenizer):
-            flag = "tokenizer_name" if args.tokenizer_name is not None else "model_name_or_path"
+            flag, value = (
+                ("tokenizer_name", args.tokenizer_name)
+                if args.tokenizer_name is not None
+                else ("model_name_or_path", args.model_name_or_path)
+            )
             raise InputError(
                 flag,
-                getattr(args, flag),
+                value,
                 f"the tokenizer has {len(tokenizer)} tokens but the model in {args.model_name_or_path} only "
                 f"{model.config.vocab_size}",
             )
