@@ -11,29 +11,28 @@ training script splits it (``hf_deq.data.text.tail_split_index`` on the lines)."
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
-from .flags import DescriptionAndDefaultsFormatter, parse_flags, split_commas
+from hf_deq.training.flags import FlagParser, flag
+
+from .flags import split_commas
 
 
 @dataclass(frozen=True)
 class InferenceCostFlags:
     """The flags of ``python -m benchmarks.inference_cost``."""
 
-    model_name_or_path: str = field(metadata={"help": "a saved DEQ language model"})
-    train_file: str = field(metadata={"help": "the text the model was trained on"})
-    block_size: int = field(default=64, metadata={"help": "tokens per block"})
-    validation_split_percentage: float = field(default=10.0, metadata={"help": "percent of the text's lines"})
-    max_blocks: int | None = field(default=None, metadata={"help": "at most this many validation blocks"})
-    batch_size: int = field(default=64, metadata={"help": "blocks per forward"})
-    budgets: str | None = field(
-        default=None, metadata={"help": "comma-separated solver_eval_max_iter (none: the saved one)"}
-    )
-    torch_num_threads: int = field(default=1, metadata={"help": "intra-op threads"})
+    model_name_or_path: str = flag(MISSING, "a saved DEQ language model")
+    train_file: str = flag(MISSING, "the text the model was trained on")
+    block_size: int = flag(64, "tokens per block")
+    validation_split_percentage: float = flag(10.0, "percent of the text's lines")
+    max_blocks: int | None = flag(None, "at most this many validation blocks")
+    batch_size: int = flag(64, "blocks per forward")
+    budgets: str | None = flag(None, "comma-separated solver_eval_max_iter", unset_default="the saved one")
+    torch_num_threads: int = flag(1, "intra-op threads")
 
     @property
     def budget_list(self) -> list[int] | None:
@@ -48,12 +47,8 @@ def eval_budgets(text: str | None) -> list[int] | None:
 
 def parse_args(argv: list[str] | None = None) -> InferenceCostFlags:
     """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
-    parser = HfArgumentParser(
-        InferenceCostFlags,
-        description=__doc__.split("\n\n")[0],
-        formatter_class=DescriptionAndDefaultsFormatter,
-    )
-    (flags,) = parse_flags(parser, argv)
+    parser = FlagParser(InferenceCostFlags, description=__doc__.split("\n\n")[0])
+    (flags,) = parser.parse_into_dataclasses(argv)
     try:
         eval_budgets(flags.budgets)
     except ValueError:

@@ -16,12 +16,10 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
-from benchmarks.flags import DescriptionAndDefaultsFormatter, parse_flags
+from hf_deq.training.flags import FlagParser, flag
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,23 +28,19 @@ REPO = Path(__file__).resolve().parents[1]
 class TableFlags:
     """The flags of this script."""
 
-    from_json: str | None = field(
-        default=None, metadata={"help": "the battery's record (BATTERY_RESULTS) instead of a run"}
-    )
-    output: str = field(
-        default=str(REPO / "docs" / "bad_input.md"), metadata={"help": "the table ('-': stdout)"}
-    )
+    from_json: str | None = flag(None, "the battery's record (BATTERY_RESULTS) instead of a run")
+    output: str = flag(str(REPO / "docs" / "bad_input.md"), "the table ('-': stdout)")
 
 
-def flag_parser() -> HfArgumentParser:
+def flag_parser() -> FlagParser:
     """The parser of this script's flags."""
-    return HfArgumentParser(TableFlags, description=__doc__, formatter_class=DescriptionAndDefaultsFormatter)
+    return FlagParser(TableFlags, description=__doc__)
 
 
 def parse_args(argv: list[str] | None = None) -> TableFlags:
     """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
     parser = flag_parser()
-    (flags,) = parse_flags(parser, argv)
+    (flags,) = parser.parse_into_dataclasses(argv)
     if flags.from_json is not None and not Path(flags.from_json).is_file():
         parser.error(f"argument --from_json: no such file: {flags.from_json!r}")
     return flags

@@ -17,45 +17,35 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import HfArgumentParser
 
 import hf_deq
-from benchmarks.flags import DescriptionAndDefaultsFormatter, parse_flags, require_at_least
 from hf_deq.models.deq_transformer.adaptive_softmax import AdaptiveEmbedding, ProjectedAdaptiveLogSoftmax
 from hf_deq.training.arguments import check_preset_config
+from hf_deq.training.flag_ranges import count_range
+from hf_deq.training.flags import FlagParser, flag
 
 
 @dataclass(frozen=True)
 class AdaptiveHeadFlags:
     """The flags of this script."""
 
-    batch: int = field(default=4, metadata={"help": "sequences per timed forward"})
-    seq_len: int = field(default=150, metadata={"help": "tokens per sequence"})
-    repeats: int = field(default=5, metadata={"help": "timed repeats per head (the best is reported)"})
-    device: Literal["cpu", "cuda"] = field(default="cpu", metadata={"help": "where to run"})
-    torch_num_threads: int = field(
-        default=1, metadata={"help": "intra-op CPU threads (torch.set_num_threads)"}
-    )
-    preset: str = field(default="deq-transformer-wt103", metadata={"help": "the adaptive preset to compare"})
+    batch: int = flag(4, "sequences per timed forward", range=count_range(1))
+    seq_len: int = flag(150, "tokens per sequence", range=count_range(1))
+    repeats: int = flag(5, "timed repeats per head (the best is reported)", range=count_range(1))
+    device: str = flag("cpu", "where to run", choices=["cpu", "cuda"])
+    torch_num_threads: int = flag(1, "intra-op CPU threads (torch.set_num_threads)", range=count_range(1))
+    preset: str = flag("deq-transformer-wt103", "the adaptive preset to compare")
 
 
 def parse_args(argv: list[str] | None = None) -> AdaptiveHeadFlags:
     """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
-    parser = HfArgumentParser(
-        AdaptiveHeadFlags, description=__doc__, formatter_class=DescriptionAndDefaultsFormatter
-    )
-    (flags,) = parse_flags(parser, argv)
-    require_at_least(
-        parser,
-        {"--batch": flags.batch, "--seq_len": flags.seq_len, "--repeats": flags.repeats,
-         "--torch_num_threads": flags.torch_num_threads},
-    )  # fmt: skip
+    parser = FlagParser(AdaptiveHeadFlags, description=__doc__)
+    (flags,) = parser.parse_into_dataclasses(argv)
     config = check_preset_config(parser, flags.preset, model_type="deq_transformer")
     if not config.adaptive_cutoffs:
         parser.error(f"argument --preset: {flags.preset} has no adaptive_cutoffs")

@@ -16,18 +16,19 @@ import copy
 import json
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch._dynamo.utils import counters
-from transformers import HfArgumentParser
 
 import hf_deq
-from benchmarks.flags import DescriptionAndDefaultsFormatter, outside, parse_flags, split_commas
+from benchmarks.flags import outside, split_commas
 from benchmarks.solve_setup import make_inputs
 from benchmarks.tables import table
 from hf_deq.deq import CompiledCell
+from hf_deq.training.flag_ranges import count_range
+from hf_deq.training.flags import FlagParser, flag
 from hf_deq.variants import get_variant, list_variants
 
 #: batch of each family when --batch_size is not given (the char recipe's 12; 32 digits images)
@@ -38,26 +39,20 @@ DEFAULT_BATCH = {"deq_transformer": 12, "mdeq": 32}
 class CompileCellFlags:
     """The flags of this script."""
 
-    presets: str = field(
-        default="deq-transformer-char,mdeq-tiny-digits",
-        metadata={"help": "comma-separated presets (hf_deq.list_variants(include_test=True))"},
+    presets: str = flag(
+        "deq-transformer-char,mdeq-tiny-digits",
+        "comma-separated presets (hf_deq.list_variants(include_test=True))",
     )
-    grad_estimator: str | None = field(
-        default=None, metadata={"help": "gradient estimator (default: the preset's)"}
-    )
-    batch_size: int | None = field(
-        default=None, metadata={"help": "batch (default: 12 sequences or 32 images)"}
-    )
-    seq_len: int = field(default=64, metadata={"help": "tokens per sequence (language models)"})
-    steps: int = field(default=10, metadata={"help": "timed steps per model (median)"})
-    warmup_steps: int = field(default=2, metadata={"help": "untimed steps first (compilation happens here)"})
-    compile_backend: str = field(
-        default="inductor", metadata={"help": "torch.compile backend (inductor; aot_eager for a smoke run)"}
-    )
-    torch_num_threads: int = field(default=1, metadata={"help": "CPU intra-op threads (0: torch's default)"})
-    seed: int = field(default=0, metadata={"help": "seed of the weights and inputs"})
-    output_file: str | None = field(default=None, metadata={"help": "also write the rows as JSON here"})
-    overwrite_output_file: bool = field(default=False, metadata={"help": "replace an existing --output_file"})
+    grad_estimator: str | None = flag(None, "gradient estimator (default: the preset's)")
+    batch_size: int | None = flag(None, "batch (default: 12 sequences or 32 images)", range=count_range(1))
+    seq_len: int = flag(64, "tokens per sequence (language models)", range=count_range(1))
+    steps: int = flag(10, "timed steps per model (median)", range=count_range(1))
+    warmup_steps: int = flag(2, "untimed steps first (compilation happens here)", range=count_range(1))
+    compile_backend: str = flag("inductor", "torch.compile backend (inductor; aot_eager for a smoke run)")
+    torch_num_threads: int = flag(1, "CPU intra-op threads (default 1; 0: torch's default)")
+    seed: int = flag(0, "seed of the weights and inputs")
+    output_file: str | None = flag(None, "also write the rows as JSON here")
+    overwrite_output_file: bool = flag(False, "replace an existing --output_file")
 
     @property
     def preset_list(self) -> list[str]:
@@ -67,25 +62,12 @@ class CompileCellFlags:
 
 def parse_args(argv: list[str] | None = None) -> CompileCellFlags:
     """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
-    parser = HfArgumentParser(
-        CompileCellFlags,
-        description=__doc__.split("\n\n")[0],
-        formatter_class=DescriptionAndDefaultsFormatter,
-    )
-    (flags,) = parse_flags(parser, argv)
+    parser = FlagParser(CompileCellFlags, description=__doc__.split("\n\n")[0])
+    (flags,) = parser.parse_into_dataclasses(argv)
     known = list_variants(include_test=True)
     unknown = outside(flags.preset_list, known)
     if unknown or not flags.preset_list:
         parser.error(f"--presets: unknown {unknown or 'nothing given'}; choose from {known}")
-    for name, value in (("steps", flags.steps), ("seq_len", flags.seq_len)):
-        if value < 1:
-            parser.error(f"--{name} must be >= 1, got {value}")
-    if flags.warmup_steps < 1:
-        parser.error(
-            f"--warmup_steps must be >= 1 (the compiled model compiles there), got {flags.warmup_steps}"
-        )
-    if flags.batch_size is not None and flags.batch_size < 1:
-        parser.error(f"--batch_size must be >= 1, got {flags.batch_size}")
     if flags.output_file is not None and Path(flags.output_file).exists() and not flags.overwrite_output_file:
         parser.error(f"--output_file {flags.output_file} exists; pass --overwrite_output_file to replace it")
     return flags

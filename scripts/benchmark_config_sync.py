@@ -14,47 +14,35 @@ from __future__ import annotations
 import statistics
 import time
 import timeit
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from transformers import HfArgumentParser
 
 import hf_deq
-from benchmarks.flags import DescriptionAndDefaultsFormatter, parse_flags, require_at_least
 from hf_deq.modeling_deq import DEQModelMixin
 from hf_deq.training.arguments import check_preset_config
+from hf_deq.training.flag_ranges import count_range
+from hf_deq.training.flags import FlagParser, flag
 
 
 @dataclass(frozen=True)
 class ConfigSyncFlags:
     """The flags of this script."""
 
-    presets: list[str] = field(
-        default_factory=lambda: ["test_mdeq_tiny", "test_deq_transformer_tiny"],
-        metadata={"help": "the presets (random weights) to time"},
+    presets: list[str] = flag(
+        ["test_mdeq_tiny", "test_deq_transformer_tiny"], "the presets (random weights) to time", nargs="+"
     )
-    repeats: int = field(default=30, metadata={"help": "alternating blocks per variant"})
-    forwards: int = field(default=40, metadata={"help": "forwards per block"})
-    batch_size: int = field(default=2, metadata={"help": "inputs per forward"})
-    solver_max_iter: int = field(
-        default=4, metadata={"help": "solver budget of every forward (train and eval)"}
-    )
-    torch_num_threads: int = field(
-        default=1, metadata={"help": "intra-op CPU threads (torch.set_num_threads)"}
-    )
+    repeats: int = flag(30, "alternating blocks per variant", range=count_range(1))
+    forwards: int = flag(40, "forwards per block", range=count_range(1))
+    batch_size: int = flag(2, "inputs per forward", range=count_range(1))
+    solver_max_iter: int = flag(4, "solver budget of every forward (train and eval)")
+    torch_num_threads: int = flag(1, "intra-op CPU threads (torch.set_num_threads)", range=count_range(1))
 
 
 def parse_args(argv: list[str] | None = None) -> ConfigSyncFlags:
     """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
-    parser = HfArgumentParser(
-        ConfigSyncFlags, description=__doc__, formatter_class=DescriptionAndDefaultsFormatter
-    )
-    (flags,) = parse_flags(parser, argv)
-    require_at_least(
-        parser,
-        {"--repeats": flags.repeats, "--forwards": flags.forwards, "--batch_size": flags.batch_size,
-         "--torch_num_threads": flags.torch_num_threads},
-    )  # fmt: skip
+    parser = FlagParser(ConfigSyncFlags, description=__doc__)
+    (flags,) = parser.parse_into_dataclasses(argv)
     for preset in flags.presets:
         check_preset_config(
             parser, preset, {"solver_max_iter": flags.solver_max_iter}, {"solver_max_iter": "--solver_max_iter"},

@@ -7,11 +7,11 @@ budgets of 10 and 40 iterations, then checks the project's targets against the n
 (``benchmarks.targets``). How each number is measured: ``benchmarks.measure``. With
 ``--output_file`` the same numbers are written as JSON (``benchmarks.run.run_benchmark``).
 
-With ``--compare-torchdeq`` the same cells, inputs and fixed point also run through torchdeq
+With ``--compare_torchdeq`` the same cells, inputs and fixed point also run through torchdeq
 (``pip install --no-deps torchdeq``; not a dependency of this project; ``benchmarks.torchdeq_adapter``).
 
 Usage:
-    python scripts/benchmark_estimators.py [--device cpu|cuda] [--compare-torchdeq] [--dtype float32|bfloat16]
+    python scripts/benchmark_estimators.py [--device cpu|cuda] [--compare_torchdeq] [--dtype float32|bfloat16]
         [--repeats N] [--cells conv,transformer] [--quick] [--batch_size N] [--torch_num_threads N]
         [--output_file results.json [--overwrite_output_file]]
 """
@@ -19,61 +19,53 @@ Usage:
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from transformers import HfArgumentParser
 
 from benchmarks import CELLS, run_benchmark
 from benchmarks.cells import QUICK_BATCH_SIZE
-from benchmarks.flags import DescriptionAndDefaultsFormatter, outside, parse_flags, split_commas
+from benchmarks.flags import outside, split_commas
 from benchmarks.tables import write_results
 from benchmarks.torchdeq_adapter import import_torchdeq
+from hf_deq.training.flag_ranges import count_range
+from hf_deq.training.flags import FlagParser, flag
 
 
 @dataclass(frozen=True)
 class EstimatorBenchmarkFlags:
     """The flags of this script."""
 
-    device: Literal["cpu", "cuda"] = field(
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        metadata={"help": "where the cells run (default: cuda when available)"},
+    device: str = flag(
+        "cuda" if torch.cuda.is_available() else "cpu",
+        "where the cells run (default: cuda when available)",
+        choices=["cpu", "cuda"],
     )
-    compare_torchdeq: bool = field(
-        default=False,
-        metadata={"help": "also run torchdeq on the same cells (pip install --no-deps torchdeq)"},
+    compare_torchdeq: bool = flag(
+        False, "also run torchdeq on the same cells (pip install --no-deps torchdeq)"
     )
-    dtype: Literal["float32", "bfloat16"] = field(default="float32", metadata={"help": "autocast dtype of f"})
-    repeats: int | None = field(
-        default=None, metadata={"help": "timed repeats (median); default 3, with --quick 1"}
+    dtype: str = flag("float32", "autocast dtype of f", choices=["float32", "bfloat16"])
+    repeats: int | None = flag(
+        None, "timed repeats (median); default 3, with --quick 1", range=count_range(1)
     )
-    cells: str = field(
-        default=",".join(CELLS), metadata={"help": f"comma-separated subset of {','.join(CELLS)}"}
+    cells: str = flag(",".join(CELLS), f"comma-separated subset of {','.join(CELLS)}")
+    quick: bool = flag(
+        False, f"batch {QUICK_BATCH_SIZE} on every cell and one timed repeat (a smoke run, not for quoting)"
     )
-    quick: bool = field(
-        default=False,
-        metadata={
-            "help": f"batch {QUICK_BATCH_SIZE} on every cell and one timed repeat (a smoke run, not for quoting)"
-        },
+    batch_size: int | None = flag(
+        None, "batch of every cell (default: 32 conv, 16 transformer)", range=count_range(1)
     )
-    batch_size: int | None = field(
-        default=None, metadata={"help": "batch of every cell (default: 32 conv, 16 transformer)"}
+    torch_num_threads: int = flag(
+        1,
+        "CPU intra-op threads (default 1; 0 keeps torch's default). On a shared machine OpenMP threads "
+        "that lose their core stall every op: f took ~180 ms with 2 threads vs ~30 ms with 1 on a loaded "
+        "2-core box",
+        range=count_range(0),
     )
-    torch_num_threads: int = field(
-        default=1,
-        metadata={
-            "help": "CPU intra-op threads (default 1; 0 keeps torch's default). On a shared machine OpenMP threads "
-            "that lose their core stall every op: f took ~180 ms with 2 threads vs ~30 ms with 1 on a loaded "
-            "2-core box"
-        },
-    )
-    seed: int = field(default=0, metadata={"help": "seed of the cells' weights and inputs"})
-    output_file: str | None = field(
-        default=None, metadata={"help": "also write every number of the run as JSON here"}
-    )
-    overwrite_output_file: bool = field(default=False, metadata={"help": "replace an existing --output_file"})
+    seed: int = flag(0, "seed of the cells' weights and inputs")
+    output_file: str | None = flag(None, "also write every number of the run as JSON here")
+    overwrite_output_file: bool = flag(False, "replace an existing --output_file")
 
     @property
     def cell_list(self) -> list[str]:
@@ -83,20 +75,10 @@ class EstimatorBenchmarkFlags:
 
 def parse_args(argv: list[str] | None = None) -> EstimatorBenchmarkFlags:
     """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
-    parser = HfArgumentParser(
-        EstimatorBenchmarkFlags,
-        description=__doc__.split("\n\n")[0],
-        formatter_class=DescriptionAndDefaultsFormatter,
-    )
-    (flags,) = parse_flags(parser, argv)
+    parser = FlagParser(EstimatorBenchmarkFlags, description=__doc__.split("\n\n")[0])
+    (flags,) = parser.parse_into_dataclasses(argv)
     if flags.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
-    if flags.repeats is not None and flags.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {flags.repeats}")
-    if flags.batch_size is not None and flags.batch_size < 1:
-        parser.error(f"--batch_size must be >= 1, got {flags.batch_size}")
-    if flags.torch_num_threads < 0:
-        parser.error(f"--torch_num_threads must be >= 0, got {flags.torch_num_threads}")
     unknown = sorted(set(outside(flags.cell_list, CELLS)))
     if unknown or not flags.cell_list:
         parser.error(

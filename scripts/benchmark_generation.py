@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, HfArgumentParser
+from transformers import AutoModelForCausalLM
 
 import hf_deq
-from benchmarks.flags import DescriptionAndDefaultsFormatter, parse_flags, require_at_least
 from hf_deq.hub import missing_local_model_dir
 from hf_deq.training.arguments import check_preset_config
+from hf_deq.training.flag_ranges import count_range
+from hf_deq.training.flags import FlagParser, flag
 from hf_deq.variants import get_variant
 
 
@@ -34,25 +35,19 @@ from hf_deq.variants import get_variant
 class GenerationFlags:
     """The flags of this script."""
 
-    preset: str = field(
-        default="deq-transformer-small", metadata={"help": "the preset (random weights) to time"}
+    preset: str = flag("deq-transformer-small", "the preset (random weights) to time")
+    model_name_or_path: str | None = flag(None, "a trained model instead of a random preset")
+    prompt_length: int = flag(64, "tokens of the random prompt", range=count_range(1))
+    new_tokens: int = flag(200, "tokens generated per run", range=count_range(1))
+    batch_size: int = flag(1, "prompts generated at once", range=count_range(1))
+    solver_tol: float | None = flag(None, "override the model's solver_tol")
+    config_overrides: str | None = flag(None, "JSON config fields, e.g. '{\"vocab_size\": 32000}'")
+    torch_num_threads: int | None = flag(
+        None, "intra-op CPU threads (torch.set_num_threads)", range=count_range(1)
     )
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "a trained model instead of a random preset"}
-    )
-    prompt_length: int = field(default=64, metadata={"help": "tokens of the random prompt"})
-    new_tokens: int = field(default=200, metadata={"help": "tokens generated per run"})
-    batch_size: int = field(default=1, metadata={"help": "prompts generated at once"})
-    solver_tol: float | None = field(default=None, metadata={"help": "override the model's solver_tol"})
-    config_overrides: str | None = field(
-        default=None, metadata={"help": "JSON config fields, e.g. '{\"vocab_size\": 32000}'"}
-    )
-    torch_num_threads: int | None = field(
-        default=None, metadata={"help": "intra-op CPU threads (torch.set_num_threads)"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed of the weights and the prompt"})
-    skip_uncached: bool = field(default=False, metadata={"help": "time the cached path only"})
-    count_parameters: bool = field(default=False, metadata={"help": "print every preset's parameter count"})
+    seed: int = flag(0, "seed of the weights and the prompt")
+    skip_uncached: bool = flag(False, "time the cached path only")
+    count_parameters: bool = flag(False, "print every preset's parameter count")
 
 
 def model_overrides(flags: GenerationFlags) -> dict[str, Any]:
@@ -71,15 +66,8 @@ def model_overrides(flags: GenerationFlags) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> GenerationFlags:
     """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
-    parser = HfArgumentParser(
-        GenerationFlags, description=__doc__, formatter_class=DescriptionAndDefaultsFormatter
-    )
-    (flags,) = parse_flags(parser, argv)
-    require_at_least(
-        parser,
-        {"--prompt_length": flags.prompt_length, "--new_tokens": flags.new_tokens,
-         "--batch_size": flags.batch_size, "--torch_num_threads": flags.torch_num_threads},
-    )  # fmt: skip
+    parser = FlagParser(GenerationFlags, description=__doc__)
+    (flags,) = parser.parse_into_dataclasses(argv)
     try:
         overrides = model_overrides(flags)
     except ValueError as err:

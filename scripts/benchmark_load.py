@@ -23,18 +23,10 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
-from benchmarks.flags import (
-    DescriptionAndDefaultsFormatter,
-    outside,
-    parse_flags,
-    require_at_least,
-    split_commas,
-)
+from benchmarks.flags import outside, split_commas
 from benchmarks.load import (
     BUSY_LOOPS,
     char_job,
@@ -43,6 +35,8 @@ from benchmarks.load import (
     slowdown_lines,
     standard_settings,
 )
+from hf_deq.training.flag_ranges import count_range
+from hf_deq.training.flags import FlagParser, flag
 
 JOBS = ("main", "char")
 SETTINGS = ("library", "old", "single", "old_passive", "library_passive")
@@ -58,26 +52,16 @@ def busy_counts(text: str) -> list[int]:
 class LoadFlags:
     """The flags of this script."""
 
-    train_file: str | None = field(
-        default=None, metadata={"help": "the char recipe's text (needed by the char job)"}
-    )
-    jobs: str = field(default="main,char", metadata={"help": "comma-separated subset of main,char"})
-    settings: str = field(
-        default="library,old", metadata={"help": "comma-separated subset of " + ",".join(SETTINGS)}
-    )
-    busy: str = field(
-        default="0,1,3", metadata={"help": "numbers of busy processes, comma-separated (0: quiet)"}
-    )
-    busy_kind: str = field(
-        default="python", metadata={"help": "the busy loop", "choices": sorted(BUSY_LOOPS)}
-    )
-    repeats: int = field(default=2, metadata={"help": "runs of each job, setting and load"})
-    main_steps: int = field(default=60, metadata={"help": "training steps of the main job's slice"})
-    char_steps: int = field(default=60, metadata={"help": "training steps of the char recipe's slice"})
-    run_timeout: float | None = field(
-        default=None, metadata={"help": "stop a run after this many seconds (reported as '>')"}
-    )
-    output_file: str | None = field(default=None, metadata={"help": "write every timing as JSON"})
+    train_file: str | None = flag(None, "the char recipe's text (needed by the char job)")
+    jobs: str = flag("main,char", "comma-separated subset of main,char")
+    settings: str = flag("library,old", "comma-separated subset of " + ",".join(SETTINGS))
+    busy: str = flag("0,1,3", "numbers of busy processes, comma-separated (0: quiet)")
+    busy_kind: str = flag("python", "the busy loop", choices=sorted(BUSY_LOOPS))
+    repeats: int = flag(2, "runs of each job, setting and load", range=count_range(1))
+    main_steps: int = flag(60, "training steps of the main job's slice", range=count_range(1))
+    char_steps: int = flag(60, "training steps of the char recipe's slice", range=count_range(1))
+    run_timeout: float | None = flag(None, "stop a run after this many seconds (reported as '>')")
+    output_file: str | None = flag(None, "write every timing as JSON")
 
     @property
     def job_names(self) -> list[str]:
@@ -97,16 +81,16 @@ class LoadFlags:
 
 def parse_args(argv: list[str] | None = None) -> LoadFlags:
     """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
-    parser = HfArgumentParser(
-        LoadFlags, description=__doc__.split("\n\n")[0], formatter_class=DescriptionAndDefaultsFormatter
-    )
-    (flags,) = parse_flags(parser, argv)
-    for flag, text, values, allowed in (
+    parser = FlagParser(LoadFlags, description=__doc__.split("\n\n")[0])
+    (flags,) = parser.parse_into_dataclasses(argv)
+    for option, text, values, allowed in (
         ("--jobs", flags.jobs, flags.job_names, JOBS),
         ("--settings", flags.settings, flags.setting_names, SETTINGS),
     ):
         if outside(values, allowed) or not values:
-            parser.error(f"argument {flag}: got {text!r}; choose a comma-separated subset of {list(allowed)}")
+            parser.error(
+                f"argument {option}: got {text!r}; choose a comma-separated subset of {list(allowed)}"
+            )
     try:
         busy = flags.busy_list
     except ValueError:
@@ -115,10 +99,6 @@ def parse_args(argv: list[str] | None = None) -> LoadFlags:
         )
     if busy[0] < 0 or 0 not in busy:
         parser.error(f"argument --busy: got {busy}; the list needs 0 (quiet, the reference) and no negative")
-    require_at_least(
-        parser,
-        {"--repeats": flags.repeats, "--main_steps": flags.main_steps, "--char_steps": flags.char_steps},
-    )
     if "char" in flags.job_names and (flags.train_file is None or not Path(flags.train_file).is_file()):
         parser.error(f"argument --train_file: the char job needs a text file, got {flags.train_file!r}")
     if flags.output_file is not None and Path(flags.output_file).exists():

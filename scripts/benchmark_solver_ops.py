@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from transformers import HfArgumentParser
 
-from benchmarks.flags import DescriptionAndDefaultsFormatter, outside, parse_flags, split_commas
+from benchmarks.flags import outside, split_commas
 from benchmarks.op_counts import SOLVERS, ops_lines, ops_suite
 from benchmarks.solve_setup import EVAL_MAX_ITER, SEQ_LEN, VARIANTS
 from benchmarks.step_time import STEP_VARIANTS, step_lines, step_suite
 from benchmarks.tables import write_results
+from hf_deq.training.flag_ranges import count_range
+from hf_deq.training.flags import FlagParser, flag
 from hf_deq.variants import list_variants
 
 MODES = ("ops", "step", "all")
@@ -42,34 +42,28 @@ DEFAULT_PRESETS = "deq-transformer-char,mdeq-tiny-digits"
 class SolverOpsFlags:
     """The flags of this script."""
 
-    mode: Literal["ops", "step", "all"] = field(default="all", metadata={"help": "what to measure"})
-    presets: str = field(default=DEFAULT_PRESETS, metadata={"help": "comma-separated presets"})
-    variants: str | None = field(
-        default=None,
-        metadata={
-            "help": f"comma-separated engine variants of {list(VARIANTS)} (default: all for ops, "
-            f"{','.join(STEP_VARIANTS)} for step)"
-        },
+    mode: str = flag("all", "what to measure", choices=list(MODES))
+    presets: str = flag(DEFAULT_PRESETS, "comma-separated presets")
+    variants: str | None = flag(
+        None,
+        f"comma-separated engine variants of {list(VARIANTS)} (default: all for ops, "
+        f"{','.join(STEP_VARIANTS)} for step)",
     )
-    solvers: str = field(default=",".join(SOLVERS), metadata={"help": "solvers of the operator counts"})
-    batch_size: int | None = field(
-        default=None, metadata={"help": "batch (default: 16 sequences or 32 images)"}
+    solvers: str = flag(",".join(SOLVERS), "solvers of the operator counts")
+    batch_size: int | None = flag(None, "batch (default: 16 sequences or 32 images)", range=count_range(1))
+    seq_len: int = flag(SEQ_LEN, "tokens per sequence", range=count_range(1))
+    max_iter: int = flag(EVAL_MAX_ITER, "evaluations of f per eval solve", range=count_range(1))
+    warmup_steps: int = flag(2, "untimed training steps (compilation)", range=count_range(1))
+    rounds: int = flag(5, "rounds of timed blocks, every variant per round", range=count_range(1))
+    block_steps: int = flag(2, "training steps per timed block", range=count_range(1))
+    repeats: int = flag(3, "timed repeats of each overhead solve (median)", range=count_range(1))
+    compile_backend: str = flag("inductor", "backend of compile_cell (aot_eager for a smoke run)")
+    torch_num_threads: int = flag(
+        1, "CPU intra-op threads (default 1; 0: torch's default)", range=count_range(0)
     )
-    seq_len: int = field(default=SEQ_LEN, metadata={"help": "tokens per sequence"})
-    max_iter: int = field(default=EVAL_MAX_ITER, metadata={"help": "evaluations of f per eval solve"})
-    warmup_steps: int = field(default=2, metadata={"help": "untimed training steps (compilation)"})
-    rounds: int = field(default=5, metadata={"help": "rounds of timed blocks, every variant per round"})
-    block_steps: int = field(default=2, metadata={"help": "training steps per timed block"})
-    repeats: int = field(default=3, metadata={"help": "timed repeats of each overhead solve (median)"})
-    compile_backend: str = field(
-        default="inductor", metadata={"help": "backend of compile_cell (aot_eager for a smoke run)"}
-    )
-    torch_num_threads: int = field(
-        default=1, metadata={"help": "CPU intra-op threads (default 1; 0: torch's default)"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed of the weights and inputs"})
-    output_file: str | None = field(default=None, metadata={"help": "also write every number as JSON here"})
-    overwrite_output_file: bool = field(default=False, metadata={"help": "replace an existing --output_file"})
+    seed: int = flag(0, "seed of the weights and inputs")
+    output_file: str | None = flag(None, "also write every number as JSON here")
+    overwrite_output_file: bool = flag(False, "replace an existing --output_file")
 
     @property
     def preset_list(self) -> list[str]:
@@ -87,9 +81,9 @@ class SolverOpsFlags:
         return None if self.variants is None else split_commas(self.variants)
 
 
-def _check_subsets(parser: HfArgumentParser, flags: SolverOpsFlags) -> None:
-    """One ``error:`` line for a comma-separated flag with a value outside its choices (or no value)."""
-    for flag, values, allowed in (
+def _check_subsets(parser: FlagParser, flags: SolverOpsFlags) -> None:
+    """One ``error:`` line for a comma-separated option with a value outside its choices (or no value)."""
+    for option, values, allowed in (
         ("--presets", flags.preset_list, list_variants(include_test=True)),
         ("--solvers", flags.solver_list, SOLVERS),
         ("--variants", flags.variant_list, list(VARIANTS)),
@@ -99,27 +93,15 @@ def _check_subsets(parser: HfArgumentParser, flags: SolverOpsFlags) -> None:
         bad = outside(values, allowed)
         if bad or not values:
             parser.error(
-                f"{flag}: got {bad or 'nothing'}; choose a comma-separated subset of {list(allowed)}"
+                f"{option}: got {bad or 'nothing'}; choose a comma-separated subset of {list(allowed)}"
             )
 
 
 def parse_args(argv: list[str] | None = None) -> SolverOpsFlags:
     """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
-    parser = HfArgumentParser(
-        SolverOpsFlags, description=__doc__.split("\n\n")[0], formatter_class=DescriptionAndDefaultsFormatter
-    )
-    (flags,) = parse_flags(parser, argv)
+    parser = FlagParser(SolverOpsFlags, description=__doc__.split("\n\n")[0])
+    (flags,) = parser.parse_into_dataclasses(argv)
     _check_subsets(parser, flags)
-    for name, value in (
-        ("seq_len", flags.seq_len), ("max_iter", flags.max_iter), ("warmup_steps", flags.warmup_steps),
-        ("rounds", flags.rounds), ("block_steps", flags.block_steps), ("repeats", flags.repeats),
-    ):  # fmt: skip
-        if value < 1:
-            parser.error(f"--{name} must be >= 1, got {value}")
-    if flags.batch_size is not None and flags.batch_size < 1:
-        parser.error(f"--batch_size must be >= 1, got {flags.batch_size}")
-    if flags.torch_num_threads < 0:
-        parser.error(f"--torch_num_threads must be >= 0, got {flags.torch_num_threads}")
     if flags.output_file is not None and Path(flags.output_file).exists() and not flags.overwrite_output_file:
         parser.error(f"--output_file {flags.output_file} exists; pass --overwrite_output_file to replace it")
     return flags

@@ -24,11 +24,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
 from benchmarks.against_explicit import (
     EXPLICIT_LM_FLAGS,
@@ -39,14 +38,10 @@ from benchmarks.against_explicit import (
     lm_targets,
     parse_run,
 )
-from benchmarks.flags import (
-    DescriptionAndDefaultsFormatter,
-    outside,
-    parse_flags,
-    require_at_least,
-    split_commas,
-)
+from benchmarks.flags import outside, split_commas
 from benchmarks.tables import table
+from hf_deq.training.flag_ranges import count_range
+from hf_deq.training.flags import FlagParser, flag
 
 DEFAULT_LM_CONFIG = Path(__file__).resolve().parent / "configs" / "deq-transformer-char-upg.json"
 DEFAULT_EVAL_STEPS = {"lm": 200, "mdeq": 15}
@@ -60,46 +55,33 @@ DEFAULT_MAX_EVAL_SAMPLES = {"lm": 512, "mdeq": None}
 class TrainingBenchmarkFlags:
     """The flags of this script."""
 
-    families: str = field(default="lm,mdeq", metadata={"help": "comma-separated subset of lm,mdeq"})
-    train_file: str | None = field(
-        default=None, metadata={"help": "the text of the lm family (e.g. tinyshakespeare)"}
+    families: str = flag("lm,mdeq", "comma-separated subset of lm,mdeq")
+    train_file: str | None = flag(None, "the text of the lm family (e.g. tinyshakespeare)")
+    lm_config: str = flag(str(DEFAULT_LM_CONFIG), "the DEQ-Transformer recipe (train_deq_lm.py --config)")
+    torch_num_threads: int = flag(
+        1,
+        "CPU intra-op threads of every run (default 1: on a CPU shared with other jobs, OpenMP "
+        "threads that lose their core stall every op)",
+        range=count_range(1),
     )
-    lm_config: str = field(
-        default=str(DEFAULT_LM_CONFIG),
-        metadata={"help": "the DEQ-Transformer recipe (train_deq_lm.py --config)"},
+    max_train_steps: int | None = flag(
+        None, "steps of every run (default: each recipe's)", range=count_range(1)
     )
-    torch_num_threads: int = field(
-        default=1,
-        metadata={
-            "help": "CPU intra-op threads of every run (default 1: on a CPU shared with other jobs, OpenMP "
-            "threads that lose their core stall every op)"
-        },
+    eval_steps: int | None = flag(
+        None, "evaluate every N steps (default: 200 lm, 15 mdeq)", range=count_range(1)
     )
-    max_train_steps: int | None = field(
-        default=None, metadata={"help": "steps of every run (default: each recipe's)"}
+    max_train_samples: int | None = flag(
+        None, "truncate every training set (smoke runs)", range=count_range(1)
     )
-    eval_steps: int | None = field(
-        default=None, metadata={"help": "evaluate every N steps (default: 200 lm, 15 mdeq)"}
+    max_eval_samples: int | None = flag(
+        None,
+        "evaluate on the first N validation examples (default: 512 lm blocks, every mdeq image)",
+        range=count_range(1),
     )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "truncate every training set (smoke runs)"}
-    )
-    max_eval_samples: int | None = field(
-        default=None,
-        metadata={
-            "help": "evaluate on the first N validation examples (default: 512 lm blocks, every mdeq image)"
-        },
-    )
-    lm_preset: str | None = field(
-        default=None, metadata={"help": "DEQ preset of the lm family (default: the recipe's)"}
-    )
-    mdeq_preset: str | None = field(
-        default=None, metadata={"help": "DEQ preset of the mdeq family (default mdeq-tiny-digits)"}
-    )
-    output_file: str | None = field(
-        default=None, metadata={"help": "also write every number of the run as JSON here"}
-    )
-    overwrite_output_file: bool = field(default=False, metadata={"help": "replace an existing --output_file"})
+    lm_preset: str | None = flag(None, "DEQ preset of the lm family (default: the recipe's)")
+    mdeq_preset: str | None = flag(None, "DEQ preset of the mdeq family (default mdeq-tiny-digits)")
+    output_file: str | None = flag(None, "also write every number of the run as JSON here")
+    overwrite_output_file: bool = flag(False, "replace an existing --output_file")
 
     @property
     def family_list(self) -> list[str]:
@@ -107,7 +89,7 @@ class TrainingBenchmarkFlags:
         return split_commas(self.families)
 
 
-def _check_files(parser: HfArgumentParser, flags: TrainingBenchmarkFlags) -> None:
+def _check_files(parser: FlagParser, flags: TrainingBenchmarkFlags) -> None:
     """One ``error:`` line for a missing input file of the lm family or an existing ``--output_file``."""
     if "lm" in flags.family_list:
         if flags.train_file is None:
@@ -123,21 +105,11 @@ def _check_files(parser: HfArgumentParser, flags: TrainingBenchmarkFlags) -> Non
 def parse_args(argv: list[str] | None = None) -> TrainingBenchmarkFlags:
     """The checked flags of ``argv`` (``None``: the command line); a bad value, here or in a training flag the
     runs get, is one ``error:`` line."""
-    parser = HfArgumentParser(
-        TrainingBenchmarkFlags,
-        description=__doc__.split("\n\n")[0],
-        formatter_class=DescriptionAndDefaultsFormatter,
-    )
-    (flags,) = parse_flags(parser, argv)
+    parser = FlagParser(TrainingBenchmarkFlags, description=__doc__.split("\n\n")[0])
+    (flags,) = parser.parse_into_dataclasses(argv)
     unknown = sorted(set(outside(flags.family_list, FAMILIES)))
     if unknown or not flags.family_list:
         parser.error(f"argument --families: a comma-separated subset of lm,mdeq; got {unknown or 'nothing'}")
-    require_at_least(
-        parser,
-        {"--torch_num_threads": flags.torch_num_threads, "--max_train_steps": flags.max_train_steps,
-         "--eval_steps": flags.eval_steps, "--max_train_samples": flags.max_train_samples,
-         "--max_eval_samples": flags.max_eval_samples},
-    )  # fmt: skip
     _check_files(parser, flags)
     for family in flags.family_list:  # a bad training flag: its one error line now, before any training
         for run_argv in run_argvs(flags, family):

@@ -29,17 +29,16 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import HfArgumentParser
-
 from benchmarks import estimator_comparison as ec
-from benchmarks.flags import DescriptionAndDefaultsFormatter, parse_known_flags
 from hf_deq.tasks import available_tasks, get_task
 from hf_deq.training import parse_args as parse_training_args
 from hf_deq.training import train
+from hf_deq.training.flag_ranges import NON_NEGATIVE
+from hf_deq.training.flags import FlagParser, flag
 from hf_deq.training.hooks import HubPushHook
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -68,39 +67,30 @@ ESTIMATORS = list(ec.recipes("image-classification"))
 class CompareFlags:
     """The flags of this script (every other flag goes to the training script)."""
 
-    output_dir: str = field(metadata={"help": "where the table, plot and per-run folders go"})
-    task: str = field(
-        default="image-classification",
-        metadata={
-            "help": "the family: image-classification (MDEQ) or causal-lm (DEQ-Transformer)",
-            "choices": [t for t in available_tasks() if t in ec.TRAIN_SCRIPTS],
-        },
+    output_dir: str = flag(MISSING, "where the table, plot and per-run folders go")
+    task: str = flag(
+        "image-classification",
+        "the family: image-classification (MDEQ) or causal-lm (DEQ-Transformer)",
+        choices=[t for t in available_tasks() if t in ec.TRAIN_SCRIPTS],
     )
-    seeds: str = field(default="0,1,2", metadata={"help": "comma-separated training seeds"})
-    estimators: list[str] = field(
-        default_factory=lambda: list(ESTIMATORS),
-        metadata={"help": "the gradient estimators compared", "choices": ESTIMATORS},
+    seeds: str = flag("0,1,2", "comma-separated training seeds")
+    estimators: list[str] = flag(
+        list(ESTIMATORS), "the gradient estimators compared", choices=ESTIMATORS, nargs="+"
     )
-    reference: str = field(
-        default="implicit", metadata={"help": "whose final metric is the target", "choices": ESTIMATORS}
+    reference: str = flag("implicit", "whose final metric is the target", choices=ESTIMATORS)
+    tolerance: float = flag(
+        0.0,
+        "move the target this much towards worse (e.g. 0.005 = half an accuracy point)",
+        range=NON_NEGATIVE,
     )
-    tolerance: float = field(
-        default=0.0,
-        metadata={"help": "move the target this much towards worse (e.g. 0.005 = half an accuracy point)"},
+    in_process: bool = flag(False, "run the trainings in this process")
+    skip_existing: bool = flag(
+        False, "reuse a run whose folder already holds all_results.json and history.json (same flags assumed)"
     )
-    in_process: bool = field(default=False, metadata={"help": "run the trainings in this process"})
-    skip_existing: bool = field(
-        default=False,
-        metadata={
-            "help": "reuse a run whose folder already holds all_results.json and history.json (same flags assumed)"
-        },
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "replace the results of an earlier comparison in --output_dir (without it, and without "
-            "--skip_existing, such a folder is refused)"
-        },
+    overwrite_output_dir: bool = flag(
+        False,
+        "replace the results of an earlier comparison in --output_dir (without it, and without "
+        "--skip_existing, such a folder is refused)",
     )
 
     @property
@@ -111,10 +101,8 @@ class CompareFlags:
 
 def parse_args(argv: list[str] | None = None) -> tuple[CompareFlags, list[str]]:
     """``(the checked flags, the training script's flags)`` of ``argv``; a bad value is one ``error:`` line."""
-    parser = HfArgumentParser(
-        CompareFlags, description=__doc__, formatter_class=DescriptionAndDefaultsFormatter
-    )
-    (flags,), passthrough = parse_known_flags(parser, argv)
+    parser = FlagParser(CompareFlags, description=__doc__)
+    flags, passthrough = parser.parse_into_dataclasses(argv, remaining=True)
     passthrough = [a for a in passthrough if a != "--"]
     try:
         ec.parse_seeds(flags.seeds)
@@ -126,8 +114,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[CompareFlags, list[str]]:
             f"argument --output_dir: {flags.output_dir} holds an earlier comparison ({', '.join(earlier[:4])}); "
             "pass --overwrite_output_dir to replace it or --skip_existing to reuse its finished runs"
         )
-    if flags.tolerance < 0:
-        parser.error(f"argument --tolerance: must be >= 0, got {flags.tolerance}")
     for reserved in RESERVED:
         if any(a == reserved or a.startswith(f"{reserved}=") for a in passthrough):
             parser.error(f"argument {reserved}: is set per run by this script")

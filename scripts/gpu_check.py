@@ -34,22 +34,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from transformers import HfArgumentParser
 
 import hf_deq
-from benchmarks.flags import (
-    DescriptionAndDefaultsFormatter,
-    outside,
-    parse_flags,
-    require_at_least,
-)
+from benchmarks.flags import outside
 from hf_deq.training import solver_stats
 from hf_deq.training.arguments import check_preset_config
+from hf_deq.training.flag_ranges import count_range
+from hf_deq.training.flags import FlagParser, flag
 from hf_deq.training.step import BufferSync, gradients_are_finite
 from hf_deq.training.tracking import state_fingerprint
 
@@ -71,38 +66,24 @@ FSDP_CONFIG = Path(__file__).resolve().parent / "configs" / "accelerate_fsdp2.ya
 class GpuCheckFlags:
     """The flags of this script."""
 
-    mdeq_preset: str = field(default="mdeq-tiny-cifar10", metadata={"help": "the MDEQ preset timed"})
-    lm_preset: str = field(
-        default="deq-transformer-small", metadata={"help": "the DEQ-Transformer preset timed"}
+    mdeq_preset: str = flag("mdeq-tiny-cifar10", "the MDEQ preset timed")
+    lm_preset: str = flag("deq-transformer-small", "the DEQ-Transformer preset timed")
+    image_batch: int = flag(128, "images per MDEQ step", range=count_range(1))
+    image_size: int = flag(32, "side of the random images", range=count_range(1))
+    lm_batch: int = flag(16, "sequences per LM step", range=count_range(1))
+    seq_len: int = flag(256, "tokens per LM sequence", range=count_range(1))
+    steps: int = flag(5, "timed steps per estimator (after 2 warm-up steps)", range=count_range(1))
+    estimators: str = flag(",".join(ESTIMATORS), "comma-separated gradient estimators to time")
+    mixed_precision: str = flag("bf16", "autocast dtype of the steps", choices=["no", "bf16", "fp16"])
+    families: str = flag("mdeq,lm", "comma-separated families: mdeq, lm")
+    variants: str = flag("eager", f"comma-separated variants of the solve to time: {', '.join(VARIANTS)}")
+    fsdp: bool = flag(
+        False,
+        "run under FSDP2 (accelerate launch with scripts/configs/accelerate_fsdp2.yaml) and check its "
+        "checkpoints and state dicts",
     )
-    image_batch: int = field(default=128, metadata={"help": "images per MDEQ step"})
-    image_size: int = field(default=32, metadata={"help": "side of the random images"})
-    lm_batch: int = field(default=16, metadata={"help": "sequences per LM step"})
-    seq_len: int = field(default=256, metadata={"help": "tokens per LM sequence"})
-    steps: int = field(default=5, metadata={"help": "timed steps per estimator (after 2 warm-up steps)"})
-    estimators: str = field(
-        default=",".join(ESTIMATORS), metadata={"help": "comma-separated gradient estimators to time"}
-    )
-    mixed_precision: Literal["no", "bf16", "fp16"] = field(
-        default="bf16", metadata={"help": "autocast dtype of the steps"}
-    )
-    families: str = field(default="mdeq,lm", metadata={"help": "comma-separated families: mdeq, lm"})
-    variants: str = field(
-        default="eager",
-        metadata={"help": f"comma-separated variants of the solve to time: {', '.join(VARIANTS)}"},
-    )
-    fsdp: bool = field(
-        default=False,
-        metadata={
-            "help": "run under FSDP2 (accelerate launch with scripts/configs/accelerate_fsdp2.yaml) and check its "
-            "checkpoints and state dicts"
-        },
-    )
-    fsdp_processes: int | None = field(
-        default=None,
-        metadata={
-            "help": "processes (GPUs) for --fsdp; default: the visible GPUs, at most 2 (1 also runs FSDP2)"
-        },
+    fsdp_processes: int | None = flag(
+        None, "processes (GPUs) for --fsdp; default: the visible GPUs, at most 2 (1 also runs FSDP2)"
     )
 
     @property
@@ -128,28 +109,21 @@ class GpuCheckFlags:
 
 def parse_args(argv: list[str] | None = None) -> GpuCheckFlags:
     """The checked flags of ``argv`` (``None``: the command line); a bad value is one ``error:`` line."""
-    parser = HfArgumentParser(
-        GpuCheckFlags, description=__doc__, formatter_class=DescriptionAndDefaultsFormatter
-    )
-    (flags,) = parse_flags(parser, argv)
-    require_at_least(
-        parser,
-        {"--image_batch": flags.image_batch, "--image_size": flags.image_size, "--lm_batch": flags.lm_batch,
-         "--seq_len": flags.seq_len, "--steps": flags.steps},
-    )  # fmt: skip
-    for flag, values, allowed in (
+    parser = FlagParser(GpuCheckFlags, description=__doc__)
+    (flags,) = parser.parse_into_dataclasses(argv)
+    for option, values, allowed in (
         ("--estimators", flags.estimator_list, hf_deq.available_grad_estimators()),
         ("--families", flags.family_list, ["mdeq", "lm"]),
         ("--variants", flags.variant_list, list(VARIANTS)),
     ):
         if unknown := outside(values, allowed):
-            parser.error(f"argument {flag}: unknown {unknown}; choose from {allowed}")
-    for flag, preset, model_type in (
+            parser.error(f"argument {option}: unknown {unknown}; choose from {allowed}")
+    for option, preset, model_type in (
         ("--mdeq_preset", flags.mdeq_preset, "mdeq"),
         ("--lm_preset", flags.lm_preset, "deq_transformer"),
     ):
         for variant in flags.variant_list:
-            check_preset_config(parser, preset, VARIANTS[variant], model_type=model_type, preset_flag=flag)
+            check_preset_config(parser, preset, VARIANTS[variant], model_type=model_type, preset_flag=option)
     return flags
 
 

@@ -4,8 +4,10 @@ typed dataclasses into flags and parsed flags back into dataclass instances.
 A field's ``metadata`` says what its flag is (``flag(...)`` writes it): ``help``, ``choices`` (a list, or a
 function read when the parser is built, so that registrations count), ``parse`` (the text-to-value function,
 else the annotation's type), ``group`` (the ``--help`` section), ``unset_default`` (what ``--help`` says an unset
-flag means) and ``flag=False`` for a field that is no flag (a value resolved by the checks). ``bool`` fields are
-switches (``--x``; ``--x/--no-x`` when their default is ``None``).
+flag means), ``nargs`` (``"+"``: a list field whose flag takes one or more values, ``--x a b``, each converted by
+``parse`` or the list's item type and checked against ``choices``), ``range`` (a ``flag_ranges.Range`` the value
+must lie in, checked after parsing) and ``flag=False`` for a field that is no flag (a value resolved by the
+checks). ``bool`` fields are switches (``--x``; ``--x/--no-x`` when their default is ``None``).
 
 ``--config FILE`` (JSON or YAML) goes through the same parser: each value is converted by its flag's function
 and checked against its choices, an unknown key is refused naming the key and the file, and the command line
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from transformers import HfArgumentParser
+
+from .flag_ranges import range_error
 
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -55,7 +59,7 @@ def json_object(text: str) -> dict[str, Any]:
 
 def flag(default: Any = None, help: str = "", **metadata: Any) -> Any:
     """A dataclass field that is a flag: its ``default``, ``help`` text and further ``metadata`` (``choices``,
-    ``parse``, ``group``, ``unset_default``, ``metavar``, ``flag``)."""
+    ``parse``, ``group``, ``unset_default``, ``metavar``, ``nargs``, ``range``, ``flag``)."""
     return field_with(default, {"help": help, **metadata})
 
 
@@ -66,16 +70,29 @@ def field_with(default: Any, metadata: Any) -> Any:
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def _value_type(annotation: Any) -> Any:
-    """The type of a field annotation, ``X | None`` read as ``X``."""
+def _without_none(annotation: Any) -> Any:
+    """A field annotation, ``X | None`` read as ``X``."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         annotation = members[0] if len(members) == 1 else str
+    return annotation
+
+
+def _value_type(annotation: Any) -> Any:
+    """The type of a field annotation, ``X | None`` read as ``X``."""
+    annotation = _without_none(annotation)
     return typing.get_origin(annotation) or annotation
 
 
-def _argument_options(field: dataclasses.Field, value_type: Any) -> dict[str, Any]:
-    """The ``add_argument`` keywords of ``field`` whose annotation's type is ``value_type``."""
+def _item_type(annotation: Any) -> Any:
+    """The type of one value of a ``list[X]`` annotation (``str`` when it names none)."""
+    args = typing.get_args(_without_none(annotation))
+    return args[0] if args else str
+
+
+def _argument_options(field: dataclasses.Field, annotation: Any) -> dict[str, Any]:
+    """The ``add_argument`` keywords of ``field`` annotated ``annotation``."""
+    value_type = _value_type(annotation)
     meta = field.metadata
     options: dict[str, Any] = {"default": _field_default(field), "help": meta.get("help", "")}
     if options["default"] is dataclasses.MISSING:
@@ -88,6 +105,9 @@ def _argument_options(field: dataclasses.Field, value_type: Any) -> dict[str, An
     choices = meta.get("choices")
     options["choices"] = choices() if callable(choices) else choices
     parse = meta.get("parse")
+    if "nargs" in meta:
+        options["nargs"] = meta["nargs"]
+        parse = parse or _item_type(annotation)
     if parse is None:
         parse = json_object if value_type is dict else json.loads if value_type is list else value_type
     options["type"] = None if parse is str else parse
@@ -126,11 +146,10 @@ class FlagParser(HfArgumentParser):
                 continue
             name = field.metadata.get("group", default_group)
             target = self if name is None else self._groups.setdefault(name, self.add_argument_group(name))
-            action = target.add_argument(
-                f"--{field.name}", **_argument_options(field, _value_type(hints[field.name]))
-            )
+            action = target.add_argument(f"--{field.name}", **_argument_options(field, hints[field.name]))
             if "unset_default" in field.metadata:
                 action.unset_default = field.metadata["unset_default"]
+            action.range = field.metadata.get("range")
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         """argparse's choice check, with a "did you mean" for a near miss."""
@@ -151,7 +170,9 @@ class FlagParser(HfArgumentParser):
         self, argv: list[str] | None = None, remaining: bool = False
     ) -> tuple[Any, ...]:
         """One instance of each dataclass from ``argv`` (``None``: ``sys.argv``), a ``--config`` file's values
-        under the command line's; with ``remaining``, the flags no dataclass knows come last (a list)."""
+        under the command line's, each flag with a ``range`` checked (one ``error:`` line naming the first outside
+        its range). With ``remaining`` (argparse's ``parse_known_args``: a script that passes flags on to another,
+        e.g. after ``--``), the flags no dataclass knows come last, as a list; without it they are refused."""
         if self.config_file:
             pre = argparse.ArgumentParser(add_help=False)
             pre.add_argument("--config", default=None)
@@ -161,6 +182,12 @@ class FlagParser(HfArgumentParser):
                     self.set_defaults(**self.read_config_file(path))
         namespace, rest = self.parse_known_args(argv) if remaining else (self.parse_args(argv), [])
         values = vars(namespace)
+        for action in self.flag_actions().values():
+            allowed = getattr(action, "range", None)
+            if allowed is not None and (
+                problem := range_error(action.dest, values.get(action.dest), allowed)
+            ):
+                self.error(problem)
         instances: list[Any] = []
         for dtype in self.dataclass_types:
             names = {f.name for f in dataclasses.fields(dtype) if f.init and f.name in values}
@@ -203,6 +230,10 @@ class FlagParser(HfArgumentParser):
                     f"{where}: {key!r} is a switch, so it takes true or false, got {value!r}"
                 )
             return value
+        if action.nargs in ("+", "*"):  # several values: a list of them
+            if not isinstance(value, list) or (action.nargs == "+" and not value):
+                raise argparse.ArgumentTypeError(f"{where}: {key!r} takes a list of values, got {value!r}")
+            return [_converted(action, item, where) for item in value]
         if value is None:  # null: the flag left unset, which a flag with a default cannot be
             if action.default is not None:
                 raise argparse.ArgumentTypeError(

@@ -1,6 +1,7 @@
-"""The benchmark and developer scripts declare their flags as typed dataclasses (``HfArgumentParser``): run as
-commands, ``--help`` lists every flag with its default (a required flag says so) and one bad value is one
-``error:`` line naming the flag, exit status 2, no traceback."""
+"""The benchmark and developer scripts declare their flags with ``FlagParser`` (``hf_deq.training.flags``):
+``--help`` lists every flag with its default (a required flag says so) and one bad value is one ``error:`` line
+naming the flag, exit status 2, no traceback. Checked in this process (each script's ``main`` with an argv, so
+every script is imported once); one script also runs as a command, the way a user meets the error line."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 
 import pytest
 from script_loading import load_script
-from tiny_runs import REPO, SCRIPTS, script_env
+from tiny_runs import REPO, script_env
 
 #: script -> (a bad flag value, the flag its error line names, a fragment of that line: the value)
 BAD_VALUES = {
@@ -35,18 +36,18 @@ BAD_VALUES = {
     ),
 }
 SCRIPT_NAMES = sorted(BAD_VALUES)
+#: the script that also runs as a command (``python -m``: the package's relative imports as a user runs them)
+COMMAND = "benchmarks.inference_cost"
 
 
-def command(name: str) -> list[str]:
-    """How the script is run: a file of ``scripts/`` or a module of ``benchmarks/``."""
-    if name.startswith("benchmarks."):
-        return [sys.executable, "-m", name]
-    return [sys.executable, str(SCRIPTS / f"{name}.py")]
+def script_module(name: str):
+    """The script as a module: a file of ``scripts/`` or a module of ``benchmarks/``."""
+    return importlib.import_module(name) if name.startswith("benchmarks.") else load_script(name)
 
 
 def flag_classes(name: str) -> list[type]:
     """The flag dataclasses the script declares (``...Flags``)."""
-    module = importlib.import_module(name) if name.startswith("benchmarks.") else load_script(name)
+    module = script_module(name)
     return [
         cls
         for cls_name, cls in vars(module).items()
@@ -54,15 +55,14 @@ def flag_classes(name: str) -> list[type]:
     ]
 
 
-def run(name: str, argv: list[str], cwd) -> tuple[int, str, str]:
-    """``(exit status, stdout, stderr)`` of the script with ``argv``, this checkout first on the path."""
-    env = script_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["COLUMNS"] = "2000"  # one line per flag in --help
-    proc = subprocess.run(
-        [*command(name), *argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-    return proc.returncode, proc.stdout, proc.stderr
+def run_main(name: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    """``(exit status, stdout, stderr)`` of the script's ``main(argv)``, which must exit while parsing."""
+    module = script_module(name)
+    capsys.readouterr()  # what importing the script printed is not its answer
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
 
 
 def help_entries(text: str) -> dict[str, str]:
@@ -77,39 +77,63 @@ def help_entries(text: str) -> dict[str, str]:
 
 
 def shown_default(field: dataclasses.Field) -> str:
-    """The default of ``field`` as ``--help`` prints it."""
+    """The default of ``field`` as ``--help`` prints it (``none`` for ``None``)."""
     if field.default_factory is not dataclasses.MISSING:
         return str(field.default_factory())
-    return str(field.default)
+    return field.metadata.get("unset_default", "none") if field.default is None else str(field.default)
+
+
+def assert_one_error_line(err: str, flag: str, fragment: str) -> None:
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    assert f"error: argument {flag}:" in errors[0] or f"error: {flag}" in errors[0], errors[0]
+    assert fragment in errors[0], errors[0]
 
 
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
-def test_help_lists_every_flag_with_its_default(name, tmp_path):
-    code, out, err = run(name, ["--help"], tmp_path)
+def test_help_lists_every_flag_with_its_default(name, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per flag
+    code, out, err = run_main(name, ["--help"], capsys)
     assert code == 0, err
     entries = help_entries(out)
     fields = [f for cls in flag_classes(name) for f in dataclasses.fields(cls)]
     assert fields, f"{name} declares no flag dataclass"
     assert set(entries) == {f"--{f.name}" for f in fields}, out
     for field in fields:
-        entry = entries[f"--{field.name}"]
+        entry, text = entries[f"--{field.name}"], field.metadata.get("help")
+        assert text, f"{name}: --{field.name} has no help text"
         if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             assert entry.endswith("(required)"), entry
+        elif re.search(
+            r"\bdefault:? ", text
+        ):  # the text says what its default is ("torch's default)" does not)
+            assert entry.endswith(" ".join(text.split())), entry
         else:
             assert entry.endswith(f"(default: {shown_default(field)})"), entry
-        assert field.metadata.get("help"), f"{name}: --{field.name} has no help text"
 
 
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
-def test_a_bad_value_is_one_error_line_naming_its_flag(name, tmp_path):
+def test_a_bad_value_is_one_error_line_naming_its_flag(name, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
     argv, flag, fragment = BAD_VALUES[name]
-    code, out, err = run(name, argv, tmp_path)
+    code, out, err = run_main(name, argv, capsys)
     assert code == 2, err
-    assert "Traceback" not in err and out == ""
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1, err
-    assert f"error: argument {flag}:" in errors[0] or f"error: {flag}" in errors[0], errors[0]
-    assert fragment in errors[0], errors[0]
+    assert out == ""
+    assert_one_error_line(err, flag, fragment)
+
+
+def test_a_bad_value_on_the_command_line_is_one_error_line(tmp_path):
+    """The one real command: exit status 2 and the error line from the interpreter, nothing on stdout."""
+    argv, flag, fragment = BAD_VALUES[COMMAND]
+    env = script_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run(
+        [sys.executable, "-m", COMMAND, *argv], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert_one_error_line(proc.stderr, flag, fragment)
 
 
 def test_gpu_check_prints_its_table_and_ratios_from_the_rows(monkeypatch, capsys):

@@ -1,7 +1,8 @@
 """The one argument system (``hf_deq.training.flags.FlagParser``): a ``--config`` file (JSON or YAML) and the
 equivalent command line give equal typed argument objects and the same tiny training run; every flag of every
 converted script shows its default in ``--help``; a check returns resolved values and leaves its input as it
-is; a bad config file is one ``error:`` line naming the key and the file."""
+is; a bad config file is one ``error:`` line naming the key and the file; a made-up script's flags (the pieces
+the benchmark and developer scripts use: required flags, several values per flag, ranges, flags passed on)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from script_loading import load_script
 from tiny_runs import mdeq_args, read_log, step_losses
 
 from hf_deq.tasks import get_task
-from hf_deq.training import FlagError, training_parser
+from hf_deq.training import FlagError, FlagParser, training_parser
 from hf_deq.training.arguments import check_training_args
+from hf_deq.training.flag_ranges import count_range
+from hf_deq.training.flags import flag
 
 CONVERTED_SCRIPTS = (
     "train_mdeq_classifier",
@@ -151,3 +154,95 @@ def test_a_yaml_recipe_is_checked_like_a_json_one(tmp_path, capsys):
     with pytest.raises(SystemExit):
         load_script("train_deq_lm").parse_args(["--config", str(path)])
     assert "'num_train_epochs' must be an integer, got 2.5" in capsys.readouterr().err
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleFlags:
+    """Flags of a made-up script."""
+
+    output_dir: str = flag(dataclasses.MISSING, "where results go")
+    steps: int = flag(3, "timed steps", range=count_range(1))
+    batch: int | None = flag(None, "batch (default: the preset's)", range=count_range(1))
+    estimators: list[str] = flag(["upg", "npg"], "compared", choices=["upg", "npg", "implicit"], nargs="+")
+    quick: bool = flag(False, "a smoke run")
+
+
+def example_parser() -> FlagParser:
+    return FlagParser(ExampleFlags, prog="example.py", description="Line one.\n\n    indented example")
+
+
+def _error_line(argv: list[str], capsys, **kwargs) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        example_parser().parse_into_dataclasses(argv, **kwargs)
+    assert exit_info.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    return line
+
+
+def test_a_made_up_scripts_flags_parse_into_its_frozen_dataclass():
+    (flags,) = example_parser().parse_into_dataclasses(
+        ["--output_dir", "out", "--steps", "5", "--estimators", "implicit", "upg", "--quick"]
+    )
+    assert flags == ExampleFlags("out", steps=5, batch=None, estimators=["implicit", "upg"], quick=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        flags.steps = 1  # the parsed object is never edited
+    (flags,) = example_parser().parse_into_dataclasses(["--output_dir", "out"])
+    assert flags.estimators == ["upg", "npg"]
+
+
+def test_help_keeps_the_description_and_shows_every_default_or_required():
+    text = example_parser().format_help()
+    assert "\n\n    indented example\n" in text
+    options = " ".join(text.split("indented example")[1].split())
+    assert "where results go (required)" in options and "timed steps (default: 3)" in options
+    assert "batch (default: the preset's) " in options and "a smoke run (default: False)" in options
+    assert "compared (default: ['upg', 'npg'])" in options
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["--stpes", "5"], "example.py: error: unrecognized arguments: --stpes 5"),
+        (
+            ["--steps", "0"],
+            "example.py: error: argument --steps: must be an integer >= 1 (and < 2**53), got 0",
+        ),
+        (
+            ["--batch", "-2"],
+            "example.py: error: argument --batch: must be an integer >= 1 (and < 2**53), got -2",
+        ),
+        (
+            ["--estimators", "upg", "exact"],
+            "example.py: error: argument --estimators: invalid choice: 'exact'",
+        ),
+        (["--estimators"], "example.py: error: argument --estimators: expected at least one argument"),
+    ],
+)
+def test_a_bad_value_of_a_made_up_script_is_one_error_line(argv, line, capsys):
+    assert _error_line(["--output_dir", "out", *argv], capsys).startswith(line)
+
+
+def test_with_remaining_the_flags_no_dataclass_knows_come_back():
+    flags, rest = example_parser().parse_into_dataclasses(
+        ["--output_dir", "o", "--", "--preset", "x"], remaining=True
+    )
+    assert flags.output_dir == "o" and [a for a in rest if a != "--"] == ["--preset", "x"]
+
+
+def test_a_config_file_gives_several_values_and_meets_the_ranges(tmp_path, capsys):
+    parser = FlagParser(ExampleFlags, prog="example.py", config_file=True)
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({"estimators": ["implicit"], "steps": 4}))
+    (flags,) = parser.parse_into_dataclasses(["--config", str(path), "--output_dir", "o"])
+    assert flags.estimators == ["implicit"] and flags.steps == 4
+    for recipe, message in (
+        ({"estimators": "implicit"}, "'estimators' takes a list of values, got 'implicit'"),
+        ({"estimators": ["exact"]}, "'estimators' must be one of ['upg', 'npg', 'implicit'], got 'exact'"),
+        ({"steps": 0}, "argument --steps: must be an integer >= 1 (and < 2**53), got 0"),
+    ):
+        path.write_text(json.dumps(recipe))
+        with pytest.raises(SystemExit):
+            FlagParser(ExampleFlags, prog="example.py", config_file=True).parse_into_dataclasses(
+                ["--config", str(path), "--output_dir", "o"]
+            )
+        assert message in capsys.readouterr().err
