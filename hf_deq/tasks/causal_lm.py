@@ -148,13 +148,22 @@ class TextDataArguments:
         10.0,
         "without a validation split or file, the last this-many percent of the training text (by characters, in "
         "order) are the validation set",
+        range=Range(0, 100, low_open=True, high_open=True),
     )
-    block_size: int = flag(128, "tokens per training sequence")
-    preprocessing_num_workers: int | None = flag(None, "processes of the tokenising map")
+    block_size: int = flag(
+        128,
+        "tokens per training sequence",
+        range=Range(
+            2, MAX_BLOCK_SIZE, integer=True, text=f"an integer at least 2 and at most {MAX_BLOCK_SIZE}"
+        ),
+    )
+    preprocessing_num_workers: int | None = flag(None, "processes of the tokenising map", range=WORKER_RANGE)
     tokenizer_name: str | None = flag(None, "a saved tokenizer (path or Hub id)")
     train_tokenizer: str | None = flag(None, "train one on the training text", choices=list(TOKENIZER_KINDS))
     tokenizer_vocab_size: int | None = flag(
-        None, "vocabulary of a trained tokenizer: bpe (default 8000) or word (default: every training word)"
+        None,
+        "vocabulary of a trained tokenizer: bpe (default 8000) or word (default: every training word)",
+        range=count_range(2),
     )
 
 
@@ -182,14 +191,6 @@ class CausalLMTask(TrainingTask):
     forward_kwargs = {"use_cache": False}
     data_source_flags = ("train_file", "validation_file")
     evaluation_data_flags = ("text_column_name", "validation_split_percentage", "block_size")
-    flag_ranges = {
-        "preprocessing_num_workers": WORKER_RANGE,
-        "tokenizer_vocab_size": count_range(2),
-        "block_size": Range(
-            2, MAX_BLOCK_SIZE, integer=True, text=f"an integer at least 2 and at most {MAX_BLOCK_SIZE}"
-        ),
-        "validation_split_percentage": Range(0, 100, low_open=True, high_open=True),
-    }
 
     arguments = TextDataArguments
 

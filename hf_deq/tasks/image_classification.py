@@ -95,7 +95,7 @@ class ImageDataArguments:
     image_column_name: str | None = flag(None, "default: the first Image feature")
     label_column_name: str | None = flag(None, "default: the first ClassLabel feature")
     train_val_split: float = flag(0.2, "evaluation fraction split off train when needed")
-    split_seed: int = flag(DIGITS_SPLIT_SEED, "seed of that split")
+    split_seed: int = flag(DIGITS_SPLIT_SEED, "seed of that split", range=SEED_RANGE)
     augment: str = flag(
         "none",
         "training augmentation: random crop after padding by image_size/8 (and horizontal flip)",
@@ -126,7 +126,6 @@ class ImageClassificationTask(TrainingTask):
     }
     data_source_flags = ("train_dir", "validation_dir")
     evaluation_data_flags = ("image_column_name", "label_column_name", "train_val_split", "split_seed")
-    flag_ranges = {"split_seed": SEED_RANGE}
     #: the accuracy metric (loaded by ``load_data``)
     metric: Any = None
 

@@ -19,7 +19,7 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..configuration_deq import DEQConfig
+from ..configuration_deq import MAX_GRAD_STEPS, DEQConfig
 from ..deq_fields import DEQ_FIELDS
 from ..hub.cli import HubArguments
 from ..hub.errors import InvalidRepoIdError
@@ -32,7 +32,18 @@ from .checkpoints import (
     resolve_checkpoint,
 )
 from .errors import FlagError
-from .flag_ranges import FLAG_RANGES, check_flag_ranges
+from .flag_ranges import (
+    DECAY_FACTOR,
+    LEARNING_RATE,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED_RANGE,
+    THREAD_RANGE,
+    UNIT_INTERVAL,
+    WORKER_RANGE,
+    check_flag_ranges,
+    count_range,
+)
 from .flags import DefaultsHelpFormatter, FlagParser, flag, json_object, merged_dataclass, refusing
 from .state import TrainingState, TrainingStateError
 
@@ -141,8 +152,11 @@ class UnrolledWarmupArguments:
         0,
         "train the first N optimizer steps with plain backprop through unrolled iterations (grad_estimator "
         "'unrolled') before switching to the configured estimator",
+        range=count_range(0),
     )
-    unrolled_warmup_depth: int | None = flag(None, "iterations unrolled in warm-up (default grad_steps)")
+    unrolled_warmup_depth: int | None = flag(
+        None, "iterations unrolled in warm-up (default grad_steps)", range=count_range(1, MAX_GRAD_STEPS)
+    )
 
 
 #: the DEQ flags of every training script (and of ``scripts/finetune_with_trainer.py``)
@@ -168,9 +182,9 @@ class DataArguments:
 
     dataset_name: str | None = flag(None, "a datasets Hub id")
     dataset_config_name: str | None = flag(None, "the dataset's configuration, e.g. wikitext-103-v1")
-    max_train_samples: int | None = flag(None, "truncate the training set")
-    max_eval_samples: int | None = flag(None, "truncate the evaluation set")
-    dataloader_num_workers: int = flag(0, "worker processes of each dataloader")
+    max_train_samples: int | None = flag(None, "truncate the training set", range=count_range(1))
+    max_eval_samples: int | None = flag(None, "truncate the evaluation set", range=count_range(1))
+    dataloader_num_workers: int = flag(0, "worker processes of each dataloader", range=WORKER_RANGE)
 
 
 @dataclasses.dataclass
@@ -199,25 +213,29 @@ class OptimizationArguments:
     _argument_group_name = "optimisation"
 
     optimizer: str = flag("adamw", "the optimiser", choices=["adamw", "sgd"])
-    learning_rate: float = flag(1e-3, "peak learning rate")
+    learning_rate: float = flag(1e-3, "peak learning rate", range=LEARNING_RATE)
     weight_decay: float = flag(
-        0.0, "decoupled weight decay of the matrices and kernels (never biases, norms, gains)"
+        0.0,
+        "decoupled weight decay of the matrices and kernels (never biases, norms, gains)",
+        range=NON_NEGATIVE,
     )
-    momentum: float = flag(0.9, "SGD momentum")
+    momentum: float = flag(0.9, "SGD momentum", range=DECAY_FACTOR)
     nesterov: bool = flag(False, "Nesterov momentum (SGD)")
-    adam_beta1: float = flag(0.9, "AdamW beta1")
-    adam_beta2: float = flag(0.999, "AdamW beta2")
-    adam_epsilon: float = flag(1e-8, "AdamW epsilon")
+    adam_beta1: float = flag(0.9, "AdamW beta1", range=DECAY_FACTOR)
+    adam_beta2: float = flag(0.999, "AdamW beta2", range=DECAY_FACTOR)
+    adam_epsilon: float = flag(1e-8, "AdamW epsilon", range=POSITIVE)
     lr_scheduler_type: str = flag("cosine", "a transformers learning-rate schedule", choices=_scheduler_names)
-    min_lr_ratio: float = flag(0.1, "final / peak learning rate of cosine_with_min_lr")
-    num_warmup_steps: int = flag(0, "learning-rate warm-up steps")
-    num_train_epochs: int = flag(1, "passes over the training set")
-    max_train_steps: int | None = flag(None, "optimizer steps; overrides epochs")
-    per_device_train_batch_size: int = flag(16, "training batch per process")
-    per_device_eval_batch_size: int = flag(32, "evaluation batch per process")
-    gradient_accumulation_steps: int = flag(1, "batches accumulated per optimizer step")
-    max_grad_norm: float | None = flag(None, "clip the gradient norm to this (unset or 0: no clip)")
-    seed: int = flag(42, "seed of the weights, data order and dropout")
+    min_lr_ratio: float = flag(0.1, "final / peak learning rate of cosine_with_min_lr", range=UNIT_INTERVAL)
+    num_warmup_steps: int = flag(0, "learning-rate warm-up steps", range=count_range(0))
+    num_train_epochs: int = flag(1, "passes over the training set", range=count_range(1))
+    max_train_steps: int | None = flag(None, "optimizer steps; overrides epochs", range=count_range(1))
+    per_device_train_batch_size: int = flag(16, "training batch per process", range=count_range(1))
+    per_device_eval_batch_size: int = flag(32, "evaluation batch per process", range=count_range(1))
+    gradient_accumulation_steps: int = flag(1, "batches accumulated per optimizer step", range=count_range(1))
+    max_grad_norm: float | None = flag(
+        None, "clip the gradient norm to this (unset or 0: no clip)", range=NON_NEGATIVE
+    )
+    seed: int = flag(42, "seed of the weights, data order and dropout", range=SEED_RANGE)
     mixed_precision: str | None = flag(
         None,
         "default: the accelerate config's (accelerate launch --mixed_precision)",
@@ -226,11 +244,13 @@ class OptimizationArguments:
     max_nonfinite_steps: int = flag(
         10,
         "stop after N steps in a row with a non-finite loss, gradient or updated weight (each is skipped)",
+        range=count_range(1),
     )
     torch_num_threads: int | None = flag(
         None,
         "intra-op CPU threads per process (torch.set_num_threads); default: OMP_NUM_THREADS if set, else the "
         "CPUs other processes leave free, re-checked every few seconds",
+        range=THREAD_RANGE,
     )
 
 
@@ -256,15 +276,19 @@ class OutputArguments:
         "tensorboard",
         "accelerate trackers (tensorboard, wandb, ... or all); TensorBoard writes into --output_dir",
     )
-    logging_steps: int = flag(10, "log the training window every N steps")
+    logging_steps: int = flag(10, "log the training window every N steps", range=count_range(1))
     log_file: str | None = flag(
         None,
         "append one JSON line per optimizer step (step, loss, skipped steps) and a final one with the "
         "weights' SHA-256; process i > 0 writes <log_file>.rank<i>",
     )
-    eval_steps: int | None = flag(None, "evaluate every N steps (then not at each epoch's end)")
+    eval_steps: int | None = flag(
+        None, "evaluate every N steps (then not at each epoch's end)", range=count_range(1)
+    )
     eval_every_epochs: int | None = flag(
-        None, "evaluate every N epochs (default 1 without --eval_steps, none with it; always at the end)"
+        None,
+        "evaluate every N epochs (default 1 without --eval_steps, none with it; always at the end)",
+        range=count_range(1),
     )
     probe_steps: int = flag(
         0,
@@ -272,6 +296,7 @@ class OutputArguments:
         "and relative error of the estimator's gradient against the exact implicit one (grad_alignment_cosine, "
         "grad_alignment_relative_error, probe_time: logged, in log_history.json and all_results.json; not "
         "training time); 0: off",
+        range=count_range(0),
     )
     probe_contractivity: bool = flag(
         False,
@@ -493,7 +518,7 @@ def check_training_args(args: Any, task: TrainingTask) -> Any:
     arguments object with the resolved values (``resume_checkpoint``, the task's), ``args`` left as it is."""
     from ..hub import check_hub_args
 
-    check_flag_ranges(args, {**FLAG_RANGES, **task.flag_ranges})
+    check_flag_ranges(args)
     _check_switches(args)
     _check_output_dir(args)
     resolved = dataclasses.replace(args, resume_checkpoint=resumed_checkpoint(args))

@@ -1,16 +1,16 @@
-"""What every numeric training flag accepts: one small vocabulary of ranges (``Range``), the table of the shared
-flags (``FLAG_RANGES``; a task declares its data flags in ``TrainingTask.flag_ranges``), and the check that
-answers a value outside its range, NaN and ±inf included, with one ``error:`` line naming the flag, the value and
-the range."""
+"""What every numeric flag accepts: one small vocabulary of ranges (``Range``), declared on the flag's own field
+(``flag(default, help, range=...)``, next to its type, default and help; ``flag_ranges(arguments)`` reads them
+back as a table), and the one check (``check_flag_ranges``, run by ``FlagParser`` and by
+``check_training_args``) that answers a value outside its range, NaN and ±inf included, with one ``error:`` line
+naming the flag, the value and the range."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
-
-from ..configuration_deq import MAX_GRAD_STEPS
 
 
 @dataclass(frozen=True)
@@ -90,37 +90,6 @@ UNIT_INTERVAL = Range(0, 1)
 #: Adam betas and SGD momentum: a decay factor in [0, 1)
 DECAY_FACTOR = Range(0, 1, high_open=True)
 
-#: every numeric training flag and what it accepts (a task adds its own data flags: ``TrainingTask.flag_ranges``);
-#: ``None`` values (unset) are always fine
-FLAG_RANGES: dict[str, Range] = {
-    "learning_rate": LEARNING_RATE,
-    "weight_decay": NON_NEGATIVE,
-    "momentum": DECAY_FACTOR,
-    "adam_beta1": DECAY_FACTOR,
-    "adam_beta2": DECAY_FACTOR,
-    "adam_epsilon": POSITIVE,
-    "min_lr_ratio": UNIT_INTERVAL,
-    "max_grad_norm": NON_NEGATIVE,
-    "seed": SEED_RANGE,
-    "torch_num_threads": THREAD_RANGE,
-    "dataloader_num_workers": WORKER_RANGE,
-    "num_warmup_steps": count_range(0),
-    "unrolled_warmup_steps": count_range(0),
-    "unrolled_warmup_depth": count_range(1, MAX_GRAD_STEPS),  # the warm-up's grad_steps of "unrolled"
-    "num_train_epochs": count_range(1),
-    "max_train_steps": count_range(1),
-    "max_train_samples": count_range(1),
-    "max_eval_samples": count_range(1),
-    "per_device_train_batch_size": count_range(1),
-    "per_device_eval_batch_size": count_range(1),
-    "gradient_accumulation_steps": count_range(1),
-    "max_nonfinite_steps": count_range(1),
-    "logging_steps": count_range(1),
-    "eval_steps": count_range(1),
-    "probe_steps": count_range(0),
-    "eval_every_epochs": count_range(1),
-}
-
 
 def range_problem(value: Any, allowed: Range) -> str | None:
     """What is wrong with ``value`` outside ``allowed`` (``None`` when ``value`` is fine or unset)."""
@@ -129,26 +98,30 @@ def range_problem(value: Any, allowed: Range) -> str | None:
     return f"must be {allowed.describe()}, got {value!r}"
 
 
-def range_error(name: str, value: Any, allowed: Range) -> str | None:
-    """The ``error:`` text of ``--name value`` outside ``allowed`` (``None`` when ``value`` is fine or unset)."""
-    problem = range_problem(value, allowed)
-    return None if problem is None else f"argument --{name}: {problem}"
+def flag_ranges(arguments: Any) -> dict[str, Range]:
+    """``{name: range}`` of the fields of ``arguments`` (a dataclass or an instance of one) declared with a
+    ``range`` (``flag(..., range=...)``), in field order."""
+    return {
+        f.name: f.metadata["range"]
+        for f in dataclasses.fields(arguments)
+        if f.metadata.get("range") is not None
+    }
 
 
-def check_flag_ranges(args: Any, ranges: dict[str, Range]) -> None:
-    """Raise ``FlagError`` (naming the flag, its value and the range) on the first flag of ``ranges`` that
-    ``args`` (a typed arguments object) sets outside its range."""
+def check_flag_ranges(args: Any) -> None:
+    """Raise ``FlagError`` (naming the flag, its value and the range) on the first field of ``args`` (a
+    dataclass instance: parsed by ``FlagParser`` or built directly) whose value lies outside its declared
+    ``range``."""
     from .errors import FlagError
 
-    values = vars(args)
-    for name, allowed in ranges.items():
-        if (problem := range_problem(values.get(name), allowed)) is not None:
-            raise FlagError(name, values[name], problem)
+    for name, allowed in flag_ranges(args).items():
+        value = getattr(args, name)
+        if (problem := range_problem(value, allowed)) is not None:
+            raise FlagError(name, value, problem)
 
 
 __all__ = [
     "DECAY_FACTOR",
-    "FLAG_RANGES",
     "LEARNING_RATE",
     "MAX_COUNT",
     "NON_NEGATIVE",
@@ -160,7 +133,7 @@ __all__ = [
     "Range",
     "check_flag_ranges",
     "count_range",
-    "range_error",
+    "flag_ranges",
     "range_problem",
 ]
 

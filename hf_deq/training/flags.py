@@ -29,7 +29,7 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
-from .flag_ranges import range_error
+from .flag_ranges import check_flag_ranges
 
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -149,7 +149,6 @@ class FlagParser(HfArgumentParser):
             action = target.add_argument(f"--{field.name}", **_argument_options(field, hints[field.name]))
             if "unset_default" in field.metadata:
                 action.unset_default = field.metadata["unset_default"]
-            action.range = field.metadata.get("range")
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         """argparse's choice check, with a "did you mean" for a near miss."""
@@ -182,17 +181,23 @@ class FlagParser(HfArgumentParser):
                     self.set_defaults(**self.read_config_file(path))
         namespace, rest = self.parse_known_args(argv) if remaining else (self.parse_args(argv), [])
         values = vars(namespace)
-        for action in self.flag_actions().values():
-            allowed = getattr(action, "range", None)
-            if allowed is not None and (
-                problem := range_error(action.dest, values.get(action.dest), allowed)
-            ):
-                self.error(problem)
         instances: list[Any] = []
         for dtype in self.dataclass_types:
             names = {f.name for f in dataclasses.fields(dtype) if f.init and f.name in values}
             instances.append(dtype(**{name: values[name] for name in names}))
+        self._check_ranges(instances)
         return (*instances, rest) if remaining else tuple(instances)
+
+    def _check_ranges(self, instances: list[Any]) -> None:
+        """``check_flag_ranges`` of each instance: the first value outside its field's ``range`` is this
+        parser's ``error:`` line (``argument --x: must be ..., got V``)."""
+        from .errors import FlagError
+
+        try:
+            for instance in instances:
+                check_flag_ranges(instance)
+        except FlagError as err:
+            self.error(f"argument {err.flag}: {err.problem}")
 
     def refusing(
         self, *errors: type[Exception], prefix: str = "argument "

@@ -59,7 +59,8 @@ class TrainingTask:
     dataset_help: ClassVar[str] = "a datasets Hub id"
     #: flag defaults of this task (the defaults of its arguments class)
     defaults: ClassVar[dict[str, Any]] = {}
-    #: the dataclass of the task's own data flags (``hf_deq.training.flags.flag`` fields), or ``None``
+    #: the dataclass of the task's own data flags (``hf_deq.training.flags.flag`` fields, a numeric one with its
+    #: ``range=``), or ``None``
     arguments: ClassVar[type | None] = None
     #: keyword arguments of every training forward
     forward_kwargs: ClassVar[dict[str, Any]] = {}
@@ -69,8 +70,6 @@ class TrainingTask:
     #: the task's flags that shape its evaluation split (validation share, block size, columns): recorded with
     #: the saved model, the defaults of ``evaluate_deq.py``
     evaluation_data_flags: ClassVar[tuple[str, ...]] = ()
-    #: ranges of the task's numeric data flags (``hf_deq.training.flag_ranges``), checked with the shared ones
-    flag_ranges: ClassVar[dict[str, Any]] = {}
 
     def check_args(self, args: Any) -> dict[str, Any]:
         """Checks of the task's flags in ``args`` that need no data: raises ``FlagError`` (or another

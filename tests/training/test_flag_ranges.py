@@ -1,9 +1,11 @@
-"""Every numeric training flag has one range (``hf_deq.training.flag_ranges``), and a value outside it, NaN and
+"""Every numeric training flag has one range, declared on its field (``flag(..., range=...)``; read back by
+``hf_deq.training.flag_ranges.flag_ranges``), and a value outside it, NaN and
 ±inf included, on the command line or in a ``--config`` recipe, is one ``error:`` line naming the flag, the value
 and the range, exit status 2, before any data is loaded."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -11,8 +13,9 @@ import pytest
 from script_loading import load_script
 
 from hf_deq.tasks import get_task
-from hf_deq.training import DEQ_ARGUMENT_NAMES, training_parser
-from hf_deq.training.flag_ranges import FLAG_RANGES, Range, count_range
+from hf_deq.training import DEQ_ARGUMENT_NAMES, FlagError, training_arguments_class, training_parser
+from hf_deq.training.arguments import check_training_args
+from hf_deq.training.flag_ranges import Range, count_range, flag_ranges
 
 MDEQ, LM = "train_mdeq_classifier", "train_deq_lm"
 
@@ -127,8 +130,10 @@ def test_every_numeric_flag_has_a_range(task_name):
     whose check carries its own wording)."""
     task = get_task(task_name)
     checked_by_the_task = {"train_val_split"}
-    unranged = _numeric_flags(task_name) - set(FLAG_RANGES) - set(task.flag_ranges) - set(DEQ_ARGUMENT_NAMES)
+    ranged = flag_ranges(training_arguments_class(task))
+    unranged = _numeric_flags(task_name) - set(ranged) - set(DEQ_ARGUMENT_NAMES)
     assert unranged <= checked_by_the_task, unranged
+    assert not set(ranged) & set(DEQ_ARGUMENT_NAMES)  # (the config checks those: one check each)
 
 
 def test_a_range_refuses_nan_inf_bools_and_non_integers_for_counts():
@@ -148,6 +153,21 @@ def test_a_range_refuses_nan_inf_bools_and_non_integers_for_counts():
 def test_the_defaults_of_both_scripts_are_in_range(tmp_path):
     for script in (MDEQ, LM):
         args = load_script(script).parse_args(["--output_dir", str(tmp_path / "out")])
-        for name, allowed in FLAG_RANGES.items():
+        ranged = flag_ranges(args)
+        assert {"learning_rate", "seed", "block_size" if script == LM else "split_seed"} <= set(ranged)
+        for name, allowed in ranged.items():
             value = getattr(args, name)
             assert value is None or value in allowed, (script, name, value)
+
+
+@pytest.mark.parametrize(("name", "value"), [("learning_rate", math.nan), ("block_size", 1), ("seed", -1)])
+def test_arguments_built_without_the_parser_meet_the_same_check(name, value, tmp_path):
+    """``check_training_args`` reads the ranges off the fields: an arguments object built directly (or through
+    ``dataclasses.replace``) is refused with the parser's words."""
+    task = get_task("causal-lm")
+    args = training_arguments_class(task)(output_dir=str(tmp_path / "out"))
+    allowed = flag_ranges(args)[name]
+    with pytest.raises(FlagError) as info:
+        check_training_args(dataclasses.replace(args, **{name: value}), task)
+    assert info.value.flag == f"--{name}"
+    assert str(info.value) == f"must be {allowed.describe()}, got {value!r}"
