@@ -1,7 +1,9 @@
 """``compile_solve=True`` on both model families (tiny presets, float64): training steps give the eager losses,
-logits and gradients for every estimator, and nothing compiles again after an estimator's first step, for a
-smaller last batch, or for another eval budget; the config field is validated and is a flag of both training
-scripts.
+logits and gradients, and nothing compiles again after an estimator's first step, for a smaller last batch, or
+for another eval budget; the config field is validated and is a flag of both training scripts. Every estimator
+runs on the Anderson LM; the other cases (each estimator's first step is a compilation of its own, the costliest
+part of this file) run two estimators each, so that every estimator also runs on a second case and both families
+run a phantom gradient and an exact or one-step one.
 
 The models compile with the ``aot_eager`` backend here: Dynamo's capture, its guards (which decide recompiles)
 and AOTAutograd's graphs are those of inductor, without inductor's minutes of C++ compilation of these cells on
@@ -44,6 +46,14 @@ CASES = {
         "fixed_point",
         {"check_every": None, "damping": 0.8},
     ),
+}
+
+
+#: the estimators each case trains with (the first step of each compiles its graphs)
+CASE_ESTIMATORS = {
+    "mdeq_broyden": ("upg", "one_step", "unrolled"),
+    "lm_anderson": ESTIMATORS,
+    "lm_post_fixed_point": ("implicit", "npg"),
 }
 
 
@@ -114,13 +124,14 @@ def test_compiled_solve_equals_eager_and_does_not_recompile(case):
     inputs = inputs_for(family, eager.config)
     smaller = {k: v[:3] for k, v in inputs.items()}  # a smaller last batch
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.01) for m in (eager, compiled)]
-    for estimator in ESTIMATORS:
+    estimators = CASE_ESTIMATORS[case]
+    for estimator in estimators:
         for model in (eager, compiled):
             model.set_grad_estimator(estimator)
         for index, batch in enumerate((inputs, inputs, smaller)):
             e, c = step(eager, batch, seed=index), step(compiled, batch, seed=index)
             check_equal(e, c, f"{case}, {estimator}, step {index + 1}")
-            if estimator == ESTIMATORS[0] and index == 0:
+            if estimator == estimators[0] and index == 0:
                 assert c["new_graphs"] > 0  # the compiled path ran
             elif index > 0:
                 assert c["new_graphs"] == 0, f"{case}, {estimator}: step {index + 1} compiled again"
@@ -136,6 +147,12 @@ def test_compiled_solve_equals_eager_and_does_not_recompile(case):
         torch.testing.assert_close(c.logits, e.logits, rtol=1e-9, atol=1e-10)
         assert torch.equal(c.solver_nstep, e.solver_nstep)
         assert index == 0 or graphs() == before, f"{case}: eval budget {budget} compiled again"
+
+
+def test_every_estimator_runs_on_two_cases():
+    for estimator in ESTIMATORS:
+        assert sum(estimator in chosen for chosen in CASE_ESTIMATORS.values()) >= 2, estimator
+    assert CASE_ESTIMATORS.keys() == CASES.keys()
 
 
 def test_compile_solve_config_field_is_validated_and_a_training_flag():
