@@ -22,6 +22,7 @@ def _numbers(value):
         yield value
 
 
+@pytest.mark.slow
 def test_benchmark_writes_json_and_keeps_an_existing_file(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--cells", "transformer", "--quick", "--batch_size", "1", "--torch_num_threads", "1"]

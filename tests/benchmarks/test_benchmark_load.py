@@ -29,6 +29,7 @@ def test_busy_processes_run_and_are_stopped():
             pass
 
 
+@pytest.mark.slow
 def test_a_job_slice_beside_a_busy_process(tmp_path):
     tiny = Job(
         "tiny",

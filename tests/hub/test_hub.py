@@ -29,6 +29,9 @@ import pytest
 from fake_hub_server import FakeHubServer
 from fake_hub_state import git_blob_sha1
 
+#: every test here shares the module's push/load client runs (about 45 s on a 2-core machine)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = Path(__file__).resolve().parent / "clients"
 TOKEN = "hf_fake_write_token"

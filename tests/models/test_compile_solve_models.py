@@ -118,6 +118,7 @@ def check_equal(eager: dict, compiled: dict, what: str) -> None:
         torch.testing.assert_close(compiled["grads"][name], grad, rtol=1e-5, atol=1e-8, msg=f"{name}, {what}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_compiled_solve_equals_eager_and_does_not_recompile(case):
     family, eager, compiled = pair(case)

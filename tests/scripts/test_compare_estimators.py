@@ -125,6 +125,7 @@ def _without(argv: list[str], *flags: str) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["mdeq", "lm"])
 def test_two_seeds_two_estimators_write_the_table_the_plot_and_the_runs(
     family, tmp_path, fresh_accelerate_state, monkeypatch

@@ -73,6 +73,8 @@ def test_the_command_line_overrides_the_config(tmp_path):
         ('{"num_train_epochs": 2.5}', r"'num_train_epochs' must be an integer, got 2\.5"),
         ('{"grad_estimator": "exact"}', r"'grad_estimator' must be one of \[.*'implicit'.*\], got 'exact'"),
         ('{"nesterov": "yes"}', r"'nesterov' is a switch, so it takes true or false, got 'yes'"),
+        ('{"augment": "rotate"}', r"'augment' must be one of \['none', 'crop', 'crop_flip'\]"),
+        ('{"config_overrides": [1]}', r"'config_overrides' must be a JSON object"),
         (
             '{"_script": "train_deq_lm.py"}',
             r"is a config for train_deq_lm\.py, not for train_mdeq_classifier\.py",
@@ -91,6 +93,8 @@ def test_bad_config_files_are_refused_clearly(tmp_path, content, message, capsys
     assert exit_info.value.code == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert re.search(message, line), line
+    if "JSON object of flag values" not in message and "valid JSON" not in message:
+        assert f"--config {path}" in line, line  # the file is named
 
 
 def test_null_leaves_a_flag_without_a_default_unset(tmp_path):

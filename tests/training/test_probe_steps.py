@@ -126,6 +126,7 @@ def test_bad_probe_flags_are_one_error_line(extra, fragment, tmp_path, capsys):
     assert fragment in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_two_processes_probe_on_the_main_process_and_stay_in_step(tmp_path):
     """Under DDP the main process probes its unwrapped model; the other rank waits at the next all-reduce, and
     both end with the same weights."""

@@ -126,28 +126,6 @@ def test_a_refused_value_is_a_typed_error_naming_the_flag_value_and_range(tmp_pa
     assert "at least 2" in str(err.value)
 
 
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ('{"learnin_rate": 0.1}', r"--config \S*bad\.json: unknown key 'learnin_rate'"),
-        ('{"learning_rate": "fast"}', r"--config \S*bad\.json: 'learning_rate' got 'fast'"),
-        (
-            '{"augment": "rotate"}',
-            r"--config \S*bad\.json: 'augment' must be one of \['none', 'crop', 'crop_flip'\]",
-        ),
-        ('{"config_overrides": [1]}', r"--config \S*bad\.json: 'config_overrides' must be a JSON object"),
-    ],
-)
-def test_a_bad_config_file_is_one_error_naming_the_key_and_the_file(tmp_path, content, message, capsys):
-    path = tmp_path / "bad.json"
-    path.write_text(content)
-    with pytest.raises(SystemExit) as exit_info:
-        load_script("train_mdeq_classifier").parse_args(["--config", str(path)])
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and re.search(message, lines[0]), lines
-
-
 def test_a_yaml_recipe_is_checked_like_a_json_one(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("num_train_epochs: 2.5\n")
