@@ -60,11 +60,3 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(True)
     yield
     AcceleratorState._reset_state(True)
-
-
-def pytest_collection_modifyitems(config, items):
-    """The files that hold a ``slow`` test run first, each file's tests in their order: with one xdist worker per
-    CPU and a file per worker (README's test command), the long files then start at once instead of leaving one
-    worker busy after the others have finished."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
