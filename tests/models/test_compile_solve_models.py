@@ -2,12 +2,13 @@
 logits and gradients, and nothing compiles again after an estimator's first step, for a smaller last batch, or
 for another eval budget; the config field is validated and is a flag of both training scripts. Every estimator
 runs on the Anderson LM; the other cases (each estimator's first step is a compilation of its own, the costliest
-part of this file) run two estimators each, so that every estimator also runs on a second case and both families
+part of this file) run two or three, so that every estimator also runs on a second case and both families
 run a phantom gradient and an exact or one-step one.
 
-The models compile with the ``aot_eager`` backend here: Dynamo's capture, its guards (which decide recompiles)
-and AOTAutograd's graphs are those of inductor, without inductor's minutes of C++ compilation of these cells on
-a 2-core CI machine (``tests/deq/test_compile_solve.py`` runs inductor on every solver's step).
+The LM that trains every estimator compiles with the ``aot_eager`` backend: Dynamo's capture, its guards (which
+decide recompiles) and AOTAutograd's graphs are those of inductor, without inductor's minutes of C++ compilation
+of these cells on a 2-core CI machine (``tests/deq/test_compile_solve.py`` runs inductor on every solver's step).
+The other two cases use Dynamo's ``eager`` backend (``CASE_BACKENDS``): the same capture and guards.
 ``HF_DEQ_TEST_COMPILE_BACKEND=inductor`` runs these tests with inductor.
 """
 
@@ -28,7 +29,17 @@ from hf_deq.deq.compile import CompiledSolve
 from hf_deq.tasks import get_task
 from hf_deq.training import training_parser
 
-BACKEND = os.environ.get("HF_DEQ_TEST_COMPILE_BACKEND", "aot_eager")
+#: the backend of each case: ``aot_eager`` (Dynamo + AOTAutograd's forward and backward graphs) for the LM that
+#: trains every estimator; Dynamo's ``eager`` (its capture and guards: what decides a recompile) for the other two,
+#: where AOTAutograd's tracing of the cell would double the cost of this, the suite's longest file
+CASE_BACKENDS = {"mdeq_broyden": "eager", "lm_anderson": "aot_eager", "lm_post_fixed_point": "eager"}
+
+
+def backend(case: str) -> str:
+    """``HF_DEQ_TEST_COMPILE_BACKEND`` when set (e.g. ``inductor``), else the case's."""
+    return os.environ.get("HF_DEQ_TEST_COMPILE_BACKEND", CASE_BACKENDS[case])
+
+
 #: family, preset, model class and solve settings: each solver once, a sync-free one, dropout + weight norm
 CASES = {
     "mdeq_broyden": ("mdeq", "test_mdeq_tiny", hf_deq.MDEQForImageClassification, "broyden", {}),
@@ -80,8 +91,8 @@ def pair(case: str):
     assert (compiled.config.solver_kwargs or {}) == (eager.config.solver_kwargs or {})
     assert compiled.config.compile_solve and all(layer.compile_solve for layer in compiled.deq_layers())
     for layer in compiled.deq_layers():
-        layer.compiled_solve = CompiledSolve({"backend": BACKEND})
-        layer.compiled_cell = CompiledCell({"backend": BACKEND, "dynamic": True})
+        layer.compiled_solve = CompiledSolve({"backend": backend(case)})
+        layer.compiled_cell = CompiledCell({"backend": backend(case), "dynamic": True})
     return family, eager, compiled
 
 
