@@ -318,8 +318,10 @@ def test_next_solve_refills_the_kept_state_without_allocating(name, monkeypatch)
 def test_broyden_state_is_sized_for_the_budget():
     """With a ``budget`` below ``memory`` the compiled Broyden keeps only the ``budget - 1`` slots a solve can
     write (its passes over the history shrink with them): the eager ``memory``-slot results, for every
-    ``max_iter`` up to the budget, from one graph; a solve past the budget gets a state of its own."""
-    solve = CompiledSolve({"backend": BACKEND})
+    ``max_iter`` up to the budget, from one graph; a solve past the budget gets a state of its own. (Its own
+    graphs, ``memory=20``: ``aot_eager``, whose capture and state handling are inductor's, without minutes of C++
+    compilation on a cold cache.)"""
+    solve = CompiledSolve({"backend": os.environ.get("HF_DEQ_TEST_COMPILE_BACKEND", "aot_eager")})
     solver = get_solver("broyden", memory=20, step_size=0.9)
     fn, z0, _ = staggered_map(batch=3)
     before = graphs()

@@ -126,32 +126,6 @@ def test_bad_probe_flags_are_one_error_line(extra, fragment, tmp_path, capsys):
     assert fragment in err and "Traceback" not in err
 
 
-@pytest.mark.slow
-def test_two_processes_probe_on_the_main_process_and_stay_in_step(tmp_path):
-    """Under DDP the main process probes its unwrapped model; the other rank waits at the next all-reduce, and
-    both end with the same weights."""
-    import sys
-
-    from tiny_runs import MDEQ_SCRIPT, free_port, run_checked, script_env
-
-    env = script_env()
-    env["ACCELERATE_USE_CPU"] = "true"
-    out, log = tmp_path / "out", tmp_path / "steps.jsonl"
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()),
-        str(MDEQ_SCRIPT), *mdeq_args(out, "--probe_steps", "1", "--log_file", str(log), steps=2),
-    ]  # fmt: skip
-    run_checked(cmd, env, timeout=400)
-    rank0, rank1 = read_log(log), read_log(tmp_path / "steps.jsonl.rank1")
-    assert [r["step"] for r in rank0 if "grad_alignment_cosine" in r] == [1, 2]
-    assert not any("grad_alignment_cosine" in r for r in rank1)
-    assert rank0[-1]["state_dict_sha256"] == rank1[-1]["state_dict_sha256"]
-    results = json.loads((out / "all_results.json").read_text())
-    assert results["num_processes"] == 2 and results["probe_count"] == 2
-
-
 def test_probing_an_explicit_model_or_under_fsdp_is_refused(tmp_path, monkeypatch, capsys):
     import torch
 

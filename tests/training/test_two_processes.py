@@ -6,7 +6,8 @@ wrote its own per-step log (``--log_file``; rank 1 writes ``<log_file>.rank1``) 
 data shards). Both ranks end with identical weights (the SHA-256 of the parameters and of the whole state dict,
 written by every rank at the end), and evaluation gathers the whole split exactly once (``eval_num_examples`` in
 ``all_results.json`` equals the split size, chosen so that the last batch is padded across ranks; for the
-classifier the gathered accuracy is the saved model's, recomputed in one process)."""
+classifier the gathered accuracy is the saved model's, recomputed in one process). The classifier's job probes at
+every step (``--probe_steps 1``): only the main process probes, and the ranks stay in step."""
 
 from __future__ import annotations
 
@@ -100,7 +101,10 @@ def test_training_script_as_a_two_process_job(family, tmp_path, fresh_accelerate
     if family == "mdeq":
         # 37 evaluation images in batches of 8 per rank: the last round is padded with repeated samples; tol=0:
         # every sample runs exactly solver_eval_max_iter iterations, whatever the batch it is in.
+        # --probe_steps 1: the main process probes its unwrapped model at every step, the other rank waits at the
+        # next all-reduce (probing changes no weight: tests/training/test_probe_steps.py).
         args = [*args, "--max_eval_samples", "37", "--per_device_eval_batch_size", "8", "--solver_tol", "0"]
+        args += ["--probe_steps", "1"]
         args[args.index("--per_device_train_batch_size") + 1] = "8"
         split = 37
     else:
@@ -114,6 +118,11 @@ def test_training_script_as_a_two_process_job(family, tmp_path, fresh_accelerate
     assert results["train_steps"] == STEPS and results["skipped_nonfinite_steps"] == 0
     model = _saved_model(family, out)
     assert _saved_parameters_sha256(model) == rank0[-1]["parameters_sha256"]  # the saved model is the ranks'
-    if family == "mdeq":  # the gathered accuracy is that of the saved model, each image counted once
+    if family == "mdeq":
+        rank1 = read_log(Path(f"{log}.rank1"))
+        assert [r["step"] for r in rank0 if "grad_alignment_cosine" in r] == list(range(1, STEPS + 1))
+        assert not any("grad_alignment_cosine" in r for r in rank1), "only the main process probes"
+        assert results["probe_count"] == STEPS
+        # the gathered accuracy is that of the saved model, each image counted once
         correct, total = _mdeq_accuracy_of_saved_model(model, out, args)
         assert total == split and round(results["eval_accuracy"] * split) == correct
