@@ -191,13 +191,9 @@ class FlagParser(HfArgumentParser):
     def _check_ranges(self, instances: list[Any]) -> None:
         """``check_flag_ranges`` of each instance: the first value outside its field's ``range`` is this
         parser's ``error:`` line (``argument --x: must be ..., got V``)."""
-        from .errors import FlagError
-
-        try:
+        with self.refusing():
             for instance in instances:
                 check_flag_ranges(instance)
-        except FlagError as err:
-            self.error(f"argument {err.flag}: {err.problem}")
 
     def refusing(
         self, *errors: type[Exception], prefix: str = "argument "
